@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The one test command (README.md and .ci/run both use it).
+# Installs the test-only extras, checks the real services, runs ruff-free pytest over tests/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || { echo "FATAL: $PY missing: run the README's install command first" >&2; exit 1; }
+"$PY" -m pip install -q -e '.[test,lint]'
+# torchscale is a test dependency only. Its declared deps drag in timm and a PyPI torchvision that
+# breaks torch 2.13's CPU build (and transformers with it), so it comes in without its deps.
+"$PY" -m pip install -q --no-deps torchscale==0.3.0 fairscale==0.4.0
+bash scripts/services.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec "$PY" -m pytest -q "$@"
