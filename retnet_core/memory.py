@@ -1,0 +1,305 @@
+"""The Retention Layer: memory slots read with attention and written through a gate.
+
+Yaslioglu 2025 (arXiv 2501.09166), adapted to a RetNet block:
+
+    X̃ = X + Z + R,    R = W_O · softmax(q Kᵀ / √d_k) V          (read, per token)
+
+where q = W_Q h_t and the rows of K, V are memory slots plus one learned "no slot"
+entry (key k_∅, value exactly 0), so a token can attend to nothing and an empty bank
+contributes exactly zero (W_O has no bias).
+
+A write compresses a token span h_{s:e} (attention pooling, two learned pooling
+queries: one for what the slot is *about*, one for what it *says*) into
+
+    key   = normalize(W_K u_key)    (unit norm: inner product = cosine, so FAISS
+                                     inner-product search and the blend threshold agree)
+    value = W_V u_val
+    gate  = σ(w_g · [u_key; u_val] + b_g)
+
+Two paths share the parameters:
+
+- training (differentiable): slots live in a :class:`TensorBank` built in the same
+  graph; the gate enters the read as a log-prior, softmax(q Kᵀ/√d_k + log g), so a
+  slot with g → 0 is absent and gradients reach the gate, the pooling and the
+  projections from the answer a later session gives;
+- inference: slots live in any :class:`~retnet_core.slots.SlotStore`; the read is
+  exact over ``bank.all()`` or top-k through ``bank.search``; writes with g below
+  ``write_threshold`` are skipped (see :mod:`retnet_core.memory_write`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from retnet_core.memory_write import Feedback, WriteRecord, forget_span, write_slots
+from retnet_core.slots import SlotStore
+
+__all__ = [
+    "Feedback",
+    "MemoryConfig",
+    "MemoryLayer",
+    "TensorBank",
+    "WriteRecord",
+    "forget_span",
+    "memory_attention",
+]
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Settings of one memory layer; :meth:`from_model` reads them off a model config.
+
+    top_k: 0 reads every slot exactly; k > 0 reads the top-k of ``bank.search`` when
+    the bank has more than k slots. touch_threshold: a read counts for a slot (bank
+    ``touch``) when it gets at least this much attention at some token.
+    """
+
+    d_model: int
+    d_key: int = 64
+    d_value: int = 64
+    top_k: int = 0
+    write_mode: str = "append"  # "append" | "blend"
+    capacity: int | None = None
+    blend_threshold: float = 0.9
+    eviction: str = "lru"  # "lru" | "lfu" | "utility"
+    write_threshold: float = 0.5
+    touch_threshold: float = 0.05
+    use_gate: bool = True
+
+    @classmethod
+    def from_model(cls, config: object) -> MemoryConfig:
+        """Read ``d_model`` and ``memory_*`` fields off a RetNetConfig-like object."""
+        d_key = int(getattr(config, "memory_d_key", 64))
+        return cls(
+            d_model=int(config.d_model),  # type: ignore[attr-defined]
+            d_key=d_key,
+            d_value=int(getattr(config, "memory_d_value", d_key)),
+            top_k=int(getattr(config, "memory_top_k", 0) or 0),
+            write_mode=str(getattr(config, "memory_write_mode", "append")),
+            capacity=getattr(config, "memory_capacity", None),
+            blend_threshold=float(getattr(config, "memory_blend_threshold", 0.9)),
+            eviction=str(getattr(config, "memory_eviction", "lru")),
+            write_threshold=float(getattr(config, "memory_write_threshold", 0.5)),
+            touch_threshold=float(getattr(config, "memory_touch_threshold", 0.05)),
+            use_gate=bool(getattr(config, "memory_gate", True)),
+        )
+
+
+@dataclass
+class TensorBank:
+    """Slots as tensors in the autograd graph: the training path of the layer.
+
+    keys (B, N, d_k), values (B, N, d_v), log_gate (B, N) added to the read logits,
+    mask (B, N) bool (False = padding). ``write_spans`` (B, S, T) bool, when set,
+    asks the next :meth:`MemoryLayer.forward` to write one slot per span of its input
+    into this bank (after reading it), so a session's writes reach a later session
+    without leaving the graph.
+    """
+
+    keys: Tensor
+    values: Tensor
+    log_gate: Tensor
+    mask: Tensor
+    write_spans: Tensor | None = None
+    written: list[Tensor] = field(default_factory=list)  # gates (B, S) of each write
+
+    @classmethod
+    def empty(cls, batch: int, d_key: int, d_value: int, device=None) -> TensorBank:
+        z = torch.zeros(batch, 0, device=device)
+        return cls(
+            keys=torch.zeros(batch, 0, d_key, device=device),
+            values=torch.zeros(batch, 0, d_value, device=device),
+            log_gate=z,
+            mask=z.bool(),
+        )
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[1])
+
+    def append(self, keys: Tensor, values: Tensor, log_gate: Tensor, mask: Tensor) -> None:
+        """Add S slots per row: keys (B, S, d_k), values (B, S, d_v), log_gate/mask (B, S)."""
+        self.keys = torch.cat([self.keys, keys], dim=1)
+        self.values = torch.cat([self.values, values], dim=1)
+        self.log_gate = torch.cat([self.log_gate, log_gate], dim=1)
+        self.mask = torch.cat([self.mask, mask], dim=1)
+
+
+def memory_attention(
+    q: Tensor, keys: Tensor, values: Tensor, null_key: Tensor, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Attention over slots plus the "no slot" entry (whose value is exactly zero).
+
+    q (B, T, d_k); keys (B, N, d_k); values (B, N, d_v); null_key (d_k,);
+    bias (B, N) or (B, T, N) added to the logits (log gate, −inf for padding).
+    Returns out (B, T, d_v) = Σ_i p_i v_i and probs (B, T, N) over the real slots
+    (the no-slot entry takes 1 − Σ_i p_i).
+        p = softmax([q·k_∅, q·k_1, …, q·k_N] / √d_k + [0, bias])
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = torch.einsum("btd,bnd->btn", q, keys) * scale
+    if bias is not None:
+        logits = logits + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
+    null = (q @ null_key * scale).unsqueeze(-1)  # (B, T, 1)
+    probs = torch.softmax(torch.cat([null, logits], dim=-1), dim=-1)[..., 1:]
+    return torch.einsum("btn,bnd->btd", probs, values), probs
+
+
+class MemoryLayer(nn.Module):
+    """Read from and write to a bank of memory slots; see the module docstring.
+
+    ``forward(h (B, T, d_model), bank) -> r (B, T, d_model)``, added to the residual.
+    ``bank`` is None, a :class:`TensorBank` (training) or a ``SlotStore`` (inference).
+    """
+
+    def __init__(self, config: object) -> None:
+        super().__init__()
+        c = config if isinstance(config, MemoryConfig) else MemoryConfig.from_model(config)
+        self.cfg = c
+        self.q_proj = nn.Linear(c.d_model, c.d_key, bias=False)
+        self.k_proj = nn.Linear(c.d_model, c.d_key, bias=False)
+        self.v_proj = nn.Linear(c.d_model, c.d_value, bias=False)
+        self.o_proj = nn.Linear(c.d_value, c.d_model, bias=False)
+        self.null_key = nn.Parameter(torch.zeros(c.d_key))
+        self.pool_norm = nn.LayerNorm(c.d_model)
+        self.pool = nn.Linear(c.d_model, 2)  # logits of the key and value pooling queries
+        self.gate = nn.Linear(2 * c.d_model, 1)
+        nn.init.constant_(self.gate.bias, 2.0)  # start open (σ(2) ≈ 0.88): write, then learn
+
+    # ---- write side: span -> (key, value, gate) ------------------------------------
+    def encode(self, h: Tensor, spans: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Compress spans of h into slots. h (B, T, d), spans (B, S, T) bool.
+
+        Returns keys (B, S, d_k) unit norm, values (B, S, d_v), gate logits (B, S).
+        Pooling: a_{s,t}^j = softmax_t over the span of w_j·LN(h_t), u_s^j = Σ_t a h_t.
+        """
+        logits = self.pool(self.pool_norm(h)).transpose(1, 2)  # (B, 2, T)
+        logits = logits.unsqueeze(2).expand(-1, -1, spans.shape[1], -1)  # (B, 2, S, T)
+        logits = logits.masked_fill(~spans.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty span -> zeros
+        u = torch.einsum("bjst,btd->bjsd", weights, h)  # (B, 2, S, d)
+        keys = F.normalize(self.k_proj(u[:, 0]), dim=-1)
+        values = self.v_proj(u[:, 1])
+        gate_logit = self.gate(torch.cat([u[:, 0], u[:, 1]], dim=-1)).squeeze(-1)
+        if not self.cfg.use_gate:
+            gate_logit = torch.full_like(gate_logit, 30.0)  # σ = 1: everything is written
+        return keys, values, gate_logit
+
+    def write_tensors(self, bank: TensorBank, h: Tensor, spans: Tensor) -> Tensor:
+        """Differentiable write of one slot per span into ``bank``; returns gates (B, S)."""
+        keys, values, gate_logit = self.encode(h, spans)
+        present = spans.any(dim=-1)
+        bank.append(keys, values, F.logsigmoid(gate_logit), present)
+        gates = torch.sigmoid(gate_logit)
+        bank.written.append(gates)
+        return gates
+
+    @torch.no_grad()
+    def write(
+        self,
+        bank: SlotStore,
+        h: Tensor,
+        spans: list[tuple[int, int]],
+        feedback: list[Feedback | None] | None = None,
+        offset: int = 0,
+    ) -> list[WriteRecord]:
+        """Write one slot per half-open span [s, e) of h (T, d) or (1, T, d) into ``bank``.
+
+        Feedback (one per span) can force, scale or veto the gate; ``offset`` shifts the
+        recorded spans to absolute token positions of the session. Returns one
+        :class:`WriteRecord` per span (op 'append', 'blend' or 'skip').
+        """
+        h = h.reshape(1, -1, h.shape[-1])
+        if not spans:
+            return []
+        mask = torch.zeros(1, len(spans), h.shape[1], dtype=torch.bool, device=h.device)
+        for i, (s, e) in enumerate(spans):
+            mask[0, i, s:e] = True
+        keys, values, gate_logit = self.encode(h, mask)
+        return write_slots(
+            bank,
+            keys[0].float().cpu(),
+            values[0].float().cpu(),
+            torch.sigmoid(gate_logit[0]).float().cpu(),
+            [(s + offset, e + offset) for s, e in spans],
+            feedback or [None] * len(spans),
+            self.cfg,
+        )
+
+    # ---- read side -----------------------------------------------------------------
+    def forward(self, h: Tensor, bank: TensorBank | SlotStore | None) -> Tensor:
+        """r (B, T, d_model) = W_O · read(h, bank); exactly zero for None or empty banks."""
+        if isinstance(bank, TensorBank):
+            r = self.read_tensors(h, bank)
+            if bank.write_spans is not None:
+                self.write_tensors(bank, h, bank.write_spans)
+            return r
+        if bank is None or len(bank) == 0:
+            return torch.zeros_like(h)
+        k = self.cfg.top_k
+        return self.read_topk(h, bank, k) if 0 < k < len(bank) else self.read_exact(h, bank)
+
+    def read_tensors(self, h: Tensor, bank: TensorBank) -> Tensor:
+        """Differentiable exact read of a TensorBank; h (B, T, d) -> (B, T, d)."""
+        if len(bank) == 0:
+            return torch.zeros_like(h)
+        bias = bank.log_gate.masked_fill(~bank.mask, float("-inf"))
+        out, _ = memory_attention(self.q_proj(h), bank.keys, bank.values, self.null_key, bias)
+        return self.o_proj(out)
+
+    def read_exact(self, h: Tensor, bank: SlotStore) -> Tensor:
+        """Exact read over every slot of ``bank``; h (B, T, d) -> (B, T, d)."""
+        ids, keys, values = bank.all()
+        b = h.shape[0]
+        keys = keys.to(h).unsqueeze(0).expand(b, -1, -1)
+        values = values.to(h).unsqueeze(0).expand(b, -1, -1)
+        out, probs = memory_attention(self.q_proj(h), keys, values, self.null_key)
+        self._touch(bank, ids.unsqueeze(0).expand(b, -1).unsqueeze(1), probs)
+        return self.o_proj(out)
+
+    def read_topk(self, h: Tensor, bank: SlotStore, k: int) -> Tensor:
+        """Read the top-k slots per token from ``bank.search``; h (B, T, d) -> (B, T, d).
+
+        Logits are recomputed from the fetched keys (an approximate index may return
+        approximate scores); padding ids (-1) are masked out.
+        """
+        b, t, _ = h.shape
+        q = self.q_proj(h).reshape(b * t, 1, -1)  # each token is its own "batch" row
+        _, ids = bank.search(q.reshape(b * t, -1).detach().float().cpu(), k)  # (BT, k)
+        valid = ids >= 0
+        if not valid.any():
+            return torch.zeros_like(h)
+        uniq, inverse = torch.unique(ids[valid], return_inverse=True)
+        k_u, v_u = bank.fetch(uniq)
+        dev_valid = valid.to(h.device)
+        keys = h.new_zeros(b * t, k, k_u.shape[-1])
+        values = h.new_zeros(b * t, k, v_u.shape[-1])
+        keys[dev_valid] = k_u.to(h)[inverse.to(h.device)]
+        values[dev_valid] = v_u.to(h)[inverse.to(h.device)]
+        bias = torch.zeros(b * t, k, dtype=h.dtype, device=h.device)
+        bias = bias.masked_fill(~dev_valid, float("-inf"))
+        out, probs = memory_attention(q, keys, values, self.null_key, bias)
+        self._touch(bank, ids.unsqueeze(1), probs)
+        return self.o_proj(out.reshape(b, t, -1))
+
+    def _touch(self, bank: SlotStore, ids: Tensor, probs: Tensor) -> None:
+        """Count a read for every slot with ≥ touch_threshold attention at some token.
+
+        ids (B, 1, N) or (B, T, N) aligned with probs (B, T, N). Skipped in training:
+        gradient steps are not reads of the memory.
+        """
+        if self.training:
+            return
+        hit = (probs.detach() >= self.cfg.touch_threshold).cpu()
+        ids = ids.expand_as(hit)
+        got = torch.unique(ids[hit & (ids >= 0)])
+        if got.numel():
+            bank.touch(got)
+
+    def forget(self, bank: SlotStore, records: list[WriteRecord], span: tuple[int, int]) -> Tensor:
+        """Remove every live slot whose provenance overlaps ``span``; returns their ids."""
+        return forget_span(bank, records, span)

@@ -1,0 +1,303 @@
+"""Tests of the Retention Layer (retnet_core.memory) and its eviction policies."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retnet_core.eviction import select_victims, utility_scores
+from retnet_core.memory import Feedback, MemoryConfig, MemoryLayer, TensorBank
+from retnet_core.slots import ExactSlotStore, SlotStats
+
+D, DK = 16, 8
+
+
+def _layer(**kw) -> MemoryLayer:
+    torch.manual_seed(0)
+    return MemoryLayer(MemoryConfig(d_model=D, d_key=DK, d_value=DK, **kw)).eval()
+
+
+def _filled_bank(layer: MemoryLayer, n: int) -> ExactSlotStore:
+    bank = ExactSlotStore(DK, DK)
+    h = torch.randn(1, 4 * n, D)
+    layer.write(bank, h, [(4 * i, 4 * i + 4) for i in range(n)], [Feedback(remember=True)] * n)
+    assert len(bank) == n
+    return bank
+
+
+def _stats(**cols) -> SlotStats:
+    n = len(cols["ids"])
+    as_t = {k: torch.tensor(v) for k, v in cols.items()}
+    as_t.setdefault("gate", torch.ones(n))
+    return SlotStats(**as_t)
+
+
+# ---- read ----------------------------------------------------------------------------
+def test_exact_read_equals_topk_read_when_k_covers_every_slot():
+    layer = _layer()
+    bank = _filled_bank(layer, 7)
+    x = torch.randn(2, 5, D)
+    with torch.no_grad():
+        exact = layer.read_exact(x, bank)
+        topk = layer.read_topk(x, bank, 7)
+        wider = layer.read_topk(x, bank, 12)  # padded with id -1
+        narrow = layer.read_topk(x, bank, 2)
+    torch.testing.assert_close(topk, exact, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(wider, exact, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(narrow, exact, atol=1e-6)  # and it is not trivially equal
+
+
+def test_forward_uses_topk_only_when_bank_is_larger_than_k():
+    layer = _layer(top_k=3)
+    bank = _filled_bank(layer, 3)
+    x = torch.randn(1, 4, D)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, bank), layer.read_exact(x, bank))
+
+
+def test_no_slot_entry_gives_exactly_zero_on_empty_or_missing_bank():
+    layer = _layer()
+    with torch.no_grad():
+        layer.null_key.normal_()  # whatever it learned, its value is zero
+    x = torch.randn(2, 3, D)
+    assert torch.equal(layer(x, None), torch.zeros_like(x))
+    assert torch.equal(layer(x, ExactSlotStore(DK, DK)), torch.zeros_like(x))
+    assert torch.equal(layer(x, TensorBank.empty(2, DK, DK)), torch.zeros_like(x))
+    padded = TensorBank.empty(2, DK, DK)
+    padded.append(
+        torch.randn(2, 3, DK),
+        torch.randn(2, 3, DK),
+        torch.zeros(2, 3),
+        torch.zeros(2, 3, dtype=torch.bool),
+    )
+    assert torch.equal(layer.read_tensors(x, padded), torch.zeros_like(x))
+
+
+def test_reads_touch_attended_slots_but_not_in_training():
+    layer = _layer(touch_threshold=0.0)
+    bank = _filled_bank(layer, 3)
+    with torch.no_grad():
+        layer(torch.randn(1, 2, D), bank)
+    assert bank.stats().reads.tolist() == [1, 1, 1]
+    layer.train()
+    layer(torch.randn(1, 2, D), bank)
+    assert bank.stats().reads.tolist() == [1, 1, 1]
+
+
+# ---- eviction ------------------------------------------------------------------------
+def test_lru_evicts_least_recently_used():
+    s = _stats(ids=[10, 11, 12], reads=[5, 0, 1], last_read=[9, -1, 4], created=[1, 6, 2])
+    # last used: 9, 6 (never read: its write), 4 -> slot 12 goes
+    assert select_victims("lru", s, 1).tolist() == [12]
+    assert select_victims("lru", s, 2).tolist() == [12, 11]
+
+
+def test_lfu_evicts_least_frequently_used_breaking_ties_by_recency():
+    s = _stats(
+        ids=[10, 11, 12, 13], reads=[3, 1, 1, 7], last_read=[2, 8, 5, 1], created=[1, 2, 3, 0]
+    )
+    assert select_victims("lfu", s, 1).tolist() == [12]  # 1 read, used at 5 < 8
+
+
+def test_utility_evicts_lowest_gate_reads_recency():
+    s = _stats(
+        ids=[1, 2, 3],
+        gate=[0.9, 0.2, 0.9],
+        reads=[0, 0, 0],
+        last_read=[-1, -1, -1],
+        created=[1, 2, 3],
+    )
+    assert select_victims("utility", s, 1).tolist() == [2]  # low gate
+    s = _stats(
+        ids=[1, 2, 3],
+        gate=[0.9, 0.9, 0.9],
+        reads=[4, 0, 0],
+        last_read=[3, -1, -1],
+        created=[1, 2, 500],
+    )
+    assert select_victims("utility", s, 1).tolist() == [2]  # unread and stale
+    u = utility_scores(s)
+    assert u[2] > u[1]
+
+
+def test_full_bank_append_evicts_by_policy():
+    layer = _layer(capacity=3, eviction="lru", touch_threshold=0.0)
+    bank = ExactSlotStore(DK, DK, capacity=3)
+    recs = layer.write(
+        bank, torch.randn(1, 12, D), [(0, 4), (4, 8), (8, 12)], [Feedback(remember=True)] * 3
+    )
+    first = recs[0].slot_ids[0]
+    bank.touch(torch.tensor([first]))  # slot 0 is now the most recently used
+    rec = layer.write(bank, torch.randn(1, 4, D), [(0, 4)], [Feedback(remember=True)])[0]
+    assert len(bank) == 3
+    assert rec.evicted == recs[1].slot_ids
+    assert rec.op == "append" and rec.slot_ids[0] in bank.stats().ids.tolist()
+
+
+# ---- write ---------------------------------------------------------------------------
+def test_blend_merges_near_duplicates_and_append_keeps_distinct_items():
+    h = torch.randn(1, 8, D)
+    same = torch.cat([h, h + 1e-3 * torch.randn_like(h)], dim=1)  # a near-duplicate span
+    distinct = torch.cat([h, torch.randn_like(h)], dim=1)
+    spans, fb = [(0, 8), (8, 16)], [Feedback(remember=True)] * 2
+    blend = _layer(write_mode="blend", blend_threshold=0.95)
+
+    bank = ExactSlotStore(DK, DK)
+    recs = blend.write(bank, same, spans, fb)
+    assert [r.op for r in recs] == ["append", "blend"] and len(bank) == 1
+    assert recs[1].slot_ids == recs[0].slot_ids
+
+    bank = ExactSlotStore(DK, DK)
+    assert [r.op for r in blend.write(bank, distinct, spans, fb)] == ["append", "append"]
+    assert len(bank) == 2
+
+    append = _layer(write_mode="append")
+    bank = ExactSlotStore(DK, DK)
+    assert [r.op for r in append.write(bank, same, spans, fb)] == ["append", "append"]
+    assert len(bank) == 2
+
+
+def test_blend_moves_slot_towards_new_value():
+    layer = _layer(write_mode="blend", blend_threshold=0.5)
+    bank = ExactSlotStore(DK, DK)
+    h = torch.randn(1, 8, D)
+    layer.write(bank, h, [(0, 8)], [Feedback(remember=True)])
+    _, _, v0 = bank.all()
+    h2 = h.clone()
+    h2[0, -1] += 3.0  # same topic, something new said
+    rec = layer.write(bank, h2, [(0, 8)], [Feedback(remember=True)])[0]
+    _, _, v1 = bank.all()
+    _, v_new, _ = layer.encode(h2, torch.ones(1, 1, 8, dtype=torch.bool))
+    assert rec.op == "blend" and 0.99 < rec.weights[0] <= 1.0
+    assert (v1 - v_new[0]).norm() < (v0 - v_new[0]).norm()
+
+
+def test_gate_zero_writes_nothing():
+    layer = _layer()
+    with torch.no_grad():
+        layer.gate.weight.zero_()
+        layer.gate.bias.fill_(-1e4)  # σ = 0
+    bank = ExactSlotStore(DK, DK)
+    recs = layer.write(bank, torch.randn(1, 8, D), [(0, 4), (4, 8)])
+    assert len(bank) == 0 and [r.op for r in recs] == ["skip", "skip"]
+    assert all(r.gate == 0.0 and not r.slot_ids for r in recs)
+    # feedback overrides: remember forces, rating scales, forget vetoes
+    fb = [Feedback(remember=True), Feedback(forget=True, remember=True)]
+    assert [r.op for r in layer.write(bank, torch.randn(1, 8, D), [(0, 4), (4, 8)], fb)] == [
+        "append",
+        "skip",
+    ]
+    with torch.no_grad():
+        layer.gate.bias.fill_(0.0)  # σ = 0.5, at the threshold
+    recs = layer.write(
+        bank, torch.randn(1, 8, D), [(0, 4), (4, 8)], [Feedback(rating=0.5), Feedback(rating=2.0)]
+    )
+    assert [r.op for r in recs] == ["skip", "append"] and recs[1].gate == 1.0
+
+
+def test_training_gate_zero_hides_slot_from_read():
+    layer = _layer().train()
+    bank = TensorBank.empty(1, DK, DK)
+    bank.append(
+        F.normalize(torch.randn(1, 2, DK), dim=-1),
+        torch.randn(1, 2, DK),
+        torch.full((1, 2), -1e9),
+        torch.ones(1, 2, dtype=torch.bool),
+    )
+    x = torch.randn(1, 3, D)
+    assert layer(x, bank).abs().max() < 1e-6
+
+
+def test_forget_removes_the_slots_of_a_span():
+    layer = _layer(write_mode="blend", blend_threshold=0.95)
+    bank = ExactSlotStore(DK, DK)
+    h = torch.randn(1, 12, D)
+    h[0, 8:12] = h[0, 0:4]  # span 3 repeats span 1: blended into the same slot
+    fb = [Feedback(remember=True)] * 3
+    recs = layer.write(bank, h, [(0, 4), (4, 8), (8, 12)], fb, offset=100)
+    assert [r.span for r in recs] == [(100, 104), (104, 108), (108, 112)]
+    removed = layer.forget(bank, recs, (109, 110))
+    assert removed.tolist() == list(recs[0].slot_ids)
+    assert bank.stats().ids.tolist() == list(recs[1].slot_ids)
+    assert layer.forget(bank, recs, (0, 50)).numel() == 0  # nothing from there
+
+
+def test_provenance_returned_for_every_write():
+    layer = _layer(write_mode="blend", blend_threshold=0.99)
+    bank = ExactSlotStore(DK, DK)
+    spans = [(0, 3), (3, 9), (9, 10)]
+    recs = layer.write(bank, torch.randn(12, D), spans)
+    assert [r.span for r in recs] == spans
+    for r in recs:
+        assert r.op in ("append", "blend", "skip") and 0.0 <= r.gate <= 1.0
+        assert (len(r.slot_ids) > 0) == (r.op != "skip")
+    live = set(bank.stats().ids.tolist())
+    assert {i for r in recs for i in r.slot_ids} == live
+
+
+# ---- training: information crosses a session boundary ---------------------------------
+class _TinyLM(nn.Module):
+    """Embedding -> GRU (the recurrent core; reset per session) -> memory -> head."""
+
+    def __init__(self, vocab: int, d: int = 32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.rnn = nn.GRU(d, d, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        self.memory = MemoryLayer(MemoryConfig(d_model=d, d_key=16, d_value=16))
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, tokens, bank):
+        x, _ = self.rnn(self.emb(tokens))  # fresh recurrent state every call
+        return self.head(x + self.memory(self.norm(x), bank))
+
+
+def _cross_session_batch(b: int, n_facts: int, n_names: int, n_vals: int, g: torch.Generator):
+    """Session A: n_facts pairs (name, value); session B: one name -> its value."""
+    names = torch.stack([torch.randperm(n_names, generator=g)[:n_facts] for _ in range(b)])
+    vals = torch.randint(n_vals, (b, n_facts), generator=g) + n_names
+    a = torch.stack([names, vals], dim=2).reshape(b, 2 * n_facts)
+    spans = torch.zeros(b, n_facts, 2 * n_facts, dtype=torch.bool)
+    for i in range(n_facts):
+        spans[:, i, 2 * i : 2 * i + 2] = True
+    ask = torch.randint(n_facts, (b,), generator=g)
+    rows = torch.arange(b)
+    return a, spans, names[rows, ask].unsqueeze(1), vals[rows, ask]
+
+
+def _accuracy(model, batch, use_memory: bool) -> float:
+    a, spans, query, answer = batch
+    bank = TensorBank.empty(a.shape[0], 16, 16)
+    if use_memory:
+        bank.write_spans = spans
+        model(a, bank)  # session A writes; its recurrent state is thrown away
+        bank.write_spans = None
+    logits = model(query, bank if use_memory else None)[:, -1]
+    return (logits.argmax(-1) == answer).float().mean().item()
+
+
+def test_tiny_cross_session_run_learns_above_chance():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n_names, n_vals, n_facts = 24, 8, 4
+    model = _TinyLM(n_names + n_vals)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(250):
+        a, spans, query, answer = _cross_session_batch(32, n_facts, n_names, n_vals, g)
+        bank = TensorBank.empty(32, 16, 16)
+        bank.write_spans = spans
+        model(a, bank)
+        bank.write_spans = None
+        loss = F.cross_entropy(model(query, bank)[:, -1], answer)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        test = _cross_session_batch(512, n_facts, n_names, n_vals, g)
+        with_mem = _accuracy(model, test, use_memory=True)
+        without = _accuracy(model, test, use_memory=False)
+    chance = 1.0 / n_vals
+    assert with_mem > 3 * chance, (with_mem, without)
+    assert without < 2 * chance, (with_mem, without)
