@@ -1,0 +1,255 @@
+"""RetNetLM: the decoder language model, with its three ways to run.
+
+    forward(tokens)         parallel form, for training          -> logits (B, T, V)
+    prefill(tokens, state)  chunkwise form, continues a state    -> logits, state
+    step(tokens, state)     recurrent form, one token per row    -> logits (B, V), state
+
+x_0 = embed_scale · E[tokens] (then RMSNorm if ``embed_norm``); blocks; final RMSNorm;
+logits = x W_head (W_head = E when ``tie_embeddings``). All three ways compute the same
+function: position p of a sequence always gets rotation p·θ and the same decay history.
+
+Batches of different lengths are right-padded with ``lengths`` (B,): padding never
+reaches any sequence's state, nor its valid outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from retnet_core.config import RetNetConfig
+from retnet_core.layers import (
+    RetentionContext,
+    RetNetBlock,
+    RMSNorm,
+    head_log_decay,
+    rotary_angles,
+    rotation_tables,
+)
+from retnet_core.retention import retention_denominator
+from retnet_core.state import STATE_FORMAT_VERSION, RecurrentState, StateError, StateMismatchError
+
+__all__ = ["RetNetLM"]
+
+Memory = Mapping[int, Any] | None  # layer index -> SlotStore (or TensorBank in training)
+
+
+class RetNetLM(nn.Module):
+    """Decoder-only RetNet language model (see the module docstring)."""
+
+    def __init__(self, config: RetNetConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_norm = RMSNorm(config.d_model, config.norm_eps) if config.embed_norm else None
+        self.blocks = nn.ModuleList(RetNetBlock(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        nn.init.normal_(self.embed.weight, std=config.d_model**-0.5)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        else:
+            nn.init.normal_(self.head.weight, std=config.d_model**-0.5)
+        self._tables: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._fingerprint: tuple[tuple, str] | None = None
+
+    # ---- fixed tables and dtypes ----------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """float64 for float64 models (tests), else float32 whatever the weights."""
+        return torch.float64 if self.embed.weight.dtype == torch.float64 else torch.float32
+
+    def _decay_and_angles(self) -> tuple[Tensor, Tensor]:
+        """log γ (H,) in the state dtype and θ (D_k/2,) float64, cached per device."""
+        key = (self.device, self.state_dtype)
+        if key not in self._tables:
+            c = self.config
+            ld = head_log_decay(c.n_heads, c.decay_base).to(self.device, self.state_dtype)
+            self._tables[key] = (ld, rotary_angles(c.key_dim, c.rotary_base).to(self.device))
+        return self._tables[key]
+
+    def _context(self, positions: Tensor, mode: str, **kw: Any) -> RetentionContext:
+        log_decay, angles = self._decay_and_angles()
+        cos, sin = rotation_tables(positions, angles, self.state_dtype)
+        norm = self.config.retention_norm
+        decay_norm = (
+            None if norm == "none" else retention_denominator("decay", log_decay, positions)
+        )
+        return RetentionContext(positions, cos, sin, log_decay, decay_norm, mode, **kw)
+
+    # ---- fingerprint ----------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """BLAKE2b of config, state format and dtype, and every weight (device-independent).
+
+        Cached until a parameter changes (in-place updates bump a tensor's version).
+        """
+        tensors = sorted(self.state_dict().items())
+        key = tuple((n, t.data_ptr(), t._version, t.dtype) for n, t in tensors)
+        if self._fingerprint is not None and self._fingerprint[0] == key:
+            return self._fingerprint[1]
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.config.to_json().encode())
+        h.update(f"state-v{STATE_FORMAT_VERSION}|{self.state_dtype}".encode())
+        for name, t in tensors:
+            t = t.detach().cpu().contiguous()
+            h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._fingerprint = (key, h.hexdigest())
+        return self._fingerprint[1]
+
+    # ---- state ----------------------------------------------------------------------------
+    def init_state(self, batch_size: int = 1) -> RecurrentState:
+        """The empty state (position 0) of ``batch_size`` sequences."""
+        c, dev, dt = self.config, self.device, self.state_dtype
+        s = [
+            torch.zeros(batch_size, c.n_heads, c.key_dim, c.head_value_dim, device=dev, dtype=dt)
+            for _ in range(c.n_layers)
+        ]
+        z = None
+        if c.retention_norm == "torchscale":
+            z = [
+                torch.zeros(batch_size, c.n_heads, c.key_dim, device=dev, dtype=dt)
+                for _ in range(c.n_layers)
+            ]
+        pos = torch.zeros(batch_size, dtype=torch.long, device=dev)
+        return RecurrentState(s, z, pos, self.fingerprint())
+
+    def check_state(self, state: RecurrentState, batch_size: int | None = None) -> None:
+        """Refuse a state of another model (StateMismatchError) or of the wrong batch."""
+        if state.fingerprint != self.fingerprint():
+            raise StateMismatchError(state.fingerprint, self.fingerprint())
+        if batch_size is not None and state.batch_size != batch_size:
+            raise StateError(f"state holds {state.batch_size} sequences, tokens {batch_size}")
+
+    # ---- the three ways to run ------------------------------------------------------------
+    def _embed(self, tokens: Tensor) -> Tensor:
+        x = self.embed(tokens)
+        if self.config.embed_scale != 1.0:
+            x = x * self.config.embed_scale
+        return x if self.embed_norm is None else self.embed_norm(x)
+
+    def _run(
+        self,
+        tokens: Tensor,
+        ctx: RetentionContext,
+        state: RecurrentState | None,
+        memory: Memory,
+        capture: dict[int, Tensor] | None,
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor | None] | None]]:
+        """Blocks over embedded tokens -> final hidden (B, T, d), per-layer new states."""
+        x = self._embed(tokens)
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            layer_state = None if state is None else state.layer(i)
+            bank = None if memory is None else memory.get(i)
+            x, st = block(x, ctx, layer_state, bank, capture)
+            new_states.append(st)
+        return self.norm(x), new_states
+
+    def forward(
+        self,
+        tokens: Tensor,
+        lengths: Tensor | None = None,
+        memory: Memory = None,
+        capture: dict[int, Tensor] | None = None,
+    ) -> Tensor:
+        """Parallel form from an empty state. tokens (B, T) -> logits (B, T, V).
+
+        Logits at padding positions (t ≥ lengths[b]) are unspecified. ``capture``, when
+        given, receives each memory layer's input (B, T, d_model) by layer index.
+        """
+        b, t = tokens.shape
+        positions = torch.arange(t, device=tokens.device).expand(b, t)
+        ctx = self._context(positions, "parallel", lengths=lengths)
+        hidden, _ = self._run(tokens, ctx, None, memory, capture)
+        return self.head(hidden)
+
+    def prefill(
+        self,
+        tokens: Tensor,
+        state: RecurrentState | None = None,
+        boundaries: Sequence[int] | None = None,
+        lengths: Tensor | None = None,
+        memory: Memory = None,
+        chunk_size: int | None = None,
+        last_only: bool = False,
+        capture: dict[int, Tensor] | None = None,
+    ) -> tuple[Tensor, RecurrentState]:
+        """Feed tokens (B, T) through the chunkwise form, continuing ``state``.
+
+        ``boundaries``: cut positions inside this call (e.g. passage ends), each chunk
+        further cut every ``chunk_size`` (default ``config.chunk_size``). ``lengths`` (B,):
+        valid tokens per row (right padding). Returns logits (B, T, V) — or (B, V) at each
+        row's last valid token when ``last_only`` (zeros for rows with length 0) — and
+        the state after each row's last valid token.
+        """
+        b, t = tokens.shape
+        state = self.init_state(b) if state is None else state
+        self.check_state(state, b)
+        if lengths is not None:
+            lengths = lengths.to(device=tokens.device, dtype=torch.long)
+        positions = state.position[:, None] + torch.arange(t, device=tokens.device)
+        ctx = self._context(
+            positions,
+            "chunkwise",
+            lengths=lengths,
+            chunk_size=chunk_size or self.config.chunk_size,
+            boundaries=list(boundaries) if boundaries is not None else None,
+        )
+        hidden, layers = self._run(tokens, ctx, state, memory, capture)
+        advanced = torch.full_like(state.position, t) if lengths is None else lengths
+        new_state = self._pack(layers, state.position + advanced)
+        if not last_only:
+            return self.head(hidden), new_state
+        last = (advanced - 1).clamp(min=0)
+        picked = hidden[torch.arange(b, device=hidden.device), last]
+        logits = self.head(picked) * (advanced > 0)[:, None]
+        return logits, new_state
+
+    def step(
+        self, tokens: Tensor, state: RecurrentState, memory: Memory = None
+    ) -> tuple[Tensor, RecurrentState]:
+        """One token per sequence through the recurrent form. tokens (B,) -> logits (B, V)."""
+        b = tokens.shape[0]
+        self.check_state(state, b)
+        ctx = self._context(state.position[:, None], "step")
+        hidden, layers = self._run(tokens[:, None], ctx, state, memory, None)
+        return self.head(hidden[:, 0]), self._pack(layers, state.position + 1)
+
+    def _pack(self, layers: list, position: Tensor) -> RecurrentState:
+        s = [st[0] for st in layers]
+        z = [st[1] for st in layers] if self.config.retention_norm == "torchscale" else None
+        return RecurrentState(s, z, position, self.fingerprint())
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Write config.json + model.safetensors (+ tokenizer.json); see checkpoint.py."""
+        from retnet_core.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> RetNetLM:
+        """Load a checkpoint directory onto ``device`` (optionally cast to ``dtype``)."""
+        from retnet_core.checkpoint import load_pretrained
+
+        return load_pretrained(directory, device=device, dtype=dtype)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())

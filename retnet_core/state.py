@@ -1,0 +1,194 @@
+"""RecurrentState: everything a session needs to continue decoding, in a few hundred KB.
+
+Per layer l: S_l (B, H, D_k, D_v) and, for ``retention_norm="torchscale"`` models, the
+decayed key sum z_l (B, H, D_k); the absolute position of the next token of each
+sequence (B,) int64 (it drives the rotation); and the fingerprint of the model that
+produced it (weights, config and every setting the state depends on).
+
+Bytes: a safetensors blob (tensors ``S.{l}``, ``z.{l}``, ``position``) whose metadata holds
+the format version, the fingerprint and a BLAKE2b checksum of everything else, so a
+truncated or damaged blob is refused as corrupt and a foreign one as a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+__all__ = ["STATE_FORMAT_VERSION", "RecurrentState", "StateCorruptError", "StateError",
+           "StateMismatchError"]  # fmt: skip
+
+STATE_FORMAT_VERSION = 1
+
+
+class StateError(ValueError):
+    """A recurrent state that cannot be used."""
+
+
+class StateMismatchError(StateError):
+    """The state belongs to another model (its fingerprint differs)."""
+
+    def __init__(self, found: str, expected: str) -> None:
+        super().__init__(f"recurrent state was made by model {found}, not by this model {expected}")
+        self.found, self.expected = found, expected
+
+
+class StateCorruptError(StateError):
+    """The bytes are truncated or damaged (unreadable, or their checksum fails)."""
+
+
+def _checksum(tensors: dict[str, Tensor], meta: dict[str, str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class RecurrentState:
+    """Decoding state of a batch of B sequences (see the module docstring)."""
+
+    S: list[Tensor]
+    z: list[Tensor] | None
+    position: Tensor
+    fingerprint: str
+
+    # ---- facts --------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return int(self.position.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.S)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the tensors (S, z and positions)."""
+        tensors = [*self.S, *(self.z or []), self.position]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def device(self) -> torch.device:
+        return self.position.device
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor | None]:
+        """(S_i, z_i) of layer i."""
+        return self.S[i], (None if self.z is None else self.z[i])
+
+    # ---- copies ---------------------------------------------------------------------------
+    def _map(self, fn) -> RecurrentState:
+        z = None if self.z is None else [fn(t) for t in self.z]
+        return RecurrentState([fn(t) for t in self.S], z, fn(self.position), self.fingerprint)
+
+    def to(self, device: torch.device | str) -> RecurrentState:
+        """The same state on ``device``."""
+        return self._map(lambda t: t.to(device))
+
+    def clone(self) -> RecurrentState:
+        """A deep copy."""
+        return self._map(lambda t: t.clone())
+
+    # ---- batching -------------------------------------------------------------------------
+    def select(self, index: Sequence[int] | Tensor) -> RecurrentState:
+        """The sequences at ``index`` (in that order), as a new batch."""
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.device).reshape(-1)
+        return self._map(lambda t: t.index_select(0, idx))
+
+    def unbind(self) -> list[RecurrentState]:
+        """One batch-of-one state per sequence."""
+        return [self.select([i]) for i in range(self.batch_size)]
+
+    @classmethod
+    def stack(cls, states: Sequence[RecurrentState]) -> RecurrentState:
+        """Concatenate batches of states of the same model into one batch."""
+        if not states:
+            raise ValueError("stack needs at least one state")
+        first = states[0]
+        for s in states[1:]:
+            if s.fingerprint != first.fingerprint:
+                raise StateMismatchError(s.fingerprint, first.fingerprint)
+            if s.n_layers != first.n_layers or (s.z is None) != (first.z is None):
+                raise StateError("cannot stack states of different layouts")
+        z = None
+        if first.z is not None:
+            z = [torch.cat([s.z[i] for s in states]) for i in range(first.n_layers)]
+        return cls(
+            S=[torch.cat([s.S[i] for s in states]) for i in range(first.n_layers)],
+            z=z,
+            position=torch.cat([s.position for s in states]),
+            fingerprint=first.fingerprint,
+        )
+
+    # ---- bytes ----------------------------------------------------------------------------
+    def tensors(self) -> dict[str, Tensor]:
+        """Named CPU tensors: ``S.{l}``, ``z.{l}`` and ``position``."""
+        out = {f"S.{i}": s for i, s in enumerate(self.S)}
+        for i, z in enumerate(self.z or []):
+            out[f"z.{i}"] = z
+        out["position"] = self.position
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def to_bytes(self) -> bytes:
+        """Serialise to a self-checking safetensors blob."""
+        tensors = self.tensors()
+        meta = {
+            "format_version": str(STATE_FORMAT_VERSION),
+            "fingerprint": self.fingerprint,
+            "n_layers": str(self.n_layers),
+            "has_z": str(self.z is not None),
+        }
+        return st_save(tensors, metadata={**meta, "checksum": _checksum(tensors, meta)})
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, fingerprint: str | None = None, device: torch.device | str = "cpu"
+    ) -> RecurrentState:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises :class:`StateCorruptError` for truncated/damaged bytes and
+        :class:`StateMismatchError` when ``fingerprint`` is given and differs.
+        """
+        tensors, meta = _read_blob(data)
+        if meta.get("format_version") != str(STATE_FORMAT_VERSION):
+            raise StateCorruptError(
+                f"unknown state format version {meta.get('format_version')!r}; "
+                f"this code reads version {STATE_FORMAT_VERSION}"
+            )
+        found = meta["fingerprint"]
+        if fingerprint is not None and found != fingerprint:
+            raise StateMismatchError(found, fingerprint)
+        n = int(meta["n_layers"])
+        z = [tensors[f"z.{i}"] for i in range(n)] if meta["has_z"] == "True" else None
+        state = cls([tensors[f"S.{i}"] for i in range(n)], z, tensors["position"], found)
+        return state.to(device)
+
+
+def _read_blob(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Parse and verify a blob: (tensors, metadata) or StateCorruptError."""
+    try:
+        tensors = st_load(bytes(data))
+        header_len = int.from_bytes(bytes(data[:8]), "little")
+        meta = json.loads(bytes(data[8 : 8 + header_len]))["__metadata__"]
+        stored = meta.pop("checksum")
+        _ = (meta["fingerprint"], meta["n_layers"], meta["has_z"])
+    except Exception as exc:  # any parse failure means the bytes are damaged
+        raise StateCorruptError(f"recurrent state bytes are truncated or corrupt: {exc}") from exc
+    if _checksum(tensors, meta) != stored:
+        raise StateCorruptError("recurrent state bytes are corrupt: checksum mismatch")
+    try:
+        n = int(meta["n_layers"])
+        _ = [tensors[f"S.{i}"] for i in range(n)], tensors["position"]
+    except KeyError as exc:
+        raise StateCorruptError(f"recurrent state bytes lack tensor {exc}") from exc
+    return tensors, meta
