@@ -1,0 +1,162 @@
+"""Evaluation shared by training, the baseline comparison and the model card.
+
+Everything takes ``logits_fn``: a callable ``tokens (B, T) -> logits (B, T, V)``, so
+the RetNet (parallel or chunkwise) and the Transformer baseline are scored by the
+same code on the same windows.
+
+Bits per character divide the summed negative log-likelihood (in bits) of every
+predicted token of the held-out stream by the characters of the conversations' plain
+text (:meth:`retnet_core.data.Conversation.text`), which makes the number comparable
+across tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from retnet_core.data import IGNORE_INDEX, TokenStream, eval_windows, pad_examples
+from retnet_core.dialogues import MemoryExample
+from retnet_core.tokenizer import ChatTokenizer, Message
+
+LogitsFn = Callable[[Tensor], Tensor]
+
+
+def render_supervised(
+    tok: ChatTokenizer, messages: Sequence[Message], last_only: bool = False
+) -> tuple[list[int], list[bool]]:
+    """Ids and targets of a dialogue trained on its assistant turns.
+
+    With ``last_only`` only the final turn is a target: that is the scored answer.
+    """
+    r = tok.render(messages, train_roles=("assistant",))
+    targets = list(r.targets)
+    if last_only:
+        start = r.boundaries[-2] if len(r.boundaries) > 1 else 0
+        targets = [False] * start + targets[start:]
+    return r.ids, targets
+
+
+def nll_sum(logits: Tensor, labels: Tensor) -> tuple[float, int]:
+    """Summed cross-entropy in nats over labels that are not ignored, and their count."""
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return float(loss), int((labels != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def evaluate_lm(
+    logits_fn: LogitsFn,
+    stream: TokenStream,
+    seq_len: int,
+    max_windows: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Loss, perplexity, bits per token and bits per character on ``stream``.
+
+    When ``max_windows`` cuts the stream short, bits per character scales the
+    character count by the share of tokens scored (an estimate; exact otherwise).
+    """
+    nats, count = 0.0, 0
+    full: list[tuple[Tensor, Tensor]] = []
+
+    def flush() -> None:
+        nonlocal nats, count
+        if full:
+            x = torch.cat([w[0] for w in full]).to(device)
+            y = torch.cat([w[1] for w in full]).to(device)
+            n, c = nll_sum(logits_fn(x), y)
+            nats, count = nats + n, count + c
+            full.clear()
+
+    for x, y in eval_windows(stream, seq_len, max_windows):
+        if x.shape[1] != seq_len:  # the short tail goes alone
+            flush()
+            full.append((x, y))
+            flush()
+            continue
+        full.append((x, y))
+        if len(full) == batch_size:
+            flush()
+    flush()
+    loss = nats / max(count, 1)
+    chars = stream.n_chars * count / max(len(stream) - 1, 1)
+    return {
+        "loss": loss,
+        "ppl": math.exp(min(loss, 50.0)),
+        "bits_per_token": loss / math.log(2),
+        "bits_per_char": nats / math.log(2) / max(chars, 1.0),
+        "tokens": float(count),
+    }
+
+
+@torch.no_grad()
+def answer_accuracy(
+    logits_fn: LogitsFn,
+    tok: ChatTokenizer,
+    dialogues: Sequence[Sequence[Message]],
+    seq_len: int,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Share of dialogues whose final assistant turn the model reproduces exactly.
+
+    Teacher-forced: every token of the final turn (content and ``<|end|>``) must be
+    the argmax given everything before it, which is exactly the condition for greedy
+    decoding to produce that turn, at the cost of one forward pass.
+    """
+    if not dialogues:
+        return float("nan")
+    hits = 0
+    for i in range(0, len(dialogues), batch_size):
+        chunk = [render_supervised(tok, d, last_only=True) for d in dialogues[i : i + batch_size]]
+        x, y = pad_examples(chunk, seq_len, tok.pad_id)
+        x, y = x.to(device), y.to(device)
+        pred = logits_fn(x).argmax(-1)
+        scored = y != IGNORE_INDEX
+        ok = ((pred == y) | ~scored).all(dim=1) & scored.any(dim=1)
+        hits += int(ok.sum())
+    return hits / len(dialogues)
+
+
+def memory_off_dialogues(examples: Sequence[MemoryExample]) -> list[tuple[Message, ...]]:
+    """What a model without memory sees: the last session only, state reset before it."""
+    return [ex.sessions[-1] for ex in examples]
+
+
+def in_session_dialogues(examples: Sequence[MemoryExample]) -> list[tuple[Message, ...]]:
+    """Every session concatenated, as if the state had never been reset."""
+    return [ex.flat() for ex in examples]
+
+
+def recall_report(
+    logits_fn: LogitsFn,
+    tok: ChatTokenizer,
+    examples: dict[str, Sequence[MemoryExample]],
+    seq_len: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Exact-answer rates on held-out examples by kind, without memory slots.
+
+    ``recall_no_memory`` is the cross-session rate with the state reset and no memory:
+    the floor a memory must beat (it should be near 0).
+    """
+    out: dict[str, float] = {}
+    for kind in ("in_context", "passage"):
+        if examples.get(kind):
+            out[kind] = answer_accuracy(
+                logits_fn, tok, in_session_dialogues(examples[kind]), seq_len, device=device
+            )
+    if examples.get("recall"):
+        off = memory_off_dialogues(examples["recall"])
+        out["recall_no_memory"] = answer_accuracy(logits_fn, tok, off, seq_len, device=device)
+    return out

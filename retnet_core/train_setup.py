@@ -1,0 +1,250 @@
+"""Training set-up: the config dataclass, tokenizer, data and model construction.
+
+Kept apart from the loop in :mod:`retnet_core.train` so each file reads in one sitting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import Tensor, nn
+
+from retnet_core.data import TokenStream, load_chitchat, pack, split_conversations, words_of
+from retnet_core.dialogues import DialogueGenerator, MemoryExample, ValuePools, example_texts
+from retnet_core.tokenizer import TOKENIZER_FILE, ChatTokenizer
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; YAML/TOML keys map one to one onto fields.
+
+    ``model`` holds the architecture (RetNetConfig or TransformerConfig fields; the
+    vocabulary size comes from the tokenizer). ``arch`` picks the model: ``retnet`` or
+    ``transformer`` (the same-size baseline; ``match_params`` sizes its MLP to a
+    RetNet built from the same ``model`` section). ``chunk_size`` > 0 trains the
+    RetNet through the chunkwise form (``prefill`` with a boundary every chunk).
+    """
+
+    out_dir: str = "runs/default"
+    arch: str = "retnet"
+    model: dict[str, Any] = field(default_factory=dict)
+    match_params: bool = True
+    # tokenizer
+    tokenizer: str | None = None  # path of a tokenizer.json to reuse; None: train one
+    vocab_size: int = 4096
+    # data
+    seq_len: int = 256
+    chitchat_limit: int | None = None  # first N training conversations (tiny runs)
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    memory_frac: float = 0.125  # share of rows that are generated memory dialogues
+    memory_kinds: list[str] = field(default_factory=lambda: ["in_context", "passage"])
+    eval_examples: int = 100  # held-out examples per kind for recall evaluation
+    # optimisation
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_steps: int = 1000
+    max_time_s: float | None = None
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16
+    compile: bool = False
+    chunk_size: int = 0
+    # memory objective hooks, "package.module:function" (see retnet_core.train)
+    memory_objective: str | None = None
+    memory_eval: str | None = None
+    memory_weight: float = 1.0
+    memory_batch: int = 8
+    memory_eval_kinds: list[str] = field(default_factory=lambda: ["recall", "forget", "unknown"])
+    # bookkeeping
+    eval_interval: int = 200
+    eval_windows: int | None = 64
+    log_interval: int = 10
+    ckpt_interval: int = 200
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    progress: bool = True
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("retnet", "transformer"):
+            raise ValueError(f"arch must be 'retnet' or 'transformer', not {self.arch!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
+        if not 0.0 <= self.memory_frac < 1.0:
+            raise ValueError("memory_frac must be in [0, 1)")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file into :class:`TrainConfig`.
+
+    Unknown keys are an error, so a typo never silently trains the wrong model.
+    """
+    path = Path(path)
+    text = path.read_text()
+    raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text) or {}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}")
+    return TrainConfig(**raw)
+
+
+def load_hook(spec: str | None) -> Callable | None:
+    """Import ``"package.module:function"``; None stays None."""
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# ---------------------------------------------------------------------- tokenizer
+def prepare_tokenizer(
+    cfg: TrainConfig, out: Path, main: bool, barrier: Callable[[], None]
+) -> ChatTokenizer:
+    """Reuse the run's tokenizer, load ``cfg.tokenizer``, or train one (rank 0 only).
+
+    Trained on the chit-chat *training* split plus generated training dialogues, so
+    neither validation text nor held-out values shape the vocabulary.
+    """
+    saved = out / "checkpoint" / TOKENIZER_FILE
+    if cfg.resume and saved.exists():
+        return ChatTokenizer.load(saved)
+    if cfg.tokenizer:
+        return ChatTokenizer.load(cfg.tokenizer)
+    staged = out / TOKENIZER_FILE
+    if main:
+        splits = _splits(cfg)
+        texts = [m.content for c in splits["train"] for m in c.messages]
+        gen = DialogueGenerator(ValuePools.build(), "train", seed=cfg.seed + 1)
+        texts += list(example_texts(gen.sample(2000)))
+        ChatTokenizer.train(texts, vocab_size=cfg.vocab_size).save(staged)
+    barrier()
+    return ChatTokenizer.load(staged)
+
+
+# ---------------------------------------------------------------------- data
+@dataclass
+class Data:
+    """Token streams and dialogue generators of one run."""
+
+    tok: ChatTokenizer
+    train: TokenStream
+    val: TokenStream
+    pools: ValuePools
+    kinds: list[str]
+    eval_examples: dict[str, list[MemoryExample]]
+    memory_gen: bool = True
+
+    def memory_examples(
+        self, n: int, seed: int, kinds: list[str] | None = None
+    ) -> list[MemoryExample]:
+        """``n`` training dialogues (training values only) from a per-call seed."""
+        return DialogueGenerator(self.pools, "train", seed=seed).sample(n, kinds or self.kinds)
+
+
+def _splits(cfg: TrainConfig) -> dict:
+    splits = split_conversations(load_chitchat(), cfg.val_frac, cfg.test_frac)
+    if cfg.chitchat_limit:
+        splits["train"] = splits["train"][: cfg.chitchat_limit]
+        splits["val"] = splits["val"][: max(cfg.chitchat_limit // 10, 8)]
+    return splits
+
+
+def prepare_data(cfg: TrainConfig, tok: ChatTokenizer) -> Data:
+    """Pack chit-chat train/val and build the value pools and held-out eval examples.
+
+    Held-out values exclude every word of the chit-chat training split.
+    """
+    splits = _splits(cfg)
+    pools = ValuePools.build(
+        exclude=words_of(m.content for c in splits["train"] for m in c.messages)
+    )
+    heldout = DialogueGenerator(pools, "heldout", seed=cfg.seed)
+    kinds = ["in_context", "passage", "recall", *cfg.memory_eval_kinds]
+    eval_examples = {
+        k: [heldout.example(k) for _ in range(cfg.eval_examples)] for k in dict.fromkeys(kinds)
+    }
+    return Data(
+        tok=tok,
+        train=pack(tok, splits["train"]),
+        val=pack(tok, splits["val"]),
+        pools=pools,
+        kinds=list(cfg.memory_kinds),
+        eval_examples=eval_examples,
+        memory_gen=cfg.memory_frac > 0,
+    )
+
+
+# ---------------------------------------------------------------------- model
+def retnet_config(cfg: TrainConfig, vocab_size: int):
+    """The RetNetConfig the ``model`` section describes."""
+    from retnet_core.config import RetNetConfig
+
+    return RetNetConfig(**{**cfg.model, "vocab_size": vocab_size})
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, resume_dir: Path | None = None) -> nn.Module:
+    """A fresh model, or the one saved in ``resume_dir`` when resuming."""
+    if cfg.arch == "transformer":
+        from retnet_core.baseline import TransformerConfig, TransformerLM, match_ffn
+
+        if resume_dir is not None and cfg.resume and (resume_dir / "config.json").exists():
+            return TransformerLM.from_pretrained(resume_dir)
+        keys = {f.name for f in fields(TransformerConfig)}
+        tcfg = TransformerConfig(
+            **{k: v for k, v in cfg.model.items() if k in keys},
+            vocab_size=vocab_size,
+            max_seq_len=cfg.seq_len,
+        )
+        if cfg.match_params:
+            from retnet_core.model import RetNetLM
+
+            target = sum(p.numel() for p in RetNetLM(retnet_config(cfg, vocab_size)).parameters())
+            tcfg.ffn_dim = match_ffn(tcfg, target)
+        return TransformerLM(tcfg)
+    from retnet_core.model import RetNetLM
+
+    if resume_dir is not None and cfg.resume and (resume_dir / "config.json").exists():
+        return RetNetLM.from_pretrained(resume_dir)
+    return RetNetLM(retnet_config(cfg, vocab_size))
+
+
+class LMObjective(nn.Module):
+    """tokens (B, T) → logits (B, T, V), through the form the config asks for.
+
+    A module of its own so DDP wraps the call that actually runs (``prefill`` is not
+    ``forward``): gradients are synchronised whichever form is used.
+    """
+
+    def __init__(self, model: nn.Module, chunk_size: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        t = tokens.shape[1]
+        if self.chunk_size and t > self.chunk_size and hasattr(self.model, "prefill"):
+            logits, _ = self.model.prefill(tokens, chunk_size=self.chunk_size)
+            return logits
+        return self.model(tokens)
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """Parameter count and config, for logs and model cards."""
+    config = getattr(model, "config", None)
+    as_dict = json.loads(config.to_json()) if hasattr(config, "to_json") else vars(config)
+    return {"params": sum(p.numel() for p in model.parameters()), "config": as_dict}
