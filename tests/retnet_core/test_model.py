@@ -1,0 +1,153 @@
+"""Model level: forward (parallel) == prefill (chunkwise, any chunking) == step (recurrent)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import tiny_config, tiny_model
+
+from retnet_core.config import ConfigError, RetNetConfig
+from retnet_core.model import RetNetLM
+from retnet_core.state import StateError, StateMismatchError
+
+ATOL = 1e-10
+
+
+def _steps(model, tokens, state=None):
+    state = model.init_state(tokens.shape[0]) if state is None else state
+    out = []
+    for t in range(tokens.shape[1]):
+        logits, state = model.step(tokens[:, t], state)
+        out.append(logits)
+    return torch.stack(out, dim=1), state
+
+
+def test_forward_prefill_step_agree(model, tokens):
+    with torch.no_grad():
+        ref = model(tokens)
+        rng = random.Random(0)
+        chunkings = [dict(), dict(chunk_size=1), dict(chunk_size=100),
+                     dict(boundaries=sorted(rng.sample(range(1, 21), 5))),
+                     dict(boundaries=[1, 2, 3, 19, 20], chunk_size=6)]  # fmt: skip
+        states = []
+        for kw in chunkings:
+            logits, st = model.prefill(tokens, **kw)
+            torch.testing.assert_close(logits, ref, rtol=0, atol=ATOL)
+            states.append(st)
+        stepped, st_step = _steps(model, tokens)
+        torch.testing.assert_close(stepped, ref, rtol=0, atol=ATOL)
+    for st in states:
+        assert st.position.tolist() == [21, 21, 21]
+        for a, b in zip(st.S, st_step.S, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
+
+
+def test_prefill_continues_a_state(model, tokens):
+    with torch.no_grad():
+        ref = model(tokens)
+        first, st = model.prefill(tokens[:, :8])
+        second, st = model.prefill(tokens[:, 8:15], st, boundaries=[3])
+        third, st = _steps(model, tokens[:, 15:], st)
+    torch.testing.assert_close(torch.cat([first, second, third], 1), ref, rtol=0, atol=ATOL)
+
+
+def test_mixed_lengths_batch_equals_each_alone(model):
+    gen = torch.Generator().manual_seed(1)
+    lengths = [11, 4, 1, 7]
+    seqs = [torch.randint(0, 50, (n,), generator=gen) for n in lengths]
+    nxt = torch.randint(0, 50, (4, 3), generator=gen)
+    batch = torch.full((4, max(lengths)), 0)
+    for i, s in enumerate(seqs):
+        batch[i, : len(s)] = s
+    lens = torch.tensor(lengths)
+    with torch.no_grad():
+        full, st = model.prefill(batch, lengths=lens)
+        last, _ = model.prefill(batch, lengths=lens, last_only=True)
+        steps, _ = _steps(model, nxt, st)
+        fwd = model(batch, lengths=lens)
+        for i, s in enumerate(seqs):
+            alone, st_i = model.prefill(s[None])
+            torch.testing.assert_close(full[i, : len(s)], alone[0], rtol=0, atol=ATOL)
+            torch.testing.assert_close(fwd[i, : len(s)], alone[0], rtol=0, atol=ATOL)
+            torch.testing.assert_close(last[i], alone[0, -1], rtol=0, atol=ATOL)
+            alone_steps, _ = _steps(model, nxt[i : i + 1], st_i)
+            torch.testing.assert_close(steps[i], alone_steps[0], rtol=0, atol=ATOL)
+
+
+def test_batched_steps_at_different_positions(model):
+    """A server batches sessions at different positions: stack == each alone."""
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randint(0, 50, (1, 9), generator=gen), torch.randint(0, 50, (1, 3), generator=gen)
+    with torch.no_grad():
+        _, sa = model.prefill(a)
+        _, sb = model.prefill(b)
+        from retnet_core.state import RecurrentState
+
+        both = RecurrentState.stack([sa, sb])
+        nxt = torch.tensor([5, 6])
+        logits, st = model.step(nxt, both)
+        la, _ = model.step(nxt[:1], sa)
+        lb, _ = model.step(nxt[1:], sb)
+    torch.testing.assert_close(logits, torch.cat([la, lb]), rtol=0, atol=ATOL)
+    assert st.position.tolist() == [10, 4]
+
+
+def test_float32_forms_agree():
+    model = tiny_model(dtype=torch.float32)
+    tok = torch.randint(0, 50, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(tok)
+        pre, st = model.prefill(tok, chunk_size=7)
+        stepped, _ = _steps(model, tok)
+    assert st.S[0].dtype == torch.float32
+    torch.testing.assert_close(pre, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(stepped, ref, rtol=0, atol=1e-5)
+
+
+def test_gradients_flow_through_forward():
+    model = tiny_model(dtype=torch.float32).train()
+    tok = torch.randint(0, 50, (2, 10))
+    loss = torch.nn.functional.cross_entropy(model(tok)[:, :-1].flatten(0, 1), tok[:, 1:].flatten())
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_fingerprint_tracks_weights_and_config():
+    m1, m2 = tiny_model(seed=0), tiny_model(seed=0)
+    assert m1.fingerprint() == m2.fingerprint() and len(m1.fingerprint()) == 32
+    assert tiny_model(seed=1).fingerprint() != m1.fingerprint()
+    assert tiny_model(seed=0, retention_norm="none").fingerprint() != m1.fingerprint()
+    before = m1.fingerprint()
+    with torch.no_grad():
+        m1.blocks[0].ffn.w_out.weight[0, 0] += 1.0
+    assert m1.fingerprint() != before
+
+
+def test_step_refuses_foreign_state():
+    m1, m2 = tiny_model(seed=0), tiny_model(seed=1)
+    st = m1.init_state(1)
+    with pytest.raises(StateMismatchError) as err:
+        m2.step(torch.tensor([1]), st)
+    assert m1.fingerprint() in str(err.value) and m2.fingerprint() in str(err.value)
+    with pytest.raises(StateError):
+        m1.step(torch.tensor([1, 2]), st)
+
+
+def test_config_json_round_trip_and_errors():
+    cfg = tiny_config(memory_layers=[1], value_factor=1.5, tie_embeddings=True)
+    assert RetNetConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="unknown RetNetConfig keys"):
+        RetNetConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ConfigError, match="unknown checkpoint format"):
+        RetNetConfig.from_dict({**cfg.to_dict(), "format_version": 99})
+    with pytest.raises(ConfigError):
+        tiny_config(n_heads=3)
+
+
+def test_value_factor_and_tied_head():
+    model = RetNetLM(tiny_config(value_factor=2.0, tie_embeddings=True))
+    msr = model.blocks[0].retention
+    assert msr.head_value_dim == 2 * msr.key_dim
+    assert model.head.weight is model.embed.weight
