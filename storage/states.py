@@ -1,0 +1,257 @@
+"""Recurrent states: write-through Redis (or LRU) over SQL, versioned, checksummed.
+
+A state is opaque bytes to storage (the model's ``RecurrentState.to_bytes()``) plus
+metadata: model fingerprint, token position, version, and a BLAKE2b checksum computed here.
+
+- :meth:`StateStore.save` is a compare-and-set on the session's version: it succeeds only
+  if the session is still at ``expected_version``, bumps it, and stores the blob in SQL in
+  the same transaction. Only then is the hot tier updated (an acknowledged state is
+  durable in SQL). A stale writer gets :class:`StaleVersion`, never a silent overwrite.
+- :meth:`StateStore.load` reads the hot tier, then SQL, then repopulates the hot tier.
+  A checksum mismatch in the hot tier is counted and that copy discarded; in SQL it
+  raises :class:`CorruptStateError` naming the session.
+- Redis failures are logged and counted (``cache_fallbacks``) and the call goes on on SQL.
+  Keys whose invalidation could not reach Redis are remembered and deleted once it is back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from storage.cache import CacheUnavailable, HotCache
+from storage.db import Database
+from storage.errors import CorruptStateError, FingerprintMismatch, NotFound, StaleVersion
+from storage.metrics import StorageMetrics
+from storage.models import ChatSession, SessionState, utcnow
+
+log = logging.getLogger(__name__)
+_MAGIC = b"MST1"
+
+
+def checksum(blob: bytes) -> str:
+    """BLAKE2b-256 hex digest of ``blob``."""
+    return hashlib.blake2b(blob, digest_size=32).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """A session's state as stored."""
+
+    session_id: str
+    version: int
+    blob: bytes
+    checksum: str
+    fingerprint: str
+    position: int
+
+
+def encode_hot(state: StoredState) -> bytes:
+    """Hot-tier encoding: magic, header length, JSON header, blob."""
+    head = json.dumps(
+        {
+            "s": state.session_id,
+            "v": state.version,
+            "c": state.checksum,
+            "f": state.fingerprint,
+            "p": state.position,
+        }
+    ).encode()
+    return _MAGIC + struct.pack(">I", len(head)) + head + state.blob
+
+
+def decode_hot(data: bytes) -> StoredState:
+    """Inverse of :func:`encode_hot`; raises ValueError on a malformed value."""
+    if data[:4] != _MAGIC:
+        raise ValueError("bad magic")
+    (n,) = struct.unpack(">I", data[4:8])
+    head = json.loads(data[8 : 8 + n])
+    return StoredState(head["s"], head["v"], data[8 + n :], head["c"], head["f"], head["p"])
+
+
+class StateStore:
+    """Session states over a hot cache and SQL; every call takes the tenant."""
+
+    def __init__(
+        self, db: Database, cache: HotCache, metrics: StorageMetrics, ttl_s: float = 3600.0
+    ) -> None:
+        self.db, self.cache, self.metrics, self.ttl_s = db, cache, metrics, ttl_s
+        self._pending_deletes: set[str] = set()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(tenant_id: str, session_id: str) -> str:
+        return f"state:{tenant_id}:{session_id}"
+
+    def save(
+        self,
+        tenant_id: str,
+        session_id: str,
+        blob: bytes,
+        *,
+        fingerprint: str,
+        position: int,
+        expected_version: int,
+    ) -> StoredState:
+        """Store ``blob`` as version ``expected_version + 1``; raises StaleVersion/NotFound."""
+        blob = bytes(blob)
+        state = StoredState(
+            session_id, expected_version + 1, blob, checksum(blob), fingerprint, position
+        )
+        with self.db.write() as s:
+            res = s.execute(
+                update(ChatSession)
+                .where(ChatSession.id == session_id, ChatSession.tenant_id == tenant_id)
+                .where(ChatSession.version == expected_version)
+                .values(version=state.version, updated_at=utcnow())
+            )
+            if res.rowcount != 1:
+                current = s.scalar(
+                    select(ChatSession.version).where(
+                        ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
+                    )
+                )
+                if current is None:
+                    raise NotFound(f"session {session_id} not found")
+                self.metrics.conflicts.labels("stale_version").inc()
+                self._invalidate(tenant_id, session_id)  # a stale hot copy may be why
+                raise StaleVersion(session_id, expected_version, current)
+            row = s.get(SessionState, session_id) or SessionState(session_id=session_id)
+            row.tenant_id, row.version, row.blob = tenant_id, state.version, blob
+            row.checksum, row.fingerprint, row.position = state.checksum, fingerprint, position
+            row.size, row.updated_at = len(blob), utcnow()
+            s.add(row)
+        self.metrics.state_writes.inc()
+        self._put_hot(tenant_id, state)
+        return state
+
+    def load(
+        self, tenant_id: str, session_id: str, *, fingerprint: str | None = None
+    ) -> StoredState | None:
+        """The newest state, or None when the session has none; NotFound for no session."""
+        self._flush_pending()
+        state = self._get_hot(tenant_id, session_id)
+        if state is None:
+            state = self._get_sql(tenant_id, session_id)
+            if state is None:
+                self.metrics.state_reads.labels("miss").inc()
+                return None
+            self.metrics.state_reads.labels("sql").inc()
+            self._put_hot(tenant_id, state)
+        else:
+            self.metrics.state_reads.labels(self.cache.name).inc()
+        if fingerprint is not None and state.fingerprint != fingerprint:
+            raise FingerprintMismatch(session_id, state.fingerprint, fingerprint)
+        return state
+
+    def version(self, tenant_id: str, session_id: str) -> int:
+        """The session's current version from SQL; NotFound for another tenant's session."""
+        with self.db.read() as s:
+            v = s.scalar(
+                select(ChatSession.version).where(
+                    ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
+                )
+            )
+        if v is None:
+            raise NotFound(f"session {session_id} not found")
+        return int(v)
+
+    def evict_hot(self, tenant_id: str, session_id: str) -> None:
+        """Drop the hot copy (e.g. after deleting the session)."""
+        self._invalidate(tenant_id, session_id)
+
+    # ---- tiers ---------------------------------------------------------------------
+    def _get_hot(self, tenant_id: str, session_id: str) -> StoredState | None:
+        key = self._key(tenant_id, session_id)
+        try:
+            data = self.cache.get(key)
+        except CacheUnavailable as exc:
+            self._fallback("get", exc)
+            return None
+        if data is None:
+            return None
+        try:
+            state = decode_hot(data)
+            ok = state.session_id == session_id and checksum(state.blob) == state.checksum
+        except (ValueError, KeyError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            log.error("session %s: hot copy fails its checksum; discarded", session_id)
+            self.metrics.corrupt_blobs.labels(self.cache.name).inc()
+            self._invalidate(tenant_id, session_id)
+            return None
+        return state
+
+    def _get_sql(self, tenant_id: str, session_id: str) -> StoredState | None:
+        with self.db.read() as s:
+            row = s.scalar(
+                select(SessionState).where(
+                    SessionState.session_id == session_id, SessionState.tenant_id == tenant_id
+                )
+            )
+            if row is None:
+                exists = s.scalar(
+                    select(ChatSession.id).where(
+                        ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
+                    )
+                )
+                if exists is None:
+                    raise NotFound(f"session {session_id} not found")
+                return None
+            state = StoredState(
+                session_id,
+                row.version,
+                bytes(row.blob),
+                row.checksum,
+                row.fingerprint,
+                row.position,
+            )
+        if checksum(state.blob) != state.checksum:
+            self.metrics.corrupt_blobs.labels("sql").inc()
+            raise CorruptStateError(session_id, "sql")
+        return state
+
+    def _put_hot(self, tenant_id: str, state: StoredState) -> None:
+        try:
+            self.cache.put(
+                self._key(tenant_id, state.session_id),
+                encode_hot(state),
+                state.version,
+                self.ttl_s,
+            )
+        except CacheUnavailable as exc:
+            self._fallback("put", exc)
+            with self._lock:  # an older hot copy may survive the outage: delete it later
+                self._pending_deletes.add(self._key(tenant_id, state.session_id))
+
+    def _invalidate(self, tenant_id: str, session_id: str) -> None:
+        key = self._key(tenant_id, session_id)
+        try:
+            self.cache.delete(key)
+        except CacheUnavailable as exc:
+            self._fallback("delete", exc)
+            with self._lock:
+                self._pending_deletes.add(key)
+
+    def _flush_pending(self) -> None:
+        if not self._pending_deletes:
+            return
+        with self._lock:
+            keys, self._pending_deletes = list(self._pending_deletes), set()
+        for i, key in enumerate(keys):
+            try:
+                self.cache.delete(key)
+            except CacheUnavailable:
+                with self._lock:
+                    self._pending_deletes.update(keys[i:])
+                return
+
+    def _fallback(self, op: str, exc: Exception) -> None:
+        log.warning("hot cache %s failed (%s); using SQL", op, exc)
+        self.metrics.cache_fallbacks.labels(op).inc()
