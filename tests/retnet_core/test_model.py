@@ -151,3 +151,29 @@ def test_value_factor_and_tied_head():
     msr = model.blocks[0].retention
     assert msr.head_value_dim == 2 * msr.key_dim
     assert model.head.weight is model.embed.weight
+
+
+def test_memory_hook_reads_the_bank_in_every_form():
+    model = tiny_model(memory_layers=[1], memory_d_key=8, memory_d_value=8)
+    from retnet_core.slots import ExactSlotStore
+
+    gen = torch.Generator().manual_seed(5)
+    bank = ExactSlotStore(8, 8)
+    keys = torch.nn.functional.normalize(torch.randn(6, 8, generator=gen), dim=-1)
+    bank.add(keys, torch.randn(6, 8, generator=gen), torch.ones(6))
+    memory = {1: bank}
+    tok = torch.randint(0, 50, (2, 9), generator=gen)
+    captured: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        ref = model(tok, memory=memory, capture=captured)
+        without = model(tok)
+        pre, st = model.prefill(tok, memory=memory, boundaries=[2, 3])
+        st0 = model.init_state(2)
+        stepped = []
+        for t in range(9):
+            logits, st0 = model.step(tok[:, t], st0, memory=memory)
+            stepped.append(logits)
+    assert list(captured) == [1] and captured[1].shape == (2, 9, 16)
+    assert (ref - without).abs().max() > 1e-6  # the bank changes the output
+    torch.testing.assert_close(pre, ref, rtol=0, atol=ATOL)
+    torch.testing.assert_close(torch.stack(stepped, 1), ref, rtol=0, atol=ATOL)
