@@ -1,0 +1,120 @@
+"""One JSON error body for every failure, and the handlers that produce it.
+
+Every error the API returns looks like::
+
+    {"error": {"code": "not_found", "message": "session 42 not found", "status": 404,
+               "details": [...]}}
+
+Client mistakes map to 4xx: malformed JSON 400, validation (unknown fields, bad
+generation parameters) 422, unknown or foreign ids 404 (never 403, so existence does
+not leak across tenants), too large 413, busy session 409. Anything unexpected is
+logged and answered with a generic 500 that reveals nothing of the input.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("memsvc.errors")
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a stable machine-readable ``code``."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, details: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadRequest(ApiError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class SessionBusy(Conflict):
+    code = "session_busy"
+
+
+class TooLarge(ApiError):
+    status, code = 413, "too_large"
+
+
+class Unprocessable(ApiError):
+    status, code = 422, "invalid_request"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+
+def error_body(status: int, code: str, message: str, details: list[Any] | None = None) -> dict:
+    """The uniform error payload."""
+    body: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+def error_response(status: int, code: str, message: str, details: list[Any] | None = None):
+    """A JSONResponse carrying :func:`error_body` (plus WWW-Authenticate on 401)."""
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(status, code, message, details), status, headers=headers)
+
+
+def _clean_validation_errors(errors: list[dict]) -> list[dict]:
+    """Validation errors without the echoed input (which may be huge or sensitive)."""
+    return [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+        for e in errors
+    ]
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = _clean_validation_errors(list(exc.errors()))
+    if any(e["type"] == "json_invalid" for e in errors):
+        return error_response(400, "malformed_json", "request body is not valid JSON", errors)
+    return error_response(422, "invalid_request", "request failed validation", errors)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "too_large"}
+    code = codes.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error; the request was not applied")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler above on ``app``."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,102 @@
+"""Service settings, read from ``MEMSVC_*`` environment variables or a ``.env`` file.
+
+With nothing set the service runs on the embedded default: a SQLite file under
+``MEMSVC_DATA_DIR``, no Redis (an in-process cache instead), the shipped default
+model, on 127.0.0.1:8000. Postgres and Redis are one setting each away::
+
+    MEMSVC_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/memsvc
+    MEMSVC_REDIS_URL=redis://127.0.0.1:6379/0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "models" / "default"
+
+
+def _default_data_dir() -> Path:
+    """``~/.local/share/memsvc`` (XDG style); the SQLite file and caches live there."""
+    return Path.home() / ".local" / "share" / "memsvc"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start. Immutable once the app is built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEMSVC_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # where things live
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file under data_dir"
+    )
+    redis_url: str | None = Field(default=None, description="Redis URL; unset: no Redis")
+    redis_prefix: str = Field(default="memsvc:", description="key prefix for everything in Redis")
+    model_dir: Path | None = Field(default=None, description="checkpoint dir; default: shipped")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    run_migrations: bool = Field(default=True, description="apply migrations at start")
+
+    # access
+    admin_key: SecretStr | None = Field(default=None, description="Bearer key for /admin")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    # request limits (over them: 413)
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    max_message_chars: int = Field(default=16_000, ge=1)
+    max_document_chars: int = Field(default=1_000_000, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
+    max_stop_sequences: int = Field(default=8, ge=0)
+    max_page_size: int = Field(default=200, ge=1)
+
+    # engine
+    max_batch: int = Field(default=64, ge=1, description="sessions decoded in one step")
+    lock_wait_s: float = Field(default=0.0, ge=0.0, description="wait for a busy session; 0: 409")
+    default_max_tokens: int = Field(default=64, ge=1)
+    turn_timeout_s: float = Field(default=300.0, gt=0)
+
+    # RAG
+    rag_enabled: bool = True
+    rag_top_k: int = Field(default=3, ge=0)
+    rag_threshold: float = Field(default=0.35, ge=-1.0, le=1.0)
+    passage_tokens: int = Field(default=128, ge=8, description="token budget per passage")
+    embedder_device: str = "cpu"
+    snapshot_cache_size: int = Field(default=256, ge=0)
+
+    # memory slots
+    memory_enabled: bool = True
+
+    @field_validator("database_url", "redis_url", "model_dir", "admin_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """``MEMSVC_REDIS_URL=`` in a ``.env`` means "not configured", not an empty URL."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def resolved_database_url(self) -> str:
+        """The database URL to use: the configured one or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'memsvc.db'}"
+
+    def resolved_model_dir(self) -> Path:
+        """The checkpoint directory to load: the configured one or the shipped default."""
+        return self.model_dir if self.model_dir is not None else DEFAULT_MODEL_DIR
+
+    def resolved_device(self) -> str:
+        """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def admin_key_value(self) -> str | None:
+        """The admin key in clear, or None when admin endpoints are disabled."""
+        return self.admin_key.get_secret_value() if self.admin_key else None

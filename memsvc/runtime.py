@@ -1,0 +1,126 @@
+"""The one model of this process: a RetNet LM, its tokenizer, and state (de)serialisation.
+
+This is the narrow seam between the service and ``retnet_core``: the engine and RAG
+only call :class:`ModelRuntime`, never the model classes directly. All model calls
+happen on the engine's scheduler thread (one owner, no locking inside).
+
+Shapes: token ids are int64; ``prefill`` takes (1, T) and returns the logits of the
+last position (V,); ``step`` takes (B,) and returns (B, V).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from retnet_core.tokenizer import ChatTokenizer
+
+log = logging.getLogger("memsvc.runtime")
+
+
+class ModelUnavailable(RuntimeError):
+    """The checkpoint directory is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class Prefilled:
+    """Result of feeding tokens: logits of the next token (V,) and the new state."""
+
+    logits: Tensor
+    state: Any
+
+
+class ModelRuntime:
+    """Load once, then prefill / step / (de)serialise states on one device."""
+
+    def __init__(self, model: Any, tokenizer: ChatTokenizer, device: str) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.fingerprint: str = str(model.fingerprint())
+
+    @classmethod
+    def load(cls, model_dir: Path, device: str) -> ModelRuntime:
+        """Load the checkpoint and ``tokenizer.json`` from ``model_dir`` onto ``device``."""
+        from retnet_core.model import RetNetLM
+
+        if not Path(model_dir).is_dir():
+            raise ModelUnavailable(f"model directory {model_dir} does not exist")
+        try:
+            model = RetNetLM.from_pretrained(str(model_dir), device=device)
+            tokenizer = ChatTokenizer.load(model_dir)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelUnavailable(f"cannot load model from {model_dir}: {exc}") from exc
+        log.info("loaded model %s on %s", model_dir, device)
+        return cls(model, tokenizer, device)
+
+    # ------------------------------------------------------------------ states
+    def state_to_bytes(self, state: Any) -> bytes:
+        """Serialise one session's state (batch 1)."""
+        return state.to_bytes()
+
+    def state_from_bytes(self, data: bytes) -> Any:
+        """Inverse of :meth:`state_to_bytes`; a foreign or damaged state raises StateError."""
+        from retnet_core.state import RecurrentState
+
+        return RecurrentState.from_bytes(data, fingerprint=self.fingerprint, device=self.device)
+
+    @staticmethod
+    def state_hash(data: bytes | None) -> str:
+        """Content hash of a serialised state ('empty' for a new session)."""
+        return hashlib.sha256(data).hexdigest() if data else "empty"
+
+    def stack(self, states: list[Any]) -> Any:
+        """Batch B single-session states into one (B, ...) state."""
+        from retnet_core.state import RecurrentState
+
+        return RecurrentState.stack(states)
+
+    def unbind(self, state: Any) -> list[Any]:
+        """Split a batched state back into B single-session states."""
+        return list(state.unbind())
+
+    # ------------------------------------------------------------------ compute
+    @torch.inference_mode()
+    def prefill(
+        self,
+        ids: list[int],
+        state: Any | None,
+        boundaries: list[int],
+        memory: Any = None,
+        capture: dict | None = None,
+    ) -> Prefilled:
+        """Feed ``ids`` after ``state`` with chunk boundaries at ``boundaries`` (offsets).
+
+        ``memory`` maps memory-layer index → slot bank; ``capture`` (a dict) receives each
+        memory layer's input (1, T, d_model), which memory writes are computed from.
+        """
+        tokens = torch.tensor([ids], dtype=torch.long, device=self.device)
+        cuts = sorted({b for b in boundaries if 0 < b < len(ids)})
+        logits, new_state = self.model.prefill(
+            tokens,
+            state=state,
+            boundaries=cuts or None,
+            memory=memory,
+            last_only=True,
+            capture=capture,
+        )
+        return Prefilled(logits=logits.reshape(-1)[: logits.shape[-1]].float(), state=new_state)
+
+    @torch.inference_mode()
+    def step(self, tokens: list[int], state: Any, memory: Any = None) -> tuple[Tensor, Any]:
+        """One decode step for B sessions: tokens (B,) -> logits (B, V), new state."""
+        t = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        logits, new_state = self.model.step(t, state, memory=memory)
+        return logits.reshape(len(tokens), -1).float(), new_state
+
+
+def logits_digest(logits: Tensor) -> str:
+    """sha256 of the float32 logits bytes: equal digests mean bit-identical logits."""
+    return hashlib.sha256(logits.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()

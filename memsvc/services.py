@@ -1,0 +1,114 @@
+"""The service container: every long-lived object of one process, built once.
+
+``Services.build(settings)`` runs migrations, opens storage, loads the model and the
+embedder, and wires the managers that routers call. ``start``/``stop`` run the
+scheduler thread (the app's lifespan calls them).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from memsvc.admin import AdminManager
+from memsvc.config import Settings
+from memsvc.documents import DocumentManager
+from memsvc.engine import Scheduler
+from memsvc.metrics import Metrics
+from memsvc.rag import Embedder, PassageFeeder, SnapshotCache
+from memsvc.runtime import ModelRuntime
+from memsvc.sessions import SessionManager
+from memsvc.store import Store
+from memsvc.turns import TurnManager
+
+log = logging.getLogger("memsvc.services")
+
+
+def migrate(settings: Settings) -> None:
+    """Apply every pending migration to the configured database (``memsvc migrate``)."""
+    from storage.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url())
+
+
+def open_store(settings: Settings, registry: Any = None) -> Store:
+    """The storage adapter for the configured database and Redis."""
+    from memsvc.storage_adapter import StorageStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return StorageStore(
+        settings.resolved_database_url(), settings.redis_url, registry, settings.redis_prefix
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    runtime: ModelRuntime
+    scheduler: Scheduler
+    embedder: Embedder
+    snapshots: SnapshotCache
+    sessions: SessionManager
+    turns: TurnManager
+    documents: DocumentManager
+    admin: AdminManager
+    memory: Any = None
+
+    @property
+    def tenants(self) -> Store:
+        """Tenant-key authentication lives in the store."""
+        return self.store
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        if settings.run_migrations:
+            migrate(settings)
+        metrics = Metrics()
+        store = open_store(settings, metrics.registry)
+        runtime = ModelRuntime.load(settings.resolved_model_dir(), settings.resolved_device())
+        scheduler = Scheduler(runtime, metrics, settings.max_batch)
+        embedder = Embedder(settings.embedder_device)
+        snapshots = SnapshotCache(settings.snapshot_cache_size, backing=store.snapshot_backing())
+
+        def on_lookup(hit: bool) -> None:
+            metrics.snapshot_lookups.labels("hit" if hit else "miss").inc()
+
+        feeder = PassageFeeder(runtime, snapshots, on_lookup)
+        documents = DocumentManager(settings, store, embedder, runtime.tokenizer)
+        memory = None
+        turns = TurnManager(settings, store, runtime, scheduler, feeder, documents, memory, metrics)
+        return cls(
+            settings=settings,
+            metrics=metrics,
+            store=store,
+            runtime=runtime,
+            scheduler=scheduler,
+            embedder=embedder,
+            snapshots=snapshots,
+            sessions=SessionManager(settings, store, runtime, scheduler, memory),
+            turns=turns,
+            documents=documents,
+            admin=AdminManager(store, metrics, memory),
+            memory=memory,
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.store.close()
+
+    def readiness(self) -> dict[str, Any]:
+        """Database, Redis and model checks for ``/readyz``."""
+        checks = self.store.ping()
+        checks["model"] = {
+            "ok": self.scheduler.alive,
+            "fingerprint": self.runtime.fingerprint,
+            "device": self.runtime.device,
+        }
+        return checks

@@ -1,0 +1,184 @@
+"""The service's view of persistence: plain records and the one adapter over ``storage``.
+
+Managers in memsvc talk to :class:`Store` only. Rows never leave this module as ORM
+objects: they are converted to the frozen records below, which the API layer turns
+into response schemas. Storage's errors are translated here too: ``NotFound`` stays
+a :class:`memsvc.api.errors.NotFound` (404 for unknown and foreign ids alike), a held
+lock becomes :class:`Busy`, a lost compare-and-set :class:`Conflict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class Busy(Exception):
+    """The session's lock is held by another turn (→ 409)."""
+
+
+@dataclass(frozen=True)
+class SessionRec:
+    id: str
+    tenant_id: str
+    user_id: str | None
+    system_prompt: str | None
+    memory_scope: str
+    created_at: datetime | None
+    metadata: dict[str, Any] | None
+    message_count: int
+    token_count: int
+    version: int
+
+
+@dataclass(frozen=True)
+class MessageRec:
+    id: str
+    session_id: str
+    role: str
+    content: str
+    created_at: datetime | None
+    token_count: int | None
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    """A session's persisted state: bytes (None for a new session), version, tier."""
+
+    data: bytes | None
+    version: int
+    tier: str  # redis | lru | sql | miss
+
+
+@dataclass(frozen=True)
+class TurnCommit:
+    """Everything one acknowledged turn writes, in one transaction."""
+
+    tenant_id: str
+    session_id: str
+    expected_version: int
+    user_content: str
+    assistant_content: str
+    idempotency_key: str | None
+    state: bytes
+    fingerprint: str
+    position: int  # the state's token position (history length)
+    user_tokens: int
+    assistant_tokens: int
+
+
+@dataclass(frozen=True)
+class DocumentRec:
+    id: str
+    title: str | None
+    scope: str
+    user_id: str | None
+    passages: int
+    tokens: int
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PassageHit:
+    passage_id: str
+    document_id: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SlotRec:
+    id: str
+    tenant_id: str
+    user_id: str | None
+    session_id: str | None
+    message_id: str | None
+    scope: str
+    layer: int
+    gate: float
+    reads: int
+    created_at: datetime | None
+    last_read_at: datetime | None
+    text: str | None
+    span: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class SlotFilter:
+    tenant_id: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    layer: int | None = None
+    min_gate: float | None = None
+    max_gate: float | None = None
+    min_reads: int | None = None
+    max_reads: int | None = None
+    older_than_s: float | None = None
+    limit: int = 100
+
+
+class Store:
+    """Interface every memsvc manager uses; :mod:`memsvc.storage_adapter` implements it."""
+
+    # tenants
+    def authenticate(self, key: str) -> str | None: ...
+    def create_tenant(self, name: str) -> tuple[str, str]: ...
+    def list_tenants(self) -> list[dict[str, Any]]: ...
+    def revoke_tenant(self, tenant_id: str) -> int: ...
+
+    # sessions and messages
+    def create_session(
+        self,
+        tenant_id: str,
+        user_id: str | None,
+        system_prompt: str | None,
+        memory_scope: str,
+        metadata: dict[str, Any] | None,
+    ) -> SessionRec: ...
+    def get_session(self, tenant_id: str, session_id: str) -> SessionRec: ...
+    def list_sessions(
+        self, tenant_id: str | None, user_id: str | None, limit: int
+    ) -> list[SessionRec]: ...
+    def delete_session(self, tenant_id: str, session_id: str) -> None: ...
+    def list_messages(self, tenant_id: str, session_id: str, limit: int) -> list[MessageRec]: ...
+    def find_turn(
+        self, tenant_id: str, session_id: str, key: str
+    ) -> tuple[MessageRec, MessageRec] | None: ...
+
+    # turns
+    def session_lock(self, tenant_id: str, session_id: str, wait_s: float) -> Any: ...
+    def load_state(self, tenant_id: str, session_id: str) -> LoadedState: ...
+    def commit_turn(self, commit: TurnCommit) -> tuple[MessageRec, MessageRec]: ...
+
+    # documents
+    def add_document(
+        self,
+        tenant_id: str,
+        user_id: str | None,
+        scope: str,
+        title: str | None,
+        passages: list[tuple[str, int, int]],
+        embeddings: Any,
+        tokens: int,
+    ) -> DocumentRec: ...
+    def list_documents(self, tenant_id: str, limit: int) -> list[DocumentRec]: ...
+    def delete_document(self, tenant_id: str, document_id: str) -> None: ...
+    def search_passages(
+        self, tenant_id: str, user_id: str | None, query: Any, k: int
+    ) -> list[PassageHit]: ...
+
+    # snapshots: an object with get(key) -> bytes | None and put(key, bytes), or None
+    def snapshot_backing(self) -> Any: ...
+
+    # slots
+    def list_slots(self, f: SlotFilter) -> list[SlotRec]: ...
+    def get_slot(self, slot_id: str) -> SlotRec: ...
+    def delete_slot(self, slot_id: str) -> None: ...
+    def evict_slots(self, f: SlotFilter) -> list[str]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def reindex(self) -> dict[str, Any]: ...
+
+    # health
+    def ping(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...

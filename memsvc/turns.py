@@ -1,0 +1,313 @@
+"""One chat turn, top to bottom: lock → load state → RAG → prefill → decode → commit.
+
+:class:`TurnManager` is what the messages router calls. A turn
+
+1. checks the request against the limits (413) and the session's ownership (404);
+2. answers from the idempotency key when this exact turn was already committed;
+3. takes the session's lock (busy → 409, or waits ``lock_wait_s``);
+4. loads the state (Redis → SQL) and, on the scheduler thread, feeds retrieved
+   passages (cached snapshots), the user turn and ``<|assistant|>``;
+5. joins the decode batch and streams text events;
+6. commits the two messages and the new state in one transaction (compare-and-set on
+   the version), writes memory slots, and only then reports completion.
+
+The turn runs as its own asyncio task, so a client that disconnects mid-stream does
+not cancel it: an accepted turn always ends committed or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from memsvc.api.errors import SessionBusy, TooLarge, Unavailable
+from memsvc.api.schemas import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
+from memsvc.config import Settings
+from memsvc.engine import DecodeJob, DoneEvent, ErrorEvent, Scheduler, TokenEvent, async_emitter
+from memsvc.metrics import Metrics
+from memsvc.rag import PassageFeeder, RetrievedPassage
+from memsvc.runtime import ModelRuntime
+from memsvc.sampling import SamplingParams
+from memsvc.store import Busy, LoadedState, SessionRec, Store, TurnCommit
+
+log = logging.getLogger("memsvc.turns")
+
+
+@dataclass
+class Prepared:
+    """What the prefill produced, besides the decode job."""
+
+    prompt_tokens: int = 0
+    passage_tokens: int = 0
+    passages: list[PassageRef] = field(default_factory=list)
+    snapshot_hits: int = 0
+    snapshot_misses: int = 0
+    turn_tokens: int = 0  # tokens this turn adds to the session's history
+
+
+@dataclass
+class Turn:
+    """A running turn: its event queue and the final result once committed."""
+
+    queue: asyncio.Queue
+    task: asyncio.Task | None = None
+    result: TurnOut | None = None
+
+
+class TurnManager:
+    """Runs turns; owns the access check, the lock and the commit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        runtime: ModelRuntime,
+        scheduler: Scheduler,
+        feeder: PassageFeeder,
+        retriever: Any,
+        memory: Any,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.runtime = runtime
+        self.scheduler = scheduler
+        self.feeder = feeder
+        self.retriever = retriever
+        self.memory = memory
+        self.metrics = metrics
+
+    # ------------------------------------------------------------------ checks
+    def check_limits(self, req: MessageCreate) -> int:
+        """413 for input over the configured limits; returns the max new tokens."""
+        s = self.settings
+        if len(req.content) > s.max_message_chars:
+            raise TooLarge(f"content is longer than {s.max_message_chars} characters")
+        max_new = req.max_tokens or s.default_max_tokens
+        if max_new > s.max_new_tokens:
+            raise TooLarge(f"max_tokens exceeds the limit of {s.max_new_tokens}")
+        if len(req.stop) > s.max_stop_sequences:
+            raise TooLarge(f"at most {s.max_stop_sequences} stop sequences")
+        return max_new
+
+    # ------------------------------------------------------------------ entry points
+    async def start(self, tenant_id: str, session_id: str, req: MessageCreate) -> Turn:
+        """Validate, then either replay a committed turn or start a new one."""
+        max_new = self.check_limits(req)
+        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id)
+        turn = Turn(queue=asyncio.Queue())
+        if req.idempotency_key:
+            done = await run_in_threadpool(
+                self.store.find_turn, tenant_id, session_id, req.idempotency_key
+            )
+            if done is not None:
+                turn.result = self._replayed(session, *done)
+                return turn
+        lock = self.store.session_lock(tenant_id, session_id, self.settings.lock_wait_s)
+        try:
+            await run_in_threadpool(lock.__enter__)
+        except Busy as exc:
+            self.metrics.turns.labels("busy").inc()
+            raise SessionBusy(f"session {session_id} is busy with another turn") from exc
+        turn.task = asyncio.create_task(self._run(turn, lock, session, req, max_new))
+        return turn
+
+    async def events(self, turn: Turn) -> AsyncIterator[object]:
+        """Text events, then the committed :class:`TurnOut` (or an exception)."""
+        if turn.result is not None:
+            yield turn.result
+            return
+        while True:
+            event = await turn.queue.get()
+            yield event
+            if isinstance(event, TurnOut | BaseException):
+                return
+
+    async def complete(self, turn: Turn) -> TurnOut:
+        """Wait for the whole turn (non-streaming requests)."""
+        async for event in self.events(turn):
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, TurnOut):
+                return event
+        raise Unavailable("turn ended without a result")
+
+    # ------------------------------------------------------------------ the turn
+    async def _run(self, turn: Turn, lock, session: SessionRec, req, max_new: int) -> None:
+        accepted = time.perf_counter()
+        try:
+            result = await self._run_locked(turn, session, req, max_new, accepted)
+            self.metrics.turns.labels("ok").inc()
+            await turn.queue.put(result)
+        except BaseException as exc:  # the client gets it as an event, never a lost turn
+            self.metrics.turns.labels("error").inc()
+            log.warning("turn on session %s failed: %r", session.id, exc)
+            await turn.queue.put(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+        finally:
+            await run_in_threadpool(lock.__exit__, None, None, None)
+
+    async def _run_locked(self, turn, session, req, max_new, accepted) -> TurnOut:
+        loaded: LoadedState = await run_in_threadpool(
+            self.store.load_state, session.tenant_id, session.id
+        )
+        passages = await self._retrieve(session, req)
+        prep = Prepared()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        emit = async_emitter(loop, events)
+
+        def prefill() -> DecodeJob:
+            return self._prefill(session, loaded, passages, req, max_new, emit, prep, accepted)
+
+        await self.scheduler.call(prefill)
+        done = await self._relay(events, turn.queue)
+        state_bytes = await self.scheduler.call(lambda: self.runtime.state_to_bytes(done.state))
+        commit = TurnCommit(
+            tenant_id=session.tenant_id,
+            session_id=session.id,
+            expected_version=loaded.version,
+            user_content=req.content,
+            assistant_content=done.text,
+            idempotency_key=req.idempotency_key,
+            state=state_bytes,
+            fingerprint=self.runtime.fingerprint,
+            position=int(done.state.position.reshape(-1)[0]),
+            user_tokens=prep.prompt_tokens,
+            assistant_tokens=len(done.token_ids),
+        )
+        user_msg, bot_msg = await run_in_threadpool(self.store.commit_turn, commit)
+        writes = 0
+        if req.use_memory and self.memory is not None:
+            writes = await self.memory.after_turn(session, user_msg, bot_msg)
+        self._count_tokens(prep, done, loaded)
+        usage = Usage(
+            prompt_tokens=prep.prompt_tokens,
+            completion_tokens=len(done.token_ids),
+            total_tokens=prep.prompt_tokens + len(done.token_ids),
+            cached_tokens=session.token_count if loaded.data else 0,
+            state_source=loaded.tier if loaded.data else "new",
+            passage_tokens=prep.passage_tokens,
+            snapshot_hits=prep.snapshot_hits,
+            snapshot_misses=prep.snapshot_misses,
+            memory_writes=writes,
+        )
+        return TurnOut(
+            session_id=session.id,
+            message=_out(bot_msg),
+            user_message=_out(user_msg),
+            finish_reason=done.finish_reason,
+            usage=usage,
+            passages=prep.passages,
+        )
+
+    async def _retrieve(self, session: SessionRec, req: MessageCreate) -> list[RetrievedPassage]:
+        """Top-k passages above the threshold for this message (empty when RAG is off)."""
+        if not (req.use_documents and self.settings.rag_enabled and self.retriever is not None):
+            return []
+        if self.settings.rag_top_k <= 0:
+            return []
+        return await run_in_threadpool(
+            self.retriever.retrieve,
+            session.tenant_id,
+            session.user_id,
+            req.content,
+            self.settings.rag_top_k,
+            self.settings.rag_threshold,
+        )
+
+    def _prefill(self, session, loaded, passages, req, max_new, emit, prep, accepted) -> DecodeJob:
+        """Scheduler thread: passages (snapshots), then the user turn and ``<|assistant|>``."""
+        tok = self.runtime.tokenizer
+        state = self.runtime.state_from_bytes(loaded.data) if loaded.data else None
+        head: list[int] = []
+        if state is None and session.system_prompt:
+            head = tok.render_turn({"role": "system", "content": session.system_prompt})
+        if head:
+            state = self.runtime.prefill(head, None, [len(head)]).state
+        start_hash = self.runtime.state_hash(loaded.data or self._head_bytes(state))
+        fed = self.feeder.feed(state, start_hash, passages) if passages else None
+        if fed is not None:
+            state = fed.state
+            prep.passage_tokens = sum(f.tokens for f in fed.fed)
+            prep.snapshot_hits = sum(f.snapshot_hit for f in fed.fed)
+            prep.snapshot_misses = len(fed.fed) - prep.snapshot_hits
+            prep.passages = [
+                PassageRef(
+                    passage_id=f.passage.passage_id,
+                    document_id=f.passage.document_id,
+                    score=f.passage.score,
+                    tokens=f.tokens,
+                    boundary=f.boundary,
+                    snapshot_hit=f.snapshot_hit,
+                )
+                for f in fed.fed
+            ]
+        user = tok.render_turn({"role": "user", "content": req.content})
+        ids = user + tok.generation_prompt()
+        out = self.runtime.prefill(ids, state, [len(user)])
+        prep.prompt_tokens = len(head) + prep.passage_tokens + len(ids)
+        prep.turn_tokens = len(head) + prep.passage_tokens + len(ids)
+        params = SamplingParams(req.temperature, req.top_p, req.top_k, req.seed)
+        return DecodeJob(
+            state=out.state,
+            logits=out.logits,
+            params=params,
+            max_new=max_new,
+            stops=list(req.stop),
+            emit=emit,
+            group=self.memory.group_key(session) if self.memory is not None else "",
+            started=accepted,
+        )
+
+    def _head_bytes(self, state: Any) -> bytes | None:
+        return None if state is None else self.runtime.state_to_bytes(state)
+
+    async def _relay(self, events: asyncio.Queue, out: asyncio.Queue) -> DoneEvent:
+        """Forward text events to the turn's queue until the decode is done."""
+        deadline = self.settings.turn_timeout_s
+        while True:
+            event = await asyncio.wait_for(events.get(), timeout=deadline)
+            if isinstance(event, TokenEvent):
+                await out.put(event)
+            elif isinstance(event, DoneEvent):
+                return event
+            elif isinstance(event, ErrorEvent):
+                raise Unavailable("generation failed; the turn was not saved") from event.error
+
+    def _count_tokens(self, prep: Prepared, done: DoneEvent, loaded: LoadedState) -> None:
+        self.metrics.tokens.labels("in").inc(prep.prompt_tokens)
+        self.metrics.tokens.labels("out").inc(len(done.token_ids))
+
+    def _replayed(self, session: SessionRec, user_msg, bot_msg) -> TurnOut:
+        """The stored answer of an already committed turn (idempotent retry)."""
+        usage = Usage(
+            prompt_tokens=0,
+            completion_tokens=0,
+            total_tokens=0,
+            cached_tokens=session.token_count,
+            state_source="replay",
+        )
+        return TurnOut(
+            session_id=session.id,
+            message=_out(bot_msg),
+            user_message=_out(user_msg),
+            finish_reason="stop",
+            usage=usage,
+            replayed=True,
+        )
+
+
+def _out(m: Any) -> MessageOut:
+    return MessageOut(
+        id=str(m.id),
+        role=m.role,
+        content=m.content,
+        created_at=m.created_at,
+        token_count=m.token_count,
+    )
