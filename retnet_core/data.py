@@ -13,6 +13,7 @@ every machine and every run, and no conversation straddles two splits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -76,9 +77,17 @@ def parse_chitchat(raw: dict, min_messages: int = 2) -> list[Conversation]:
 
 
 def load_chitchat(path: str | Path | None = None, min_messages: int = 2) -> list[Conversation]:
-    """Read every usable conversation of the bundled corpus (or of ``path``)."""
-    with open(path or chitchat_path(), encoding="utf-8") as f:
-        return parse_chitchat(json.load(f), min_messages=min_messages)
+    """Read every usable conversation of the bundled corpus (or of ``path``).
+
+    Parsed once per process (the JSON is 40 MB and takes seconds to read).
+    """
+    return list(_load_cached(str(path or chitchat_path()), min_messages))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, min_messages: int) -> tuple[Conversation, ...]:
+    with open(path, encoding="utf-8") as f:
+        return tuple(parse_chitchat(json.load(f), min_messages=min_messages))
 
 
 def split_of(conv_id: str, val_frac: float = 0.05, test_frac: float = 0.05) -> str:

@@ -292,7 +292,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - t0
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {self.step}")
-                if self.step % cfg.log_interval == 0 or self.step == 1:
+                if self.step % cfg.log_interval == 0 or self.step in (1, cfg.max_steps):
                     now = time.perf_counter()
                     tps = (self.tokens - window_tok) / max(now - window_t, 1e-9)
                     window_t, window_tok = now, self.tokens
