@@ -1,0 +1,96 @@
+"""``Storage``: one object holding every manager, built from two URLs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from storage import migrate as _migrate
+from storage.cache import HotCache, LRUCache, RedisCache
+from storage.db import Database
+from storage.locks import LockManager
+from storage.metrics import StorageMetrics
+from storage.passages import PassageManager
+from storage.sessions import MessageManager, SessionManager
+from storage.slot_manager import SlotManager
+from storage.snapshots import SnapshotManager
+from storage.states import StateStore
+from storage.tenants import TenantManager
+from storage.vector_index import IndexParams
+
+log = logging.getLogger(__name__)
+
+
+class Storage:
+    """Managers over one database and one hot tier (Redis, or an in-process LRU).
+
+    Attributes: ``tenants``, ``sessions``, ``messages``, ``states``, ``locks``, ``slots``,
+    ``passages``, ``snapshots``, ``metrics`` (its ``registry`` is what to export).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        cache: HotCache,
+        *,
+        redis: RedisCache | None = None,
+        metrics: StorageMetrics | None = None,
+        index_dir: Path | None = None,
+        index_params: IndexParams | None = None,
+        state_ttl_s: float = 3600.0,
+    ) -> None:
+        self.db, self.cache, self.redis = db, cache, redis
+        self.metrics = metrics or StorageMetrics()
+        self.tenants = TenantManager(db)
+        self.sessions = SessionManager(db)
+        self.messages = MessageManager(db)
+        self.states = StateStore(db, cache, self.metrics, ttl_s=state_ttl_s)
+        self.locks = LockManager(db, redis, self.metrics)
+        self.slots = SlotManager(db, self.metrics, index_dir=index_dir, params=index_params)
+        self.passages = PassageManager(db, self.metrics, index_dir=index_dir, params=index_params)
+        self.snapshots = SnapshotManager(db, self.metrics)
+
+    @classmethod
+    def from_urls(
+        cls,
+        database_url: str,
+        redis_url: str | None = None,
+        *,
+        redis_prefix: str = "memsvc:",
+        registry: CollectorRegistry | None = None,
+        index_dir: Path | None = None,
+        index_params: IndexParams | None = None,
+        migrate: bool = False,
+        lru_bytes: int = 256 * 2**20,
+        state_ttl_s: float = 3600.0,
+    ) -> Storage:
+        """Storage over ``database_url`` and Redis at ``redis_url`` (None: in-process LRU).
+
+        ``migrate=True`` upgrades the schema first. ``index_dir`` keeps FAISS index files
+        so a restart catches up from the change log instead of rebuilding.
+        """
+        if migrate:
+            _migrate.upgrade(database_url)
+        redis = RedisCache(redis_url, redis_prefix) if redis_url else None
+        cache: HotCache = redis if redis is not None else LRUCache(lru_bytes)
+        if redis is not None and not redis.available():
+            log.warning("redis at %s is not answering; running on SQL until it is", redis_url)
+        return cls(
+            Database(database_url),
+            cache,
+            redis=redis,
+            metrics=StorageMetrics(registry),
+            index_dir=index_dir,
+            index_params=index_params,
+            state_ttl_s=state_ttl_s,
+        )
+
+    def close(self) -> None:
+        """Save index files, close Redis and the connection pool."""
+        self.slots.save_indexes()
+        self.passages.save_indexes()
+        if self.redis is not None:
+            self.redis.client.close()
+        self.db.dispose()

@@ -1,0 +1,223 @@
+"""Opening slot banks, and the admin view of slots across banks (list, inspect, evict)."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from storage.db import Database
+from storage.errors import NotFound, StorageError
+from storage.metrics import StorageMetrics
+from storage.models import MemorySlot, VectorBank
+from storage.slots import SlotBank, SlotRecord, _delete_slots, _record
+from storage.vector_index import IndexParams
+
+
+@dataclass(frozen=True)
+class BankInfo:
+    namespace: str
+    layer: int
+    d_key: int
+    d_value: int
+    capacity: int | None
+    size: int
+
+
+class SlotManager:
+    """Slot banks of every tenant; each (tenant, namespace, layer) is opened once."""
+
+    def __init__(
+        self,
+        db: Database,
+        metrics: StorageMetrics,
+        *,
+        index_dir: Path | None = None,
+        params: IndexParams | None = None,
+    ) -> None:
+        self.db, self.metrics, self.index_dir, self.params = db, metrics, index_dir, params
+        self._banks: dict[tuple[str, str, int], SlotBank] = {}
+        self._lock = threading.Lock()
+
+    def bank(
+        self,
+        tenant_id: str,
+        namespace: str,
+        layer: int = 0,
+        *,
+        d_key: int,
+        d_value: int,
+        capacity: int | None = None,
+    ) -> SlotBank:
+        """The bank, created on first use; :class:`StorageError` if the dims differ."""
+        with self._lock:
+            key = (tenant_id, namespace, layer)
+            bank = self._banks.get(key)
+            if bank is None:
+                row = self._row(tenant_id, namespace, layer) or self._create(
+                    tenant_id, namespace, layer, d_key, d_value, capacity
+                )
+                bank = self._open(row)
+            if (bank.d_key, bank.d_value) != (d_key, d_value):
+                raise StorageError(
+                    f"bank {namespace}/{layer} holds d_key={bank.d_key}, d_value={bank.d_value}"
+                )
+            return bank
+
+    def open_bank(self, tenant_id: str, namespace: str, layer: int = 0) -> SlotBank:
+        """An existing bank, or :class:`NotFound`."""
+        with self._lock:
+            bank = self._banks.get((tenant_id, namespace, layer))
+            if bank is not None:
+                return bank
+            row = self._row(tenant_id, namespace, layer)
+            if row is None:
+                raise NotFound(f"slot bank {namespace}/{layer} not found")
+            return self._open(row)
+
+    def _open(self, row: VectorBank) -> SlotBank:
+        path = self.index_dir / f"slots-{row.id}.faiss" if self.index_dir else None
+        bank = SlotBank(self.db, self.metrics, row, self.params, path)
+        self._banks[(row.tenant_id, row.namespace, row.layer)] = bank
+        return bank
+
+    def _row(self, tenant_id: str, namespace: str, layer: int) -> VectorBank | None:
+        with self.db.read() as s:
+            return s.scalar(
+                select(VectorBank).where(
+                    VectorBank.tenant_id == tenant_id,
+                    VectorBank.kind == "slot",
+                    VectorBank.namespace == namespace,
+                    VectorBank.layer == layer,
+                )
+            )
+
+    def _create(
+        self,
+        tenant_id: str,
+        namespace: str,
+        layer: int,
+        d_key: int,
+        d_value: int,
+        capacity: int | None,
+    ) -> VectorBank:
+        try:
+            with self.db.write() as s:
+                row = VectorBank(
+                    tenant_id=tenant_id,
+                    kind="slot",
+                    namespace=namespace,
+                    layer=layer,
+                    dim=d_key,
+                    d_value=d_value,
+                    capacity=capacity,
+                    last_seq=0,
+                    clock=0,
+                )
+                s.add(row)
+            return row
+        except IntegrityError:  # created concurrently (or no such tenant)
+            row2 = self._row(tenant_id, namespace, layer)
+            if row2 is None:
+                raise NotFound(f"tenant {tenant_id} not found") from None
+            return row2
+
+    # ---- admin ---------------------------------------------------------------------
+    def banks(self, tenant_id: str) -> list[BankInfo]:
+        """The tenant's slot banks with their sizes."""
+        with self.db.read() as s:
+            rows = s.execute(
+                select(VectorBank, func.count(MemorySlot.id))
+                .outerjoin(MemorySlot, MemorySlot.bank_id == VectorBank.id)
+                .where(VectorBank.tenant_id == tenant_id, VectorBank.kind == "slot")
+                .group_by(VectorBank.id)
+                .order_by(VectorBank.namespace, VectorBank.layer)
+            ).all()
+            return [
+                BankInfo(b.namespace, b.layer, b.dim, b.d_value, b.capacity, n) for b, n in rows
+            ]
+
+    def list(
+        self,
+        tenant_id: str,
+        *,
+        namespace: str | None = None,
+        layer: int | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[SlotRecord]:
+        """The tenant's slots with provenance, ascending id."""
+        q = (
+            select(MemorySlot, VectorBank.namespace, VectorBank.layer)
+            .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
+            .where(MemorySlot.tenant_id == tenant_id)
+        )
+        if namespace is not None:
+            q = q.where(VectorBank.namespace == namespace)
+        if layer is not None:
+            q = q.where(VectorBank.layer == layer)
+        q = q.order_by(MemorySlot.id).limit(limit).offset(offset)
+        with self.db.read() as s:
+            return [_record(r, ns, ly) for r, ns, ly in s.execute(q).all()]
+
+    def get(self, tenant_id: str, slot_id: int) -> SlotRecord:
+        """One of the tenant's slots, or :class:`NotFound`."""
+        with self.db.read() as s:
+            got = s.execute(
+                select(MemorySlot, VectorBank.namespace, VectorBank.layer)
+                .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
+                .where(MemorySlot.id == slot_id, MemorySlot.tenant_id == tenant_id)
+            ).first()
+        if got is None:
+            raise NotFound(f"slot {slot_id} not found")
+        return _record(*got)
+
+    def evict(self, tenant_id: str, slot_ids: Sequence[int]) -> int:
+        """Delete the tenant's slots by id (others' ids are ignored); returns how many."""
+        ids = sorted({int(i) for i in slot_ids})
+        if not ids:
+            return 0
+        with self.db.read() as s:
+            rows = s.execute(
+                select(MemorySlot.id, MemorySlot.bank_id).where(
+                    MemorySlot.tenant_id == tenant_id, MemorySlot.id.in_(ids)
+                )
+            ).all()
+        by_bank: dict[int, list[int]] = defaultdict(list)
+        for item, bank_id in rows:
+            by_bank[bank_id].append(item)
+        gone = 0
+        for bank_id, items in sorted(by_bank.items()):
+            with self.db.write() as s:
+                gone += _delete_slots(s, bank_id, tenant_id, items)
+        self.metrics.slot_ops.labels("evict").inc(gone)
+        self._sync_open(tenant_id)
+        return gone
+
+    def delete_namespace(self, tenant_id: str, namespace: str) -> int:
+        """Evict every slot of a namespace (all layers); returns how many."""
+        with self.db.read() as s:
+            ids = s.scalars(
+                select(MemorySlot.id)
+                .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
+                .where(MemorySlot.tenant_id == tenant_id, VectorBank.namespace == namespace)
+            ).all()
+        return self.evict(tenant_id, ids)
+
+    def _sync_open(self, tenant_id: str) -> None:
+        with self._lock:
+            banks = [b for (t, _, _), b in self._banks.items() if t == tenant_id]
+        for bank in banks:
+            bank.sync()
+
+    def save_indexes(self) -> None:
+        """Persist every open bank's index (with an ``index_dir``)."""
+        with self._lock:
+            banks = list(self._banks.values())
+        for bank in banks:
+            bank.save_index()
