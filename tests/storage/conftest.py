@@ -27,6 +27,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
+from storage_testutil import flush_prefix
 
 from storage import Storage, migrate
 
@@ -139,16 +140,6 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"memsvc-test:{uuid.uuid4().hex[:12]}:"
     yield prefix
     flush_prefix(redis_url, prefix)
-
-
-def flush_prefix(url: str, prefix: str) -> int:
-    """Delete every key under ``prefix`` (a test's own "FLUSHDB"); returns how many."""
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-    return len(keys)
 
 
 @pytest.fixture
