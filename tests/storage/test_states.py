@@ -58,37 +58,43 @@ def test_fingerprint_mismatch_is_an_error(store: Storage, tenant: str) -> None:
         store.states.load(tenant, sid, fingerprint="another-model")
 
 
+def race(store: Storage, tenant: str, sid: str, version: int, n: int) -> tuple[list, list]:
+    """n threads save at once with the same expected version; returns (wins, losses)."""
+    wins: list[int] = []
+    losses: list[StaleVersion] = []
+    barrier = threading.Barrier(n)
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        try:
+            store.states.save(
+                tenant,
+                sid,
+                f"w{i}".encode(),
+                fingerprint=FP,
+                position=i,
+                expected_version=version,
+            )
+            wins.append(i)
+        except StaleVersion as exc:
+            losses.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return wins, losses
+
+
 def test_twenty_threads_compare_and_set(store: Storage, tenant: str) -> None:
     sid = new_session(store, tenant)
     rounds, n = 3, 20
     for version in range(rounds):
-        wins: list[int] = []
-        losses: list[Exception] = []
-        barrier = threading.Barrier(n)
-
-        def writer(i: int, version: int = version) -> None:
-            barrier.wait()
-            try:
-                store.states.save(
-                    tenant,
-                    sid,
-                    f"w{i}".encode(),
-                    fingerprint=FP,
-                    position=i,
-                    expected_version=version,
-                )
-                wins.append(i)
-            except StaleVersion as exc:
-                losses.append(exc)
-
-        threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        wins, losses = race(store, tenant, sid, version, n)
         assert len(wins) == 1, wins
         assert len(losses) == n - 1
-        assert all(e.session_id == sid for e in losses)
+        assert all(e.session_id == sid and e.expected == version for e in losses)
         got = store.states.load(tenant, sid)
         assert got is not None and got.version == version + 1
         assert got.blob == f"w{wins[0]}".encode()
