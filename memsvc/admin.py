@@ -5,8 +5,6 @@ Admin calls cross tenants on purpose; they are reachable only with the admin key
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.concurrency import run_in_threadpool
 
 from memsvc.api.errors import Unprocessable
@@ -48,12 +46,11 @@ def admin_session_out(s: SessionRec) -> AdminSessionOut:
 
 
 class AdminManager:
-    """Operator operations over the store; ``extra_stats`` adds service-side numbers."""
+    """Operator operations over the store (evictions reach every open index via storage)."""
 
-    def __init__(self, store: Store, metrics: Metrics, memory: Any = None) -> None:
+    def __init__(self, store: Store, metrics: Metrics) -> None:
         self.store = store
         self.metrics = metrics
-        self.memory = memory
 
     async def list_slots(self, f: SlotFilter) -> SlotList:
         recs = await run_in_threadpool(self.store.list_slots, f)
@@ -64,7 +61,6 @@ class AdminManager:
 
     async def delete_slot(self, slot_id: str) -> None:
         await run_in_threadpool(self.store.delete_slot, slot_id)
-        self._invalidate()
 
     async def evict(self, body: EvictIn) -> EvictOut:
         """Evict by filter; an empty filter would wipe everything and is refused (422)."""
@@ -81,7 +77,6 @@ class AdminManager:
             limit=1_000_000,
         )
         ids = await run_in_threadpool(self.store.evict_slots, f)
-        self._invalidate()
         return EvictOut(evicted=len(ids), ids=ids)
 
     async def stats(self) -> StatsOut:
@@ -104,7 +99,3 @@ class AdminManager:
 
     async def session(self, session_id: str) -> AdminSessionOut:
         return admin_session_out(await run_in_threadpool(self.store.get_session, None, session_id))
-
-    def _invalidate(self) -> None:
-        if self.memory is not None:
-            self.memory.invalidate()

@@ -140,20 +140,22 @@ class Embedder:
 
 
 # ---------------------------------------------------------------- snapshots
-def snapshot_key(fingerprint: str, start_hash: str, chain: Sequence[str]) -> str:
-    """Cache key of the state after feeding ``chain`` (passage ids) from a start state."""
+def snapshot_key(tenant_id: str, fingerprint: str, start_hash: str, chain: Sequence[str]) -> str:
+    """In-process cache key of the state after feeding ``chain`` from a start state."""
     h = hashlib.sha256()
-    for part in (fingerprint, start_hash, *chain):
+    for part in (tenant_id, fingerprint, start_hash, *chain):
         h.update(part.encode())
         h.update(b"\x00")
     return h.hexdigest()
 
 
 class SnapshotCache:
-    """In-process LRU of serialised states keyed by :func:`snapshot_key`.
+    """Exact passage-prefix snapshots: an in-process LRU in front of the durable store.
 
-    ``backing`` (optional) is a durable store with ``get(key) -> bytes | None`` and
-    ``put(key, bytes)``; it is consulted on a local miss and written through.
+    ``backing`` has ``get_snapshot(tenant, fingerprint, start_hash, chain) -> bytes | None``
+    and ``put_snapshot(tenant, fingerprint, start_hash, chain, blob, position)``; it is
+    consulted on a local miss and written through, so snapshots survive restarts and are
+    shared between replicas. Tenants never share snapshots.
     """
 
     def __init__(self, capacity: int = 256, backing: Any = None) -> None:
@@ -162,20 +164,25 @@ class SnapshotCache:
         self._items: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, tenant_id: str, fingerprint: str, start_hash: str, chain: Sequence[str]):
+        key = snapshot_key(tenant_id, fingerprint, start_hash, chain)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        data = self.backing.get(key) if self.backing is not None else None
+        data = None
+        if self.backing is not None:
+            data = self.backing.get_snapshot(tenant_id, fingerprint, start_hash, list(chain))
         if data is not None:
             self._remember(key, data)
         return data
 
-    def put(self, key: str, data: bytes) -> None:
-        self._remember(key, data)
+    def put(self, tenant_id, fingerprint, start_hash, chain, data: bytes, position: int) -> None:
+        self._remember(snapshot_key(tenant_id, fingerprint, start_hash, chain), data)
         if self.backing is not None:
-            self.backing.put(key, data)
+            self.backing.put_snapshot(
+                tenant_id, fingerprint, start_hash, list(chain), data, position
+            )
 
     def _remember(self, key: str, data: bytes) -> None:
         if self.capacity <= 0:
@@ -226,24 +233,39 @@ class PassageFeeder:
         self.cache = cache
         self.on_lookup = on_lookup
 
-    def feed(self, state: Any, start_hash: str, passages: Sequence[RetrievedPassage]) -> FeedResult:
-        """Feed each passage as its own chunk; the state after each is a cached snapshot."""
-        tok = self.runtime.tokenizer
+    def feed(
+        self, tenant_id: str, state: Any, start_hash: str, passages: Sequence[RetrievedPassage]
+    ) -> FeedResult:
+        """Feed each passage as its own chunk; the state after each is a cached snapshot.
+
+        The longest cached prefix of the chain is loaded instead of recomputed; every
+        passage after it is fed through chunkwise prefill ending on a boundary at the
+        passage's last token, and its snapshot stored.
+        """
+        rt = self.runtime
+        tok = rt.tokenizer
+        rendered = [tok.render_turn({"role": "passage", "content": p.text}) for p in passages]
+        chain = [p.passage_id for p in passages]
+        start_at, cached = 0, None
+        for n in range(len(chain), 0, -1):
+            cached = self.cache.get(tenant_id, rt.fingerprint, start_hash, chain[:n])
+            if cached is not None:
+                start_at = n
+                break
+        if cached is not None:
+            state = rt.state_from_bytes(cached)
         fed: list[FedPassage] = []
         offset = tokens_fed = 0
-        chain: list[str] = []
-        for p in passages:
-            ids = tok.render_turn({"role": "passage", "content": p.text})
-            chain.append(p.passage_id)
-            key = snapshot_key(self.runtime.fingerprint, start_hash, chain)
-            cached = self.cache.get(key)
-            hit = cached is not None
+        for i, (p, ids) in enumerate(zip(passages, rendered, strict=True)):
+            hit = i < start_at
             self.on_lookup(hit)
-            if hit:
-                state = self.runtime.state_from_bytes(cached)
-            else:
-                state = self.runtime.prefill(ids, state, [len(ids)]).state
-                self.cache.put(key, self.runtime.state_to_bytes(state))
+            if not hit:
+                state = rt.prefill(ids, state, [len(ids)]).state
+                position = int(state.position.reshape(-1)[0])
+                blob = rt.state_to_bytes(state)
+                self.cache.put(
+                    tenant_id, rt.fingerprint, start_hash, chain[: i + 1], blob, position
+                )
                 tokens_fed += len(ids)
             offset += len(ids)
             fed.append(FedPassage(p, len(ids), offset, hit))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from memsvc.admin import AdminManager
 from memsvc.config import Settings
 from memsvc.documents import DocumentManager
 from memsvc.engine import Scheduler
+from memsvc.memory import MemoryManager
 from memsvc.metrics import Metrics
 from memsvc.rag import Embedder, PassageFeeder, SnapshotCache
 from memsvc.runtime import ModelRuntime
@@ -33,13 +35,22 @@ def migrate(settings: Settings) -> None:
     upgrade(settings.resolved_database_url())
 
 
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def open_store(settings: Settings, registry: Any = None) -> Store:
     """The storage adapter for the configured database and Redis."""
     from memsvc.storage_adapter import StorageStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return StorageStore(
-        settings.resolved_database_url(), settings.redis_url, registry, settings.redis_prefix
+        settings.resolved_database_url(),
+        settings.redis_url,
+        registry,
+        settings.redis_prefix,
+        index_dir=_ensure_dir(settings.data_dir / "indexes"),
     )
 
 
@@ -72,14 +83,14 @@ class Services:
         runtime = ModelRuntime.load(settings.resolved_model_dir(), settings.resolved_device())
         scheduler = Scheduler(runtime, metrics, settings.max_batch)
         embedder = Embedder(settings.embedder_device)
-        snapshots = SnapshotCache(settings.snapshot_cache_size, backing=store.snapshot_backing())
+        snapshots = SnapshotCache(settings.snapshot_cache_size, backing=store)
 
         def on_lookup(hit: bool) -> None:
             metrics.snapshot_lookups.labels("hit" if hit else "miss").inc()
 
         feeder = PassageFeeder(runtime, snapshots, on_lookup)
         documents = DocumentManager(settings, store, embedder, runtime.tokenizer)
-        memory = None
+        memory = MemoryManager(store, runtime, scheduler) if settings.memory_enabled else None
         turns = TurnManager(settings, store, runtime, scheduler, feeder, documents, memory, metrics)
         return cls(
             settings=settings,
@@ -89,10 +100,10 @@ class Services:
             scheduler=scheduler,
             embedder=embedder,
             snapshots=snapshots,
-            sessions=SessionManager(settings, store, runtime, scheduler, memory),
+            sessions=SessionManager(settings, store, runtime, scheduler),
             turns=turns,
             documents=documents,
-            admin=AdminManager(store, metrics, memory),
+            admin=AdminManager(store, metrics),
             memory=memory,
         )
 

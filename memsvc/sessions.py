@@ -47,13 +47,11 @@ class SessionManager:
         store: Store,
         runtime: ModelRuntime,
         scheduler: Scheduler,
-        memory=None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.runtime = runtime
         self.scheduler = scheduler
-        self.memory = memory
 
     async def create(self, tenant_id: str, body: SessionCreate) -> SessionOut:
         """A new, empty session (its state is built on the first turn)."""
@@ -83,8 +81,6 @@ class SessionManager:
             await run_in_threadpool(self.store.delete_session, tenant_id, session_id)
         finally:
             await run_in_threadpool(lock.__exit__, None, None, None)
-        if self.memory is not None:
-            self.memory.forget_session(session_id)
 
     async def messages(self, tenant_id: str, session_id: str, limit: int) -> MessageList:
         recs = await run_in_threadpool(self.store.list_messages, tenant_id, session_id, limit)

@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from typing import Any
 
+from sqlalchemy import text
+
 from memsvc.api.errors import Conflict, NotFound
+from memsvc.storage_slots import SlotAdmin
 from memsvc.store import (
     Busy,
+    DocumentRec,
     LoadedState,
     MessageRec,
+    PassageHit,
     SessionRec,
     Store,
     TurnCommit,
 )
+from storage import Storage
 from storage import errors as serr
-from storage.cache import LRUCache, RedisCache
-from storage.db import Database
-from storage.locks import LockManager
-from storage.metrics import StorageMetrics
-from storage.sessions import MessageManager, SessionManager
-from storage.states import StateStore
-from storage.tenants import TenantManager
+from storage.passages import PassageIn
 
 log = logging.getLogger("memsvc.store")
 REPLY_SUFFIX = ":reply"
@@ -46,21 +47,30 @@ def storage_errors():
         raise Conflict(str(exc)) from exc
 
 
-class StorageStore(Store):
+class StorageStore(SlotAdmin, Store):
     """Store over storage's managers (see the module docstring)."""
 
     def __init__(
-        self, database_url: str, redis_url: str | None, registry: Any, redis_prefix: str
+        self,
+        database_url: str,
+        redis_url: str | None,
+        registry: Any,
+        redis_prefix: str,
+        index_dir: Any = None,
     ) -> None:
-        self.metrics = StorageMetrics(registry)
-        self.db = Database(database_url)
-        self.redis = RedisCache(redis_url, prefix=redis_prefix) if redis_url else None
-        hot = self.redis if self.redis is not None else LRUCache()
-        self.tenants = TenantManager(self.db)
-        self.sessions = SessionManager(self.db)
-        self.messages = MessageManager(self.db)
-        self.states = StateStore(self.db, hot, self.metrics)
-        self.locks = LockManager(self.db, self.redis, self.metrics)
+        self.storage = Storage.from_urls(
+            database_url,
+            redis_url,
+            redis_prefix=redis_prefix,
+            registry=registry,
+            index_dir=index_dir,
+        )
+        st = self.storage
+        self.db, self.redis, self.metrics = st.db, st.redis, st.metrics
+        self.tenants, self.sessions, self.messages = st.tenants, st.sessions, st.messages
+        self.states, self.locks = st.states, st.locks
+        self.slots, self.passages, self.snapshots = st.slots, st.passages, st.snapshots
+        self._tier_lock = threading.Lock()
 
     # ------------------------------------------------------------------ tenants
     def authenticate(self, key: str) -> str | None:
@@ -146,10 +156,33 @@ class StorageStore(Store):
         return out[:limit]
 
     def delete_session(self, tenant_id: str, session_id: str) -> None:
+        """Messages and states go with the session row; session-scoped slots are evicted."""
         with storage_errors():
             if not self.sessions.delete(tenant_id, session_id):
                 raise serr.NotFound(f"session {session_id} not found")
         self.states.evict_hot(tenant_id, session_id)
+        self.forget_scope(tenant_id, "session", session_id)
+
+    def get_message(self, tenant_id: str, session_id: str, message_id: str) -> MessageRec:
+        """One message of the session; 404 when unknown, foreign or of another session."""
+        try:
+            mid = int(message_id)
+        except ValueError:
+            raise NotFound(f"message {message_id} not found") from None
+        with storage_errors():
+            m = self.messages.get(tenant_id, mid)
+        if m.session_id != session_id:
+            raise NotFound(f"message {message_id} not found")
+        return _msg(m)
+
+    def slot_bank(self, tenant_id, ns, layer, d_key, d_value, capacity):
+        """The (tenant, namespace, layer) bank: a SlotStore the memory layer reads."""
+        from storage import namespace
+
+        with storage_errors():
+            return self.slots.bank(
+                tenant_id, namespace(*ns), layer, d_key=d_key, d_value=d_value, capacity=capacity
+            )
 
     def list_messages(self, tenant_id, session_id, limit):
         with storage_errors():
@@ -174,12 +207,12 @@ class StorageStore(Store):
             yield lock
 
     def load_state(self, tenant_id: str, session_id: str) -> LoadedState:
-        with storage_errors():
+        with storage_errors(), self._tier_lock:
             state = self.states.load(tenant_id, session_id)
+            tier = self._last_tier()
             version = self.states.version(tenant_id, session_id)
         if state is None:
             return LoadedState(None, version, "miss")
-        tier = "redis" if self.redis is not None else "lru"
         return LoadedState(state.blob, state.version, tier)
 
     def commit_turn(self, c: TurnCommit) -> tuple[MessageRec, MessageRec]:
@@ -212,17 +245,63 @@ class StorageStore(Store):
             )
         return _msg(user), _msg(reply)
 
+    def _last_tier(self) -> str:
+        """Which tier answered the last load: read off storage's per-tier counters.
+
+        Called under ``_tier_lock`` right after the load, so no other load interleaves.
+        """
+        now = {t: self.metrics.value("state_reads", tier=t) for t in ("redis", "lru", "sql")}
+        before, self._tier_counts = getattr(self, "_tier_counts", {}), now
+        changed = [t for t in now if now[t] > before.get(t, 0.0)]
+        return changed[0] if changed else "sql"
+
+    # ------------------------------------------------------------------ documents
+    def add_document(self, tenant_id, user_id, scope, title, passages, embeddings, tokens):
+        meta = {"scope": scope, "user": user_id, "title": title, "tokens": tokens}
+        items = [PassageIn(text, start, end) for text, start, end in passages]
+        with storage_errors():
+            info = self.passages.add_document(tenant_id, title or "", items, embeddings, meta=meta)
+        return _doc(info)
+
+    def list_documents(self, tenant_id: str, limit: int) -> list[DocumentRec]:
+        docs = [_doc(d) for d in self.passages.list_documents(tenant_id)]
+        docs.sort(key=lambda d: d.created_at, reverse=True)
+        return docs[:limit]
+
+    def delete_document(self, tenant_id: str, document_id: str) -> None:
+        if not self.passages.delete_document(tenant_id, document_id):
+            raise NotFound(f"document {document_id} not found")
+
+    def search_passages(self, tenant_id, user_id, query, k):
+        """Top-k over the tenant's passages; user-scoped documents only for their user."""
+        visible = {
+            d.id
+            for d in self.passages.list_documents(tenant_id)
+            if (d.meta or {}).get("scope") != "user" or (d.meta or {}).get("user") == user_id
+        }
+        hits = self.passages.search(tenant_id, query, k * 4)
+        out = [
+            PassageHit(str(h.id), h.document_id, h.text, float(h.score))
+            for h in hits
+            if h.document_id in visible
+        ]
+        return out[:k]
+
     # ------------------------------------------------------------------ snapshots
-    def snapshot_backing(self) -> Any:
-        """Durable snapshot store behind the in-process cache (None: in-process only)."""
-        return None
+    def get_snapshot(self, tenant_id, fingerprint, start_hash, chain) -> bytes | None:
+        with storage_errors():
+            snap = self.snapshots.get(tenant_id, fingerprint, start_hash, list(chain))
+        return None if snap is None else snap.blob
+
+    def put_snapshot(self, tenant_id, fingerprint, start_hash, chain, blob, position) -> None:
+        self.snapshots.put(tenant_id, fingerprint, start_hash, list(chain), blob, position)
 
     # ------------------------------------------------------------------ health
     def ping(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
         try:
             with self.db.read() as s:
-                s.exec_driver_sql("SELECT 1") if hasattr(s, "exec_driver_sql") else None
+                s.execute(text("SELECT 1"))
             checks["database"] = {"ok": True, "backend": self.db.engine.dialect.name}
         except Exception as exc:  # readiness reports, never raises
             checks["database"] = {"ok": False, "error": type(exc).__name__}
@@ -231,7 +310,20 @@ class StorageStore(Store):
         return checks
 
     def close(self) -> None:
-        self.db.dispose()
+        self.storage.close()
+
+
+def _doc(d: Any) -> DocumentRec:
+    meta = dict(d.meta or {})
+    return DocumentRec(
+        id=d.id,
+        title=meta.get("title"),
+        scope=meta.get("scope", "tenant"),
+        user_id=meta.get("user"),
+        passages=len(d.passage_ids),
+        tokens=int(meta.get("tokens", 0)),
+        created_at=d.created_at,
+    )
 
 
 def _msg(m: Any) -> MessageRec:

@@ -168,8 +168,19 @@ class Store:
         self, tenant_id: str, user_id: str | None, query: Any, k: int
     ) -> list[PassageHit]: ...
 
-    # snapshots: an object with get(key) -> bytes | None and put(key, bytes), or None
-    def snapshot_backing(self) -> Any: ...
+    # snapshots (exact states after passage chains), per tenant
+    def get_snapshot(
+        self, tenant_id: str, fingerprint: str, start_hash: str, chain: list[str]
+    ) -> bytes | None: ...
+    def put_snapshot(
+        self,
+        tenant_id: str,
+        fingerprint: str,
+        start_hash: str,
+        chain: list[str],
+        blob: bytes,
+        position: int,
+    ) -> None: ...
 
     # slots
     def list_slots(self, f: SlotFilter) -> list[SlotRec]: ...

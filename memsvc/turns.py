@@ -30,6 +30,7 @@ from memsvc.api.errors import SessionBusy, TooLarge, Unavailable
 from memsvc.api.schemas import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
 from memsvc.config import Settings
 from memsvc.engine import DecodeJob, DoneEvent, ErrorEvent, Scheduler, TokenEvent, async_emitter
+from memsvc.memory import TurnCapture
 from memsvc.metrics import Metrics
 from memsvc.rag import PassageFeeder, RetrievedPassage
 from memsvc.runtime import ModelRuntime
@@ -49,6 +50,8 @@ class Prepared:
     snapshot_hits: int = 0
     snapshot_misses: int = 0
     turn_tokens: int = 0  # tokens this turn adds to the session's history
+    banks: Any = None  # memory-layer index -> slot bank read by this turn
+    capture: Any = None  # memsvc.memory.TurnCapture for the end-of-turn write
 
 
 @dataclass
@@ -158,6 +161,8 @@ class TurnManager:
         )
         passages = await self._retrieve(session, req)
         prep = Prepared()
+        if req.use_memory and self.memory is not None and self.memory.enabled:
+            prep.banks = await run_in_threadpool(self.memory.banks, session)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         emit = async_emitter(loop, events)
@@ -183,8 +188,8 @@ class TurnManager:
         )
         user_msg, bot_msg = await run_in_threadpool(self.store.commit_turn, commit)
         writes = 0
-        if req.use_memory and self.memory is not None:
-            writes = await self.memory.after_turn(session, user_msg, bot_msg)
+        if prep.banks:
+            writes = await self.memory.after_turn(prep.banks, prep.capture, user_msg, req.content)
         self._count_tokens(prep, done, loaded)
         usage = Usage(
             prompt_tokens=prep.prompt_tokens,
@@ -229,9 +234,9 @@ class TurnManager:
         if state is None and session.system_prompt:
             head = tok.render_turn({"role": "system", "content": session.system_prompt})
         if head:
-            state = self.runtime.prefill(head, None, [len(head)]).state
+            state = self.runtime.prefill(head, None, [len(head)], memory=prep.banks).state
         start_hash = self.runtime.state_hash(loaded.data or self._head_bytes(state))
-        fed = self.feeder.feed(state, start_hash, passages) if passages else None
+        fed = self.feeder.feed(session.tenant_id, state, start_hash, passages) if passages else None
         if fed is not None:
             state = fed.state
             prep.passage_tokens = sum(f.tokens for f in fed.fed)
@@ -250,7 +255,11 @@ class TurnManager:
             ]
         user = tok.render_turn({"role": "user", "content": req.content})
         ids = user + tok.generation_prompt()
-        out = self.runtime.prefill(ids, state, [len(user)])
+        capture: dict = {} if prep.banks else None
+        offset = 0 if state is None else int(state.position.reshape(-1)[0])
+        out = self.runtime.prefill(ids, state, [len(user)], memory=prep.banks, capture=capture)
+        if capture:
+            prep.capture = TurnCapture(hidden=capture, span=(1, len(user) - 1), offset=offset)
         prep.prompt_tokens = len(head) + prep.passage_tokens + len(ids)
         prep.turn_tokens = len(head) + prep.passage_tokens + len(ids)
         params = SamplingParams(req.temperature, req.top_p, req.top_k, req.seed)
@@ -261,7 +270,8 @@ class TurnManager:
             max_new=max_new,
             stops=list(req.stop),
             emit=emit,
-            group=self.memory.group_key(session) if self.memory is not None else "",
+            group=self.memory.group_key(session) if prep.banks else "",
+            memory=prep.banks,
             started=accepted,
         )
 

@@ -1,0 +1,186 @@
+"""Memory slots in the service: which banks a session reads, end-of-turn writes, feedback.
+
+A session's memory scope picks its namespace: ``user`` → ``user:<user id>`` (memories
+carry over between that user's sessions; a session without a user falls back to its
+own namespace), ``session`` → ``session:<id>``, ``tenant`` → ``tenant:<id>``, ``none``
+→ no memory. One bank per memory layer of the model, opened through storage.
+
+Writes go through the Retention Layer's own gate (:meth:`MemoryLayer.write`): at the end
+of a turn the user message's span is encoded from the hidden states captured during
+its prefill and written with provenance (session, message, token span, text). Feedback
+forces (remember), vetoes and removes (forget), or scales (rating) that gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from memsvc.api.errors import Unprocessable
+from memsvc.api.schemas import FeedbackIn, FeedbackOut
+from memsvc.store import SessionRec
+
+
+@dataclass
+class ProvenanceBank:
+    """A slot bank whose plain ``add`` records a fixed provenance (what the layer wrote)."""
+
+    bank: Any
+    provenance: Any
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bank, name)
+
+    def __len__(self) -> int:
+        return len(self.bank)
+
+    def add(self, keys, values, gates):
+        n = int(keys.shape[0])
+        return self.bank.add_with_provenance(keys, values, gates, [self.provenance] * n)
+
+
+@dataclass
+class TurnCapture:
+    """What a turn's prefill left for the memory write: hidden states and the span."""
+
+    hidden: dict[int, Any]
+    span: tuple[int, int]  # content tokens of the user turn within the prefill call
+    offset: int  # session position where the prefill call started
+
+
+class MemoryManager:
+    """Banks per session, end-of-turn writes and feedback (see the module docstring)."""
+
+    def __init__(self, store: Any, runtime: Any, scheduler: Any) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.scheduler = scheduler
+        cfg = runtime.model.config
+        self.layers: list[int] = list(cfg.memory_layers)
+        self.dims = (cfg.memory_d_key, cfg.memory_d_value, cfg.memory_capacity)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.layers)
+
+    @staticmethod
+    def namespace(session: SessionRec) -> tuple[str, str] | None:
+        """(scope, id) of the session's memory, or None for scope ``none``."""
+        scope = session.memory_scope
+        if scope == "none":
+            return None
+        if scope == "user" and session.user_id:
+            return "user", session.user_id
+        if scope == "tenant":
+            return "tenant", session.tenant_id
+        return "session", session.id
+
+    def group_key(self, session: SessionRec) -> str:
+        """Sessions with the same banks can share a batched decode step."""
+        ns = self.namespace(session) if self.enabled else None
+        return "" if ns is None else f"{session.tenant_id}|{ns[0]}:{ns[1]}"
+
+    def banks(self, session: SessionRec) -> dict[int, Any] | None:
+        """layer → bank for this session (opened/created in storage), None without memory."""
+        ns = self.namespace(session) if self.enabled else None
+        if ns is None:
+            return None
+        d_key, d_value, capacity = self.dims
+        return {
+            layer: self.store.slot_bank(session.tenant_id, ns, layer, d_key, d_value, capacity)
+            for layer in self.layers
+        }
+
+    # ------------------------------------------------------------------ writes
+    def _write(self, banks, hidden, span, provenance, feedback=None) -> list[str]:
+        """Scheduler thread: write one span into every memory layer's bank."""
+        from retnet_core.memory import Feedback
+
+        fb = [Feedback(**feedback)] if feedback else None
+        written: list[str] = []
+        for layer, bank in banks.items():
+            mem = self.runtime.model.blocks[layer].memory
+            records = mem.write(ProvenanceBank(bank, provenance), hidden[layer], [span], fb)
+            for rec in records:
+                if rec.op != "skip":
+                    written.extend(str(i) for i in rec.slot_ids)
+        return written
+
+    async def after_turn(self, banks, capture: TurnCapture | None, user_msg, text: str) -> int:
+        """Write the user message's span (gate decides); returns slots written."""
+        if not banks or capture is None or capture.span[1] <= capture.span[0]:
+            return 0
+        from storage import Provenance
+
+        s, e = capture.span
+        prov = Provenance(
+            session_id=user_msg.session_id,
+            message_id=int(user_msg.id),
+            span=(capture.offset + s, capture.offset + e),
+            text=text,
+        )
+        ids = await self.scheduler.call(lambda: self._write(banks, capture.hidden, (s, e), prov))
+        return len(ids)
+
+    def _encode(self, text: str) -> tuple[dict[int, Any], tuple[int, int]]:
+        """Scheduler thread: hidden states of ``text`` fed as a user turn from no state."""
+        ids = self.runtime.tokenizer.render_turn({"role": "user", "content": text})
+        capture: dict[int, Any] = {}
+        self.runtime.prefill(ids, None, [], capture=capture)
+        return capture, (1, len(ids) - 1)
+
+    # ------------------------------------------------------------------ feedback
+    async def feedback(self, tenant_id: str, session_id: str, body: FeedbackIn) -> FeedbackOut:
+        """remember (text or message) / forget (message or text) / rating (message)."""
+        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id)
+        message = None
+        if body.message_id is not None:
+            message = await run_in_threadpool(
+                self.store.get_message, tenant_id, session_id, body.message_id
+            )
+        if body.kind == "rating" and (message is None or body.rating is None):
+            raise Unprocessable("rating needs message_id and rating (-1, 0 or 1)")
+        if body.kind in ("remember", "forget") and message is None and body.text is None:
+            raise Unprocessable(f"{body.kind} needs message_id or text")
+        banks = await run_in_threadpool(self.banks, session) if self.enabled else None
+        if not banks:
+            return FeedbackOut(kind=body.kind, applied=False, detail="session has no memory")
+        text = body.text if body.text is not None else message.content
+        if body.kind == "forget" or (body.kind == "rating" and body.rating < 0):
+            gone = await run_in_threadpool(self._forget, banks, message, body.text)
+            return FeedbackOut(kind=body.kind, applied=True, slots_removed=gone)
+        if body.kind == "rating" and body.rating == 0:
+            return FeedbackOut(kind=body.kind, applied=False, detail="neutral rating")
+        feedback = {"remember": True} if body.kind == "remember" else {"rating": 2.0}
+        from storage import Provenance
+
+        prov = Provenance(
+            session_id=session.id,
+            message_id=None if message is None else int(message.id),
+            text=text,
+        )
+
+        def write() -> list[str]:
+            hidden, span = self._encode(text)
+            return self._write(banks, hidden, span, prov, feedback)
+
+        ids = await self.scheduler.call(write)
+        return FeedbackOut(kind=body.kind, applied=bool(ids), slots_written=ids)
+
+    def _forget(self, banks, message, text: str | None) -> list[str]:
+        """Remove slots written from ``message`` or whose text contains ``text``."""
+        needle = text.lower() if text else None
+        gone: list[str] = []
+        for bank in banks.values():
+            ids = [
+                r.id
+                for r in bank.records()
+                if (message is not None and r.message_id == int(message.id))
+                or (needle and r.text and needle in r.text.lower())
+            ]
+            if ids:
+                bank.evict(ids)
+                gone.extend(str(i) for i in ids)
+        return gone
