@@ -88,6 +88,7 @@ def load_pretrained(
     model.load_state_dict(weights, strict=True, assign=True)
     if config.tie_embeddings:  # assign=True replaced the shared Parameter: tie again
         model.head.weight = model.embed.weight
+    model._weights = None  # parameters were replaced: the fingerprint re-reads them
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     return model.eval()
 

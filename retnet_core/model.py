@@ -57,6 +57,7 @@ class RetNetLM(nn.Module):
         else:
             nn.init.normal_(self.head.weight, std=config.d_model**-0.5)
         self._tables: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._weights: list[tuple[str, Tensor]] | None = None
         self._fingerprint: tuple[tuple, str] | None = None
 
     # ---- fixed tables and dtypes ----------------------------------------------------------
@@ -91,21 +92,34 @@ class RetNetLM(nn.Module):
     def fingerprint(self) -> str:
         """BLAKE2b of config, state format and dtype, and every weight (device-independent).
 
-        Cached until a parameter changes (in-place updates bump a tensor's version).
+        Cached until a weight changes: in-place updates bump a tensor's version, ``.to()``
+        moves its storage, and ``load_state_dict``/``_apply`` drop the cache (they may
+        replace Parameter objects). Costs a few µs per call when nothing changed.
         """
-        tensors = sorted(self.state_dict().items())
-        key = tuple((n, t.data_ptr(), t._version, t.dtype) for n, t in tensors)
+        if self._weights is None:
+            self._weights = sorted(self.state_dict(keep_vars=True).items())
+        key = tuple((t.data_ptr(), t._version) for _, t in self._weights)
         if self._fingerprint is not None and self._fingerprint[0] == key:
             return self._fingerprint[1]
         h = hashlib.blake2b(digest_size=16)
         h.update(self.config.to_json().encode())
         h.update(f"state-v{STATE_FORMAT_VERSION}|{self.state_dtype}".encode())
-        for name, t in tensors:
+        for name, t in self._weights:
             t = t.detach().cpu().contiguous()
             h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         self._fingerprint = (key, h.hexdigest())
         return self._fingerprint[1]
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .double(), .cuda(): weights move
+        self._weights, self._tables = None, {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._weights = None  # assign=True replaces Parameter objects
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._weights = None
+        return out
 
     # ---- state ----------------------------------------------------------------------------
     def init_state(self, batch_size: int = 1) -> RecurrentState:
@@ -124,12 +138,19 @@ class RetNetLM(nn.Module):
         pos = torch.zeros(batch_size, dtype=torch.long, device=dev)
         return RecurrentState(s, z, pos, self.fingerprint())
 
-    def check_state(self, state: RecurrentState, batch_size: int | None = None) -> None:
-        """Refuse a state of another model (StateMismatchError) or of the wrong batch."""
-        if state.fingerprint != self.fingerprint():
-            raise StateMismatchError(state.fingerprint, self.fingerprint())
+    def check_state(self, state: RecurrentState, batch_size: int | None = None) -> str:
+        """Refuse a state of another model (StateMismatchError) or of the wrong batch.
+
+        Returns this model's fingerprint (the one new states get).
+        """
+        mine = self.fingerprint()
+        if state.fingerprint != mine:
+            raise StateMismatchError(state.fingerprint, mine)
         if batch_size is not None and state.batch_size != batch_size:
             raise StateError(f"state holds {state.batch_size} sequences, tokens {batch_size}")
+        if state.n_layers != self.config.n_layers:
+            raise StateError(f"state has {state.n_layers} layers, model {self.config.n_layers}")
+        return mine
 
     # ---- the three ways to run ------------------------------------------------------------
     def _embed(self, tokens: Tensor) -> Tensor:
@@ -195,7 +216,7 @@ class RetNetLM(nn.Module):
         """
         b, t = tokens.shape
         state = self.init_state(b) if state is None else state
-        self.check_state(state, b)
+        fp = self.check_state(state, b)
         if lengths is not None:
             lengths = lengths.to(device=tokens.device, dtype=torch.long)
         positions = state.position[:, None] + torch.arange(t, device=tokens.device)
@@ -208,7 +229,7 @@ class RetNetLM(nn.Module):
         )
         hidden, layers = self._run(tokens, ctx, state, memory, capture)
         advanced = torch.full_like(state.position, t) if lengths is None else lengths
-        new_state = self._pack(layers, state.position + advanced)
+        new_state = self._pack(layers, state.position + advanced, fp)
         if not last_only:
             return self.head(hidden), new_state
         last = (advanced - 1).clamp(min=0)
@@ -221,15 +242,15 @@ class RetNetLM(nn.Module):
     ) -> tuple[Tensor, RecurrentState]:
         """One token per sequence through the recurrent form. tokens (B,) -> logits (B, V)."""
         b = tokens.shape[0]
-        self.check_state(state, b)
+        fp = self.check_state(state, b)
         ctx = self._context(state.position[:, None], "step")
         hidden, layers = self._run(tokens[:, None], ctx, state, memory, None)
-        return self.head(hidden[:, 0]), self._pack(layers, state.position + 1)
+        return self.head(hidden[:, 0]), self._pack(layers, state.position + 1, fp)
 
-    def _pack(self, layers: list, position: Tensor) -> RecurrentState:
+    def _pack(self, layers: list, position: Tensor, fingerprint: str) -> RecurrentState:
         s = [st[0] for st in layers]
         z = [st[1] for st in layers] if self.config.retention_norm == "torchscale" else None
-        return RecurrentState(s, z, position, self.fingerprint())
+        return RecurrentState(s, z, position, fingerprint)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:

@@ -123,6 +123,10 @@ def test_fingerprint_tracks_weights_and_config():
     with torch.no_grad():
         m1.blocks[0].ffn.w_out.weight[0, 0] += 1.0
     assert m1.fingerprint() != before
+    assert m2.to(torch.float32).fingerprint() != m1.fingerprint()  # the state dtype changed
+    m3 = tiny_model(seed=0)
+    m3.load_state_dict(m1.state_dict(), assign=True)
+    assert m3.fingerprint() == m1.fingerprint()
 
 
 def test_step_refuses_foreign_state():
