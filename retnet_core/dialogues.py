@@ -227,12 +227,14 @@ class MemoryExample:
     """Sessions separated by state resets; the last assistant turn is the scored answer.
 
     ``answer`` is the exact value the final reply must contain, or ``""`` when the
-    right reply is a refusal ("I don't know ...").
+    right reply is a refusal ("I don't know ..."). ``forgotten`` is the value a
+    ``forget`` example asks to drop (its slot must be gone before the last session).
     """
 
     kind: str
     sessions: tuple[tuple[Message, ...], ...]
     answer: str
+    forgotten: str = ""
 
     def flat(self) -> tuple[Message, ...]:
         """All turns in one session (what a model without state resets would see)."""
@@ -289,14 +291,14 @@ class DialogueGenerator:
 
     def forget(self) -> MemoryExample:
         facts = self._facts(self.rng.randint(1, 2))
-        attr, _ = self.rng.choice(facts)
+        attr, value = self.rng.choice(facts)
         a = ATTRIBUTES[attr]
         drop = (
             Message("user", self.rng.choice(FORGETS).format(mine=a.mine)),
             Message("assistant", FORGET_ACK.format(yours=a.yours)),
         )
         sessions = (tuple(self._tell(facts)), drop, tuple(self._ask(attr, None)))
-        return MemoryExample("forget", sessions, "")
+        return MemoryExample("forget", sessions, "", forgotten=value)
 
     def unknown(self) -> MemoryExample:
         facts = self._facts(self.rng.randint(1, 2))

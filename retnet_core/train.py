@@ -32,10 +32,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from retnet_core.data import IGNORE_INDEX, pad_examples, sample_windows
+from retnet_core.data import pad_examples, sample_windows
 from retnet_core.evaluation import evaluate_lm, recall_report, render_supervised
 from retnet_core.train_setup import (
     Data,
@@ -94,13 +93,6 @@ def make_batch(
     return torch.cat([x, mx]), torch.cat([y, my])
 
 
-def _loss(logits: Tensor, labels: Tensor) -> Tensor:
-    # fp32 cross-entropy even under bf16 autocast: the softmax over 4k ids needs it
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
-    )
-
-
 class Trainer:
     """One training run; rank 0 logs and writes checkpoints."""
 
@@ -120,12 +112,23 @@ class Trainer:
         self.tok = prepare_tokenizer(cfg, self.out, self.main, self._barrier)
         self.data = prepare_data(cfg, self.tok)
         self.model = build_model(cfg, self.tok.vocab_size, self.out / "checkpoint").to(self.device)
-        self.objective: nn.Module = LMObjective(self.model, cfg.chunk_size)
-        if cfg.compile:
-            self.objective = torch.compile(self.objective)
+        self.memory_objective = load_hook(cfg.memory_objective)
+        self.lm = LMObjective(
+            self.model,
+            cfg.chunk_size,
+            self.memory_objective,
+            self.tok,
+            cfg.seq_len,
+            cfg.memory_weight,
+        )
+        self.objective: nn.Module = torch.compile(self.lm) if cfg.compile else self.lm
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
+            # memory layers sit idle in batches without a memory objective
+            unused = bool(getattr(self.model.config, "memory_layers", None))
+            self.objective = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=ids, find_unused_parameters=unused
+            )
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.opt = torch.optim.AdamW(
@@ -137,7 +140,6 @@ class Trainer:
             betas=(cfg.beta1, cfg.beta2),
             fused=self.device.type == "cuda",
         )
-        self.memory_objective = load_hook(cfg.memory_objective)
         self.step, self.tokens, self.elapsed, self.best = 0, 0, 0.0, float("inf")
         self._resume()
 
@@ -195,7 +197,7 @@ class Trainer:
     def logits_fn(self, tokens: Tensor) -> Tensor:
         """Eval forward (no DDP wrapper: every rank evaluates the same windows)."""
         with self._autocast():
-            return LMObjective(self.model, self.cfg.chunk_size)(tokens)
+            return self.lm.logits(tokens)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -218,7 +220,8 @@ class Trainer:
             )
         hook = load_hook(cfg.memory_eval)
         if hook is not None:
-            out.update(hook(self.model, self.tok, self.data.eval_examples, self.device))
+            multi = {k: v for k, v in self.data.eval_examples.items() if k in cfg.session_kinds}
+            out.update(hook(self.model, self.tok, multi, self.device, seq_len=cfg.seq_len))
         self.model.train()
         return out
 
@@ -236,13 +239,15 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             last = micro == cfg.grad_accum - 1
             sync = nullcontext() if last or self.world == 1 else self.objective.no_sync()
+            mem = None
+            if self.memory_objective is not None and cfg.memory_weight > 0:
+                mem = self.data.memory_examples(
+                    cfg.memory_batch,
+                    seed=int(torch.randint(0, 2**31, (1,), generator=gen)),
+                    kinds=cfg.session_kinds,
+                )
             with sync, self._autocast():
-                loss = _loss(self.objective(x), y)
-                if self.memory_objective is not None and cfg.memory_weight > 0:
-                    examples = self.data.memory_examples(cfg.memory_batch, seed=self.step)
-                    loss = loss + cfg.memory_weight * self.memory_objective(
-                        self.model, self.tok, examples, self.device
-                    )
+                loss = self.objective(x, y, mem)
                 (loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
             self.tokens += int(x.numel()) * self.world

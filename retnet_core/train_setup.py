@@ -13,10 +13,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from retnet_core.data import TokenStream, load_chitchat, pack, split_conversations, words_of
+from retnet_core.data import (
+    IGNORE_INDEX,
+    TokenStream,
+    load_chitchat,
+    pack,
+    split_conversations,
+    words_of,
+)
 from retnet_core.dialogues import DialogueGenerator, MemoryExample, ValuePools, example_texts
 from retnet_core.tokenizer import TOKENIZER_FILE, ChatTokenizer
 
@@ -67,7 +75,7 @@ class TrainConfig:
     memory_eval: str | None = None
     memory_weight: float = 1.0
     memory_batch: int = 8
-    memory_eval_kinds: list[str] = field(default_factory=lambda: ["recall", "forget", "unknown"])
+    session_kinds: list[str] = field(default_factory=lambda: ["recall", "forget", "unknown"])
     # bookkeeping
     eval_interval: int = 200
     eval_windows: int | None = 64
@@ -174,7 +182,7 @@ def prepare_data(cfg: TrainConfig, tok: ChatTokenizer) -> Data:
         exclude=words_of(m.content for c in splits["train"] for m in c.messages)
     )
     heldout = DialogueGenerator(pools, "heldout", seed=cfg.seed)
-    kinds = ["in_context", "passage", "recall", *cfg.memory_eval_kinds]
+    kinds = ["in_context", "passage", "recall", *cfg.session_kinds]
     eval_examples = {
         k: [heldout.example(k) for _ in range(cfg.eval_examples)] for k in dict.fromkeys(kinds)
     }
@@ -224,23 +232,56 @@ def build_model(cfg: TrainConfig, vocab_size: int, resume_dir: Path | None = Non
 
 
 class LMObjective(nn.Module):
-    """tokens (B, T) → logits (B, T, V), through the form the config asks for.
+    """The training loss of one micro-batch, as one module.
 
     A module of its own so DDP wraps the call that actually runs (``prefill`` is not
-    ``forward``): gradients are synchronised whichever form is used.
+    ``forward``, and the memory objective runs the model twice): gradients are
+    synchronised whichever path is used. ``logits`` is the plain LM forward used for
+    evaluation.
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        chunk_size: int = 0,
+        memory_fn: Callable | None = None,
+        tok: ChatTokenizer | None = None,
+        seq_len: int = 256,
+        memory_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.memory_fn = memory_fn
+        self.tok = tok
+        self.seq_len = seq_len
+        self.memory_weight = memory_weight
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def logits(self, tokens: Tensor) -> Tensor:
+        """tokens (B, T) -> logits (B, T, V), chunkwise when ``chunk_size`` < T."""
         t = tokens.shape[1]
         if self.chunk_size and t > self.chunk_size and hasattr(self.model, "prefill"):
             logits, _ = self.model.prefill(tokens, chunk_size=self.chunk_size)
             return logits
         return self.model(tokens)
+
+    def forward(
+        self, tokens: Tensor, labels: Tensor, memory_examples: list[MemoryExample] | None = None
+    ) -> Tensor:
+        """Mean next-token loss (fp32) plus ``memory_weight`` × the memory objective."""
+        logits = self.logits(tokens)
+        # fp32 cross-entropy even under bf16 autocast: the softmax over 4k ids needs it
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+        if memory_examples and self.memory_fn is not None:
+            mem = self.memory_fn(
+                self.model, self.tok, memory_examples, tokens.device, seq_len=self.seq_len
+            )
+            loss = loss + self.memory_weight * mem
+        return loss
 
 
 def describe(model: nn.Module) -> dict[str, Any]:

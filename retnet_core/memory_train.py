@@ -1,0 +1,157 @@
+"""Cross-session memory objective and evaluation (state reset, memory slots kept).
+
+The default ``memory_objective`` / ``memory_eval`` hooks of :mod:`retnet_core.train`.
+For a batch of :class:`~retnet_core.dialogues.MemoryExample` with two or more sessions:
+
+1. the first session runs from an empty state with a fresh
+   :class:`~retnet_core.memory.TensorBank` per memory layer whose ``write_spans`` are
+   the session's **user turns** (``<|user|> … <|end|>``, one slot each, the convention
+   the serving engine follows);
+2. for ``forget`` examples the slot of the forgotten fact is masked out, which is what
+   the engine's forget does to a bank (the forget request itself is ordinary
+   single-session text, trained by the LM loss);
+3. the last session runs from an empty state reading the banks; the loss is the
+   cross-entropy of its final assistant turn (the answer, or "I don't know ...").
+
+Everything stays in one autograd graph, so the answer's loss reaches the write gate,
+the pooling and the projections of session 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from retnet_core.data import IGNORE_INDEX, pad_examples
+from retnet_core.dialogues import MemoryExample
+from retnet_core.evaluation import render_supervised
+from retnet_core.memory import TensorBank
+from retnet_core.tokenizer import ChatTokenizer, Message
+
+
+def user_spans(tok: ChatTokenizer, messages: Sequence[Message]) -> list[tuple[int, int]]:
+    """Half-open token spans [start, end) of the user turns of a rendered session."""
+    r = tok.render(messages)
+    starts = [0, *r.boundaries[:-1]]
+    return [
+        (s, e) for s, e, m in zip(starts, r.boundaries, messages, strict=True) if m.role == "user"
+    ]
+
+
+def _span_mask(spans: list[list[tuple[int, int]]], length: int) -> Tensor:
+    """(B, S, T) bool; rows with fewer spans are padded with empty spans (no slot)."""
+    s_max = max((len(s) for s in spans), default=0)
+    mask = torch.zeros(len(spans), max(s_max, 1), length, dtype=torch.bool)
+    for b, row in enumerate(spans):
+        for i, (s, e) in enumerate(row):
+            mask[b, i, s : min(e, length)] = True
+    return mask
+
+
+def _banks(model: nn.Module, batch: int, device: torch.device) -> dict[int, TensorBank]:
+    cfg = model.config
+    if not cfg.memory_layers:
+        raise ValueError("the memory objective needs a model with memory_layers")
+    return {
+        i: TensorBank.empty(batch, cfg.memory_d_key, cfg.memory_d_value, device=device)
+        for i in cfg.memory_layers
+    }
+
+
+def write_and_ask(
+    model: nn.Module,
+    tok: ChatTokenizer,
+    examples: Sequence[MemoryExample],
+    device: torch.device | str,
+    seq_len: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """Run session 1 (writing) then the last session (reading) for each example.
+
+    Returns the last session's logits (B, T, V) and labels (B, T) (final turn only).
+    """
+    first = [ex.sessions[0] for ex in examples]
+    # session 1 is never cut: its spans index the full rendering, and no loss is taken
+    ids = [tok.render_ids(s) for s in first]
+    x1 = torch.full((len(ids), max(map(len, ids))), tok.pad_id, dtype=torch.int64)
+    for b, row in enumerate(ids):
+        x1[b, : len(row)] = torch.tensor(row)
+    spans = [user_spans(tok, s) for s in first]
+    banks = _banks(model, len(examples), torch.device(device))
+    write = _span_mask(spans, x1.shape[1]).to(device)
+    for bank in banks.values():
+        bank.write_spans = write
+    model(x1.to(device), memory=banks)
+    for bank in banks.values():
+        bank.write_spans = None
+        _mask_forgotten(bank, examples, first, spans_count=write.shape[1])
+    x2, y2 = pad_examples(
+        [render_supervised(tok, ex.sessions[-1], last_only=True) for ex in examples],
+        seq_len,
+        tok.pad_id,
+    )
+    return model(x2.to(device), memory=banks), y2.to(device)
+
+
+def _mask_forgotten(
+    bank: TensorBank, examples: Sequence[MemoryExample], first: list, spans_count: int
+) -> None:
+    """Drop the slot whose user turn stated a forgotten value (what forget does)."""
+    mask = bank.mask.clone()
+    for b, ex in enumerate(examples):
+        if not ex.forgotten:
+            continue
+        users = [m for m in first[b] if m.role == "user"]
+        for i, m in enumerate(users):
+            if ex.forgotten in m.content:
+                mask[b, mask.shape[1] - spans_count + i] = False
+    bank.mask = mask
+
+
+def cross_session_loss(
+    model: nn.Module,
+    tok: ChatTokenizer,
+    examples: Sequence[MemoryExample],
+    device: torch.device | str,
+    seq_len: int = 256,
+) -> Tensor:
+    """Mean cross-entropy of the final answers, read from memory across a state reset."""
+    examples = [ex for ex in examples if len(ex.sessions) >= 2]
+    if not examples:
+        return torch.zeros((), device=device)
+    logits, labels = write_and_ask(model, tok, examples, device, seq_len)
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+@torch.no_grad()
+def cross_session_eval(
+    model: nn.Module,
+    tok: ChatTokenizer,
+    examples: dict[str, Sequence[MemoryExample]],
+    device: torch.device | str,
+    seq_len: int = 256,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Exact final-answer rate with memory on, per multi-session kind (``memory_<kind>``).
+
+    Teacher-forced argmax over the whole final turn, i.e. what greedy decoding outputs.
+    """
+    out: dict[str, float] = {}
+    for kind, exs in examples.items():
+        exs = [ex for ex in exs if len(ex.sessions) >= 2]
+        if not exs:
+            continue
+        hits = 0
+        for i in range(0, len(exs), batch_size):
+            logits, labels = write_and_ask(model, tok, exs[i : i + batch_size], device, seq_len)
+            scored = labels != IGNORE_INDEX
+            ok = ((logits.argmax(-1) == labels) | ~scored).all(1) & scored.any(1)
+            hits += int(ok.sum())
+        out[f"memory_{kind}"] = hits / len(exs)
+    return out
