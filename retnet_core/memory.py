@@ -70,6 +70,7 @@ class MemoryConfig:
     write_threshold: float = 0.5
     touch_threshold: float = 0.05
     use_gate: bool = True
+    pool: str = "attention"  # "attention" | "mean" (the paper's u = mean(X), an ablation)
 
     @classmethod
     def from_model(cls, config: object) -> MemoryConfig:
@@ -87,6 +88,7 @@ class MemoryConfig:
             write_threshold=float(getattr(config, "memory_write_threshold", 0.5)),
             touch_threshold=float(getattr(config, "memory_touch_threshold", 0.05)),
             use_gate=bool(getattr(config, "memory_gate", True)),
+            pool=str(getattr(config, "memory_pool", "attention")),
         )
 
 
@@ -175,9 +177,12 @@ class MemoryLayer(nn.Module):
         """Compress spans of h into slots. h (B, T, d), spans (B, S, T) bool.
 
         Returns keys (B, S, d_k) unit norm, values (B, S, d_v), gate logits (B, S).
-        Pooling: a_{s,t}^j = softmax_t over the span of w_j·LN(h_t), u_s^j = Σ_t a h_t.
+        Pooling: a_{s,t}^j = softmax_t over the span of w_j·LN(h_t), u_s^j = Σ_t a h_t
+        (pool="mean": a uniform over the span, the paper's u = mean(X)).
         """
         logits = self.pool(self.pool_norm(h)).transpose(1, 2)  # (B, 2, T)
+        if self.cfg.pool == "mean":
+            logits = torch.zeros_like(logits)  # uniform weights: u = mean of the span
         logits = logits.unsqueeze(2).expand(-1, -1, spans.shape[1], -1)  # (B, 2, S, T)
         logits = logits.masked_fill(~spans.unsqueeze(1), float("-inf"))
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty span -> zeros
