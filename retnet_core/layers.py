@@ -51,35 +51,38 @@ def rotary_angles(key_dim: int, base: float = 10000.0) -> Tensor:
     return torch.pow(base, -torch.linspace(0, 1, key_dim // 2, dtype=torch.float64))
 
 
-def rotation_tables(positions: Tensor, angles: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos, sin (B, 1, T, D_k/2) of p·θ_i, computed in float64 (exact for large p)."""
-    phase = positions.to(torch.float64)[:, None, :, None] * angles.to(positions.device)
-    return phase.cos().to(dtype), phase.sin().to(dtype)
+def rotation_tables(positions: Tensor, angles: Tensor, dtype: torch.dtype) -> Tensor:
+    """e^{i p θ_j} (B, 1, T, D_k/2), complex of ``dtype`` (float32/64), phases in float64.
 
-
-def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x_{2i}, x_{2i+1}) by the angle whose cos/sin are given.
-
-    x (B, H, T, D); cos, sin (B, 1, T, D/2):
-        (x_{2i}, x_{2i+1}) -> (x_{2i} cos − x_{2i+1} sin,  x_{2i+1} cos + x_{2i} sin)
+    Phases p·θ_j are formed in float64 so that large positions keep their accuracy.
     """
-    pairs = x.unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+    phase = positions.to(torch.float64)[:, None, :, None] * angles.to(positions.device)
+    rot = torch.polar(torch.ones_like(phase), phase)
+    return rot.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+
+
+def rotate_pairs(x: Tensor, rot: Tensor) -> Tensor:
+    """Rotate each pair (x_{2j}, x_{2j+1}) as the complex number x_{2j} + i x_{2j+1}.
+
+    x (B, H, T, D) float32/64; rot (B, 1, T, D/2) complex = e^{i p θ_j}:
+        (x_{2j}, x_{2j+1}) -> (x_{2j} cos − x_{2j+1} sin,  x_{2j+1} cos + x_{2j} sin)
+    """
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * rot).flatten(-2)
 
 
 @dataclass
 class RetentionContext:
     """What every layer of one model call shares (computed once per call).
 
-    positions (B, T) absolute token positions; cos, sin rotation tables; log_decay (H,);
+    positions (B, T) absolute token positions; rot (B, 1, T, D_k/2) complex rotation
+    table (:func:`rotation_tables`); log_decay (H,);
     decay_norm (B, H, T) = c_p of :func:`retention_denominator`, or None (mode "none");
     lengths (B,) or None; mode "parallel" | "chunkwise" | "step"; chunking for chunkwise.
     """
 
     positions: Tensor
-    cos: Tensor
-    sin: Tensor
+    rot: Tensor
     log_decay: Tensor
     decay_norm: Tensor | None
     mode: str
@@ -100,8 +103,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        if x.dtype in (torch.float32, torch.float64):  # one fused op on the hot path
+            return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
+        y = F.rms_norm(x.float(), x.shape[-1:], None, self.eps).to(x.dtype)
         return y if self.weight is None else y * self.weight
 
 
@@ -137,7 +141,7 @@ class MultiScaleRetention(nn.Module):
         """Per-head norm over D_v (affine-free): RMS or layer norm, same eps as the config."""
         if self.head_norm == "layer":
             return F.layer_norm(o, o.shape[-1:], eps=self.eps)
-        return o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + self.eps)
+        return F.rms_norm(o, o.shape[-1:], None, self.eps)
 
     def forward(
         self, x: Tensor, ctx: RetentionContext, state: tuple[Tensor, Tensor | None] | None
@@ -149,8 +153,8 @@ class MultiScaleRetention(nn.Module):
         q = q.view(b, t, self.n_heads, self.key_dim).transpose(1, 2).to(sdt)
         k = k.view(b, t, self.n_heads, self.key_dim).transpose(1, 2).to(sdt)
         v = v.view(b, t, self.n_heads, self.head_value_dim).transpose(1, 2).to(sdt)
-        q = rotate_pairs(q, ctx.cos, ctx.sin)
-        k = rotate_pairs(k, ctx.cos, ctx.sin) * self.key_dim**-0.5
+        q = rotate_pairs(q, ctx.rot)
+        k = rotate_pairs(k, ctx.rot) * self.key_dim**-0.5
         s0 = None if state is None else state[0]
         with_z = self.norm_mode == "torchscale"
         if with_z:  # z_p and q·z_p are retention with v ≡ 1: one extra value column

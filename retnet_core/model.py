@@ -81,12 +81,12 @@ class RetNetLM(nn.Module):
 
     def _context(self, positions: Tensor, mode: str, **kw: Any) -> RetentionContext:
         log_decay, angles = self._decay_and_angles()
-        cos, sin = rotation_tables(positions, angles, self.state_dtype)
+        rot = rotation_tables(positions, angles, self.state_dtype)
         norm = self.config.retention_norm
         decay_norm = (
             None if norm == "none" else retention_denominator("decay", log_decay, positions)
         )
-        return RetentionContext(positions, cos, sin, log_decay, decay_norm, mode, **kw)
+        return RetentionContext(positions, rot, log_decay, decay_norm, mode, **kw)
 
     # ---- fingerprint ----------------------------------------------------------------------
     def fingerprint(self) -> str:
