@@ -120,6 +120,8 @@ class DocumentManager:
         self, tenant_id: str, user_id: str | None, query: str, k: int, threshold: float
     ) -> list[RetrievedPassage]:
         """Top-k passages visible to (tenant, user) with cosine ≥ threshold, best first."""
+        if not self.store.has_passages(tenant_id):
+            return []
         vector = self.embedder.embed([query])[0]
         hits = self.store.search_passages(tenant_id, user_id, vector, k)
         return [

@@ -213,7 +213,7 @@ class StorageStore(SlotAdmin, Store):
             version = self.states.version(tenant_id, session_id)
         if state is None:
             return LoadedState(None, version, "miss")
-        return LoadedState(state.blob, state.version, tier)
+        return LoadedState(state.blob, state.version, tier, int(state.position))
 
     def commit_turn(self, c: TurnCommit) -> tuple[MessageRec, MessageRec]:
         """Messages first, then the state (compare-and-set on the version)."""
@@ -271,6 +271,10 @@ class StorageStore(SlotAdmin, Store):
     def delete_document(self, tenant_id: str, document_id: str) -> None:
         if not self.passages.delete_document(tenant_id, document_id):
             raise NotFound(f"document {document_id} not found")
+
+    def has_passages(self, tenant_id: str) -> bool:
+        """Whether the tenant ever indexed a passage (cheap: no embedding needed)."""
+        return self.passages._bank(tenant_id, None) is not None
 
     def search_passages(self, tenant_id, user_id, query, k):
         """Top-k over the tenant's passages; user-scoped documents only for their user."""

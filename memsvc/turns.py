@@ -195,7 +195,7 @@ class TurnManager:
             prompt_tokens=prep.prompt_tokens,
             completion_tokens=len(done.token_ids),
             total_tokens=prep.prompt_tokens + len(done.token_ids),
-            cached_tokens=session.token_count if loaded.data else 0,
+            cached_tokens=loaded.position if loaded.data else 0,
             state_source=loaded.tier if loaded.data else "new",
             passage_tokens=prep.passage_tokens,
             snapshot_hits=prep.snapshot_hits,

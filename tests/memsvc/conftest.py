@@ -1,0 +1,166 @@
+"""Fixtures for end-to-end service tests: a tiny checkpoint, real databases, live servers.
+
+Backends: ``postgres`` (a fresh PostgreSQL database + Redis under a unique key prefix)
+and ``sqlite`` (the embedded default: a SQLite file, no Redis). Servers are module
+scoped (one process per backend) to keep the suite fast; every test isolates itself by
+working as a brand-new tenant. Tests that restart a server start their own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from server_util import ADMIN_KEY, Server
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from tiny_model import make_tiny_checkpoint
+
+from memsvc.config import Settings
+from memsvc.tenants_cli import tenant_create
+
+PG_ADMIN = os.environ.get(
+    "MEMSVC_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("MEMSVC_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+# limits small enough to test 413 cheaply
+LIMITS = {
+    "MEMSVC_MAX_MESSAGE_CHARS": "2000",
+    "MEMSVC_MAX_NEW_TOKENS": "32",
+    "MEMSVC_MAX_BODY_BYTES": "65536",
+    "MEMSVC_MAX_DOCUMENT_CHARS": "20000",
+    "MEMSVC_DEFAULT_MAX_TOKENS": "8",
+    "MEMSVC_RAG_THRESHOLD": "0.3",
+    "MEMSVC_PASSAGE_TOKENS": "48",
+}
+
+
+@dataclass
+class Backend:
+    """Where a test server keeps its data (shared by every server of the backend)."""
+
+    name: str
+    env: dict[str, str]
+    database_url: str
+    redis_prefix: str | None
+
+    def settings(self) -> Settings:
+        return Settings(
+            database_url=self.database_url,
+            redis_url=self.env.get("MEMSVC_REDIS_URL"),
+            redis_prefix=self.redis_prefix or "memsvc:",
+            data_dir=Path(self.env["MEMSVC_DATA_DIR"]),
+            model_dir=Path(self.env["MEMSVC_MODEL_DIR"]),
+        )
+
+    def new_tenant(self, name: str = "tenant") -> str:
+        """A new tenant's API key."""
+        return tenant_create(f"{name}-{uuid.uuid4().hex[:6]}", self.settings())[1]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight checkpoint (2 layers, memory at layer 1)."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def _pg_database() -> Iterator[str]:
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_size=1)
+    name = f"memsvc_svc_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # never skip: the real server is required
+        pytest.fail(f"PostgreSQL at {PG_ADMIN} is not usable ({exc}); see SERVICES.md")
+    try:
+        yield make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _redis_prefix() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except Exception as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable ({exc}); see SERVICES.md")
+    prefix = f"memsvc-svc-test:{uuid.uuid4().hex[:12]}:"
+    try:
+        yield prefix
+    finally:
+        keys = list(client.scan_iter(match=prefix + "*", count=500))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def make_backend(name: str, tmp: Path, checkpoint: Path) -> Iterator[Backend]:
+    env = {
+        **LIMITS,
+        "MEMSVC_MODEL_DIR": str(checkpoint),
+        "MEMSVC_DATA_DIR": str(tmp / "data"),
+        "MEMSVC_ADMIN_KEY": ADMIN_KEY,
+        "MEMSVC_DEVICE": "cpu",
+    }
+    if name == "sqlite":
+        url = f"sqlite:///{tmp / 'data' / 'memsvc.db'}"
+        env["MEMSVC_DATABASE_URL"] = url
+        yield Backend(name, env, url, None)
+        return
+    for url in _pg_database():
+        for prefix in _redis_prefix():
+            env.update(
+                MEMSVC_DATABASE_URL=url, MEMSVC_REDIS_URL=REDIS_URL, MEMSVC_REDIS_PREFIX=prefix
+            )
+            yield Backend(name, env, url, prefix)
+
+
+@pytest.fixture(scope="session", params=["postgres", "sqlite"])
+def backend(request, tmp_path_factory, checkpoint) -> Iterator[Backend]:
+    """Both backends, each with one fresh data set (tests isolate by using new tenants)."""
+    yield from make_backend(request.param, tmp_path_factory.mktemp(request.param), checkpoint)
+
+
+@pytest.fixture(scope="session")
+def server(backend: Backend, tmp_path_factory) -> Iterator[Server]:
+    """One live server per backend, shared by the tests that do not restart it."""
+    with Server(backend.env, tmp_path_factory.mktemp("srv")) as srv:
+        yield srv
+
+
+@dataclass
+class Client:
+    """An httpx client bound to one server and one tenant key."""
+
+    http: httpx.Client
+    key: str
+
+    def __call__(self, method: str, path: str, **kw) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.key}", **kw.pop("headers", {})}
+        return self.http.request(method, path, headers=headers, **kw)
+
+
+@pytest.fixture(scope="session")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def api(http: httpx.Client, backend: Backend) -> Client:
+    """A client of a brand-new tenant."""
+    return Client(http, backend.new_tenant())
+
+
+@pytest.fixture
+def admin(http: httpx.Client) -> Client:
+    return Client(http, ADMIN_KEY)

@@ -1,0 +1,139 @@
+"""Chat end to end: turns, streaming, idempotency, serialised concurrent turns, delete."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import redis
+from conftest import REDIS_URL, Backend, Client
+from server_util import sse_events
+from sqlalchemy import create_engine, text
+
+
+def new_session(api: Client, **body) -> str:
+    r = api("POST", "/v1/sessions", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def turn(api: Client, sid: str, content: str, **kw) -> dict:
+    r = api("POST", f"/v1/sessions/{sid}/messages", json={"content": content, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_chat_turns_report_usage_and_persist_messages(api: Client) -> None:
+    sid = new_session(api, user_id="alice", system_prompt="You are terse.")
+    first = turn(api, sid, "Hello there", max_tokens=6)
+    assert first["finish_reason"] in ("stop", "length")
+    assert first["usage"]["completion_tokens"] <= 6
+    assert first["usage"]["cached_tokens"] == 0 and first["usage"]["state_source"] == "new"
+    after_first = api("GET", f"/v1/sessions/{sid}").json()
+    assert after_first["version"] == 1 and after_first["message_count"] == 2
+    assert after_first["token_count"] > first["usage"]["prompt_tokens"]
+
+    second = turn(api, sid, "And again", max_tokens=4)
+    # the whole history came from the persisted state, none of it was re-read
+    assert second["usage"]["cached_tokens"] == after_first["token_count"]
+    assert second["usage"]["state_source"] in ("redis", "lru", "sql")
+    msgs = api("GET", f"/v1/sessions/{sid}/messages").json()["data"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert msgs[0]["content"] == "Hello there" and msgs[2]["content"] == "And again"
+    assert msgs[1]["content"] == first["message"]["content"]
+    listed = api("GET", "/v1/sessions").json()["data"]
+    assert sid in [s["id"] for s in listed]
+
+
+def test_stream_sends_deltas_then_done_after_commit(api: Client) -> None:
+    sid = new_session(api)
+    r = api("POST", f"/v1/sessions/{sid}/messages", json={"content": "Tell me", "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(r.text)
+    assert events[-1][0] == "done"
+    done = events[-1][1]
+    deltas = "".join(d["text"] for name, d in events if name == "delta")
+    assert deltas == done["message"]["content"]
+    msgs = api("GET", f"/v1/sessions/{sid}/messages").json()["data"]
+    assert msgs[-1]["id"] == done["message"]["id"]
+
+
+def test_stop_sequence_and_seeded_sampling(api: Client) -> None:
+    sid_a, sid_b = new_session(api), new_session(api)
+    body = {"content": "Hi", "temperature": 0.9, "top_p": 0.9, "top_k": 50, "seed": 7}
+    a, b = turn(api, sid_a, **body), turn(api, sid_b, **body)
+    assert a["message"]["content"] == b["message"]["content"]  # same seed, same state
+    text_a = a["message"]["content"]
+    if len(text_a) >= 2:
+        sid_c = new_session(api)
+        c = turn(api, sid_c, **body, stop=[text_a[1:3] or text_a[1]])
+        assert c["finish_reason"] == "stop_sequence"
+        assert c["message"]["content"] == text_a[: text_a.index(text_a[1:3] or text_a[1])]
+
+
+def test_idempotency_key_replays_the_committed_turn(api: Client) -> None:
+    sid = new_session(api)
+    first = turn(api, sid, "Once only", idempotency_key="k-1")
+    again = turn(api, sid, "Once only", idempotency_key="k-1")
+    assert again["replayed"] is True
+    assert again["message"]["id"] == first["message"]["id"]
+    assert len(api("GET", f"/v1/sessions/{sid}/messages").json()["data"]) == 2
+
+
+def test_concurrent_turns_are_serialised_and_nothing_is_lost(api: Client) -> None:
+    sid = new_session(api)
+    contents = [f"message number {i}" for i in range(5)]
+
+    def post_until_accepted(content: str) -> tuple[int, int]:
+        busy = 0
+        while True:
+            r = api("POST", f"/v1/sessions/{sid}/messages", json={"content": content})
+            if r.status_code == 409:
+                assert r.json()["error"]["code"] == "session_busy"
+                busy += 1
+                continue
+            assert r.status_code == 200, r.text
+            return busy, r.json()["usage"]["cached_tokens"]
+
+    with cf.ThreadPoolExecutor(len(contents)) as pool:
+        results = list(pool.map(post_until_accepted, contents))
+    assert sum(b for b, _ in results) > 0  # they really collided
+    msgs = api("GET", f"/v1/sessions/{sid}/messages").json()["data"]
+    assert [m["role"] for m in msgs] == ["user", "assistant"] * len(contents)
+    assert sorted(m["content"] for m in msgs if m["role"] == "user") == sorted(contents)
+    # each turn continued the state the previous one left: histories strictly grow
+    cached = sorted(c for _, c in results)
+    assert len(set(cached)) == len(contents) and cached[0] == 0
+    assert api("GET", f"/v1/sessions/{sid}").json()["version"] == len(contents)
+
+
+def test_delete_erases_messages_states_and_session_slots(
+    api: Client, admin: Client, backend: Backend
+) -> None:
+    sid = new_session(api, memory_scope="session")
+    turn(api, sid, "Remember that my locker code is 4417")
+    slots = admin("GET", "/admin/memory/slots", params={"session_id": sid}).json()["data"]
+    assert slots, "the turn should have written a session-scoped slot"
+    assert api("DELETE", f"/v1/sessions/{sid}").status_code == 204
+
+    for path in ("", "/messages", "/logits"):
+        assert api("GET", f"/v1/sessions/{sid}{path}").status_code == 404
+    assert api("DELETE", f"/v1/sessions/{sid}").status_code == 404
+    assert admin("GET", f"/admin/sessions/{sid}").status_code == 404
+    assert admin("GET", "/admin/memory/slots", params={"session_id": sid}).json()["data"] == []
+    for slot in slots:
+        assert admin("GET", f"/admin/memory/slots/{slot['id']}").status_code == 404
+    engine = create_engine(backend.database_url)
+    with engine.connect() as conn:
+        for table in ("messages", "session_states", "sessions"):
+            column = "id" if table == "sessions" else "session_id"
+            n = conn.execute(text(f"select count(*) from {table} where {column} = :s"), {"s": sid})
+            assert n.scalar() == 0, table
+        n = conn.execute(
+            text("select count(*) from memory_slots where session_id = :s"), {"s": sid}
+        )
+        assert n.scalar() == 0
+    engine.dispose()
+    if backend.redis_prefix:
+        client = redis.Redis.from_url(REDIS_URL)
+        assert list(client.scan_iter(match=f"{backend.redis_prefix}*{sid}*")) == []
+        client.close()
