@@ -136,7 +136,7 @@ class RetNetLM(nn.Module):
                 for _ in range(c.n_layers)
             ]
         pos = torch.zeros(batch_size, dtype=torch.long, device=dev)
-        return RecurrentState(s, z, pos, self.fingerprint())
+        return RecurrentState(s, z, pos, self.fingerprint)  # hashed when first needed
 
     def check_state(self, state: RecurrentState, batch_size: int | None = None) -> str:
         """Refuse a state of another model (StateMismatchError) or of the wrong batch.
@@ -215,8 +215,10 @@ class RetNetLM(nn.Module):
         the state after each row's last valid token.
         """
         b, t = tokens.shape
-        state = self.init_state(b) if state is None else state
-        fp = self.check_state(state, b)
+        if state is None:  # fresh: nothing to check, and no hashing unless the state is used
+            state, fp = self.init_state(b), self.fingerprint
+        else:
+            fp = self.check_state(state, b)
         if lengths is not None:
             lengths = lengths.to(device=tokens.device, dtype=torch.long)
         positions = state.position[:, None] + torch.arange(t, device=tokens.device)
@@ -247,7 +249,7 @@ class RetNetLM(nn.Module):
         hidden, layers = self._run(tokens[:, None], ctx, state, memory, None)
         return self.head(hidden[:, 0]), self._pack(layers, state.position + 1, fp)
 
-    def _pack(self, layers: list, position: Tensor, fingerprint: str) -> RecurrentState:
+    def _pack(self, layers: list, position: Tensor, fingerprint: Any) -> RecurrentState:
         s = [st[0] for st in layers]
         z = [st[1] for st in layers] if self.config.retention_norm == "torchscale" else None
         return RecurrentState(s, z, position, fingerprint)

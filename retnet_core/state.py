@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 from safetensors.torch import load as st_load
@@ -54,14 +53,35 @@ def _checksum(tensors: dict[str, Tensor], meta: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-@dataclass
 class RecurrentState:
-    """Decoding state of a batch of B sequences (see the module docstring)."""
+    """Decoding state of a batch of B sequences (see the module docstring).
 
-    S: list[Tensor]
-    z: list[Tensor] | None
-    position: Tensor
-    fingerprint: str
+    ``fingerprint`` may be given as a zero-argument callable: it is then resolved on
+    first use, so training (a fresh state per step, never kept) never pays for hashing
+    weights that change every step.
+    """
+
+    def __init__(
+        self,
+        S: list[Tensor],
+        z: list[Tensor] | None,
+        position: Tensor,
+        fingerprint: str | Callable[[], str],
+    ) -> None:
+        self.S, self.z, self.position = S, z, position
+        self._fingerprint = fingerprint
+
+    @property
+    def fingerprint(self) -> str:
+        if callable(self._fingerprint):
+            self._fingerprint = self._fingerprint()
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return (
+            f"RecurrentState(batch={self.batch_size}, layers={self.n_layers}, "
+            f"position={self.position.tolist()}, fingerprint={self.fingerprint})"
+        )
 
     # ---- facts --------------------------------------------------------------------------
     @property
