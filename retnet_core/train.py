@@ -141,6 +141,7 @@ class Trainer:
             fused=self.device.type == "cuda",
         )
         self.step, self.tokens, self.elapsed, self.best = 0, 0, 0.0, float("inf")
+        self.parts: dict[str, float] = {}  # loss terms of the last step (lm, memory)
         self._resume()
 
     # ------------------------------------------------------------------ helpers
@@ -234,6 +235,7 @@ class Trainer:
             group["lr"] = lr
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.rank * 7_919 + self.step)
         total = 0.0
+        self.parts = {}
         for micro in range(cfg.grad_accum):
             x, y = make_batch(cfg, self.data, cfg.batch_size, gen)
             x, y = x.to(self.device), y.to(self.device)
@@ -250,6 +252,8 @@ class Trainer:
                 loss = self.objective(x, y, mem)
                 (loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
+            for key, value in self.lm.parts.items():
+                self.parts[key] = self.parts.get(key, 0.0) + value / cfg.grad_accum
             self.tokens += int(x.numel()) * self.world
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -308,6 +312,7 @@ class Trainer:
                         "tokens": self.tokens,
                         "tok_per_s": tps,
                         "elapsed_s": self.elapsed,
+                        **self.parts,
                     }
                     self.log(rec)
                     progress.update(task, info=f"loss {loss:.3f} {tps:,.0f} tok/s")

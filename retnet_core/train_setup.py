@@ -256,6 +256,7 @@ class LMObjective(nn.Module):
         self.tok = tok
         self.seq_len = seq_len
         self.memory_weight = memory_weight
+        self.parts: dict[str, float] = {}  # last micro-batch's loss terms, for the log
 
     def logits(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B, T, V), chunkwise when ``chunk_size`` < T."""
@@ -276,11 +277,16 @@ class LMObjective(nn.Module):
             labels.reshape(-1),
             ignore_index=IGNORE_INDEX,
         )
+        self.parts = {}
         if memory_examples and self.memory_fn is not None:
             mem = self.memory_fn(
                 self.model, self.tok, memory_examples, tokens.device, seq_len=self.seq_len
             )
+            self.parts["memory_loss"] = float(mem.detach())
             loss = loss + self.memory_weight * mem
+        self.parts["lm_loss"] = float(loss.detach()) - self.memory_weight * self.parts.get(
+            "memory_loss", 0.0
+        )
         return loss
 
 
