@@ -1,7 +1,7 @@
 """Recurrent states: write-through Redis (or LRU) over SQL, versioned, checksummed.
 
 A state is opaque bytes to storage (the model's ``RecurrentState.to_bytes()``) plus
-metadata: model fingerprint, token position, version, and a BLAKE2b checksum computed here.
+metadata: model fingerprint, token position, version, and a SHA-256 checksum computed here.
 
 - :meth:`StateStore.save` is a compare-and-set on the session's version: it succeeds only
   if the session is still at ``expected_version``, bumps it, and stores the blob in SQL in
@@ -36,8 +36,8 @@ _MAGIC = b"MST1"
 
 
 def checksum(blob: bytes) -> str:
-    """BLAKE2b-256 hex digest of ``blob``."""
-    return hashlib.blake2b(blob, digest_size=32).hexdigest()
+    """SHA-256 hex digest of ``blob`` (hardware-accelerated on x86-64, faster than BLAKE2b)."""
+    return hashlib.sha256(blob).hexdigest()
 
 
 @dataclass(frozen=True)
