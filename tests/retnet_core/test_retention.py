@@ -152,3 +152,22 @@ def test_denominator_modes():
     assert retention_denominator("none", ld, pos) is None
     with pytest.raises(ValueError):
         retention_denominator("bogus", ld, pos)
+
+
+def test_cpu_dispatch_runs_the_reference_without_fast_ops():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from retnet_core import retention as R\n"
+        "q = torch.randn(1, 2, 5, 4); ld = torch.log(torch.tensor([0.9, 0.8]))\n"
+        "out, st = R.chunkwise(q, q, q, ld, chunk_size=2)\n"
+        "ref, _ = R.retention_chunkwise(q, q, q, ld, chunk_size=2)\n"
+        "assert torch.equal(out, ref)\n"
+        "o1, _ = R.step(q[:, :, 0], q[:, :, 0], q[:, :, 0], ld)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('triton', 'fla')]\n"
+        "bad += [m for m in sys.modules if m == 'retnet_core.fla_ops']\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
