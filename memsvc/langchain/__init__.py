@@ -1,0 +1,14 @@
+"""LangChain adapters for memsvc (langchain-core 1.x), all over HTTP to a running server.
+
+- :class:`ChatMemsvc`: chat model (sync/async, invoke/stream, usage metadata).
+- :class:`MemsvcChatMessageHistory`: a session's messages as a chat history.
+- :class:`MemsvcRetriever`: document passages or memory-slot provenance.
+
+No LangGraph store: langgraph is not a dependency of memsvc.
+"""
+
+from memsvc.langchain.chat import ChatMemsvc
+from memsvc.langchain.history import MemsvcChatMessageHistory
+from memsvc.langchain.retriever import MemsvcRetriever
+
+__all__ = ["ChatMemsvc", "MemsvcChatMessageHistory", "MemsvcRetriever"]
