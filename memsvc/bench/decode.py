@@ -32,6 +32,12 @@ import typer
 
 from memsvc.bench.decode_models import RUNNERS, Runner, Shape
 
+LABELS = {
+    "ours": "RetNet (ours)",
+    "yar": "yet-another-retnet",
+    "llama": "HF Llama + KV",
+    "ours-matched": "ours, yar-sized",
+}
 QUICK_LENGTHS = (128, 1024, 4096)
 FULL_LENGTHS = (128, 1024, 4096, 8192, 16384, 32768)
 
@@ -149,13 +155,12 @@ def _human_bytes(n: int) -> str:
 
 def markdown(results: list[Measurement], goals: list[dict], meta: dict) -> str:
     """A table: one row per length, ms/token, prefill seconds and state bytes per model."""
-    models = [m for m in ("ours", "yar", "llama") if any(r.model == m for r in results)]
+    models = [m for m in LABELS if any(r.model == m for r in results)]
     lengths = sorted({r.length for r in results})
-    label = {"ours": "RetNet (ours)", "yar": "yet-another-retnet", "llama": "HF Llama + KV"}
     head = ["L"]
-    head += [f"{label[m]} ms/token" for m in models]
-    head += [f"{label[m]} prefill s" for m in models]
-    head += [f"{label[m]} state" for m in models]
+    head += [f"{LABELS[m]} ms/token" for m in models]
+    head += [f"{LABELS[m]} prefill s" for m in models]
+    head += [f"{LABELS[m]} state" for m in models]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for length in lengths:
         cells = [str(length)]
@@ -168,7 +173,9 @@ def markdown(results: list[Measurement], goals: list[dict], meta: dict) -> str:
     for g in goals:
         met = "yes" if g["met"] else "NO"
         lines.append(f"| {g['name']} | {g['value']:.3f} | {g['target']} | {met} |")
-    lines += ["", f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} threads."]
+    weights = ", ".join(f"{m} {b / 1e6:.0f} MB" for m, b in meta["weights_read_per_token"].items())
+    lines += ["", f"Weights read per decode step (all but the embedding table): {weights}."]
+    lines += [f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} threads."]
     lines.append(f"Command: `{meta['command']}`")
     return "\n".join(lines) + "\n"
 
@@ -249,7 +256,9 @@ def cli(
     quick: Annotated[
         bool, typer.Option("--quick/--full", help="quick: L up to 4k, fewer steps")
     ] = True,
-    models: Annotated[str, typer.Option(help="subset of ours,yar,llama")] = "ours,yar,llama",
+    models: Annotated[
+        str, typer.Option(help="subset of ours,yar,llama,ours-matched")
+    ] = "ours,yar,llama",
     decode_tokens: Annotated[int | None, typer.Option(help="timed steps per length")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all CPUs)")] = None,
 ) -> None:
