@@ -1,0 +1,109 @@
+"""Admin API: auth, slot listing/filters/detail, delete and evict (unreachable after)."""
+
+from __future__ import annotations
+
+from conftest import Client
+from test_chat import new_session, turn
+
+
+def test_admin_requires_the_admin_key(api: Client, http) -> None:
+    for path in ("/admin/stats", "/admin/memory/slots", "/admin/sessions"):
+        assert http.get(path).status_code == 401
+        assert http.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert api("GET", path).status_code == 401  # a tenant key is not an admin key
+    assert http.post("/admin/reindex").json()["error"]["code"] == "unauthorized"
+
+
+def test_slots_carry_provenance_and_filter(api: Client, admin: Client) -> None:
+    sid = new_session(api, user_id="carol")
+    out = turn(api, sid, "My favourite colour is teal")
+    assert out["usage"]["memory_writes"] >= 1
+    slots = admin("GET", "/admin/memory/slots", params={"session_id": sid}).json()["data"]
+    assert slots
+    slot = admin("GET", f"/admin/memory/slots/{slots[0]['id']}").json()
+    assert slot["text"] == "My favourite colour is teal"
+    assert slot["session_id"] == sid and slot["user_id"] == "carol" and slot["scope"] == "user"
+    assert slot["message_id"] == out["user_message"]["id"]
+    assert slot["span"][0] < slot["span"][1] and 0.0 <= slot["gate"] <= 1.0
+    by_user = admin("GET", "/admin/memory/slots", params={"user_id": "carol"}).json()["data"]
+    assert slot["id"] in [s["id"] for s in by_user]
+    assert admin("GET", "/admin/memory/slots", params={"min_gate": 1.0, "session_id": sid}).json()[
+        "data"
+    ] == [s for s in slots if s["gate"] >= 1.0]
+    assert admin("GET", "/admin/memory/slots", params={"layer": 99}).json()["data"] == []
+    # a memory written in one session of carol's is read in her next session
+    other = new_session(api, user_id="carol")
+    turn(api, other, "What is my favourite colour?")
+    listed = admin("GET", "/admin/memory/slots", params={"user_id": "carol"}).json()["data"]
+    assert {s["session_id"] for s in listed} == {sid, other}
+
+
+def session_texts(admin: Client, sid: str) -> set[str]:
+    data = admin("GET", "/admin/memory/slots", params={"session_id": sid}).json()["data"]
+    return {s["text"] for s in data}
+
+
+def test_evict_and_delete_make_slots_unreachable(api: Client, admin: Client) -> None:
+    sid = new_session(api, memory_scope="session")
+    turn(api, sid, "The wifi password is hunter2")
+    turn(api, sid, "The door code is 5150")
+    slots = admin("GET", "/admin/memory/slots", params={"session_id": sid}).json()["data"]
+    assert len(slots) == 2
+    first, second = slots
+    stats_before = admin("GET", "/admin/stats").json()["data"]
+
+    assert admin("DELETE", f"/admin/memory/slots/{first['id']}").status_code == 204
+    assert admin("GET", f"/admin/memory/slots/{first['id']}").status_code == 404
+    assert admin("DELETE", f"/admin/memory/slots/{first['id']}").status_code == 404
+
+    got = admin("POST", "/admin/memory/evict", json={"session_id": sid}).json()
+    assert got == {"evicted": 1, "ids": [second["id"]]}
+    assert admin("GET", "/admin/memory/slots", params={"session_id": sid}).json()["data"] == []
+    assert admin("GET", "/admin/stats").json()["data"]["slots"] == stats_before["slots"] - 2
+    # the index never hands an evicted slot back: forgetting by its text finds nothing
+    r = api("POST", f"/v1/sessions/{sid}/feedback", json={"kind": "forget", "text": "hunter2"})
+    assert r.status_code == 200 and r.json()["slots_removed"] == []
+    # and neither a new turn's reads and writes nor a rebuilt index resurrect them
+    gone = {first["text"], second["text"]}
+    turn(api, sid, "Anything else?")
+    assert not gone & session_texts(admin, sid)
+    assert admin("POST", "/admin/reindex").status_code == 200
+    assert not gone & session_texts(admin, sid)
+
+
+def test_feedback_remember_forget_and_rating(api: Client, admin: Client) -> None:
+    sid = new_session(api, user_id="dave")
+    out = turn(api, sid, "hello", use_memory=False)
+    assert out["usage"]["memory_writes"] == 0
+    r = api(
+        "POST", f"/v1/sessions/{sid}/feedback", json={"kind": "remember", "text": "Dave likes jazz"}
+    )
+    written = r.json()["slots_written"]
+    assert r.status_code == 200 and written
+    assert admin("GET", f"/admin/memory/slots/{written[0]}").json()["gate"] == 1.0  # forced
+    r = api("POST", f"/v1/sessions/{sid}/feedback", json={"kind": "forget", "text": "jazz"})
+    assert sorted(r.json()["slots_removed"]) == sorted(written)
+    reply = out["message"]["id"]
+    r = api(
+        "POST",
+        f"/v1/sessions/{sid}/feedback",
+        json={"kind": "rating", "message_id": reply, "rating": 1},
+    )
+    assert r.status_code == 200 and r.json()["kind"] == "rating"
+    r = api(
+        "POST",
+        f"/v1/sessions/{sid}/feedback",
+        json={"kind": "rating", "message_id": reply, "rating": -1},
+    )
+    assert r.status_code == 200
+
+
+def test_admin_sessions_and_stats(api: Client, admin: Client) -> None:
+    sid = new_session(api, user_id="erin")
+    turn(api, sid, "hi")
+    one = admin("GET", f"/admin/sessions/{sid}").json()
+    assert one["id"] == sid and one["user_id"] == "erin" and one["message_count"] == 2
+    listed = admin("GET", "/admin/sessions", params={"tenant_id": one["tenant_id"]}).json()["data"]
+    assert [s["id"] for s in listed] == [sid]
+    stats = admin("GET", "/admin/stats").json()["data"]
+    assert {"slots", "slot_banks", "passages", "state_loads", "snapshot_cache"} <= set(stats)
