@@ -15,11 +15,11 @@ import importlib
 import importlib.util
 from functools import cache
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
 import typer.main
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 
 def command_name(module: str) -> str:
@@ -57,15 +57,15 @@ def package_commands(package: str) -> dict[str, tuple[str, str]]:
     return found
 
 
-class LazyCommand(click.Command):
+class LazyCommand(TyperCommand):
     """Stands for a module's ``cli`` and imports the module only when it is invoked."""
 
     def __init__(self, name: str, module: str, summary: str) -> None:
         super().__init__(name, help=summary, short_help=summary)
         self.module = module
-        self._real: click.Command | None = None
+        self._real: Any = None
 
-    def real(self) -> click.Command:
+    def real(self) -> Any:
         """The typer command built from ``module.cli`` (imported on first use)."""
         if self._real is None:
             sub = typer.Typer(add_completion=False)
@@ -73,10 +73,10 @@ class LazyCommand(click.Command):
             self._real = typer.main.get_command(sub)
         return self._real
 
-    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+    def make_context(self, info_name, args, parent=None, **extra) -> Any:
         return self.real().make_context(info_name, args, parent=parent, **extra)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: Any) -> Any:
         return self.real().invoke(ctx)
 
 
@@ -85,10 +85,10 @@ class LazyModuleGroup(TyperGroup):
 
     package = ""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         return sorted({*super().list_commands(ctx), *package_commands(self.package)})
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         known = super().get_command(ctx, cmd_name)
         if known is not None:
             return known
