@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from torch import Tensor, nn
 
@@ -62,19 +62,21 @@ class OursRunner:
     """retnet_core's model: chunkwise prefill, recurrent step."""
 
     name = "ours"
+    overrides: ClassVar[dict[str, float | int]] = {}
 
     def __init__(self, shape: Shape, prefill_slice: int = 4096) -> None:
         from retnet_core.config import RetNetConfig
         from retnet_core.model import RetNetLM
 
         self.shape = shape
-        cfg = RetNetConfig(
-            vocab_size=shape.vocab,
-            d_model=shape.d_model,
-            n_layers=shape.layers,
-            n_heads=shape.heads,
-            ffn_dim=shape.ffn,
-        )
+        sizes = {
+            "vocab_size": shape.vocab,
+            "d_model": shape.d_model,
+            "n_layers": shape.layers,
+            "n_heads": shape.heads,
+            "ffn_dim": shape.ffn,
+        }
+        cfg = RetNetConfig(**{**sizes, **self.overrides})
         self.model = RetNetLM(cfg).eval()
         # Prefill in slices so the (slice, vocab) logits stay small; the state carries over.
         self.prefill_slice = prefill_slice
@@ -108,7 +110,7 @@ class OursMatchedRunner(OursRunner):
     it tells implementation speed apart from model size."""
 
     name = "ours-matched"
-    overrides = {"value_factor": 1.0, "ffn_dim": 1365}
+    overrides: ClassVar[dict[str, float | int]] = {"value_factor": 1.0, "ffn_dim": 1365}
 
 
 class YarRunner:
