@@ -109,6 +109,11 @@ class Trainer:
         self.main = self.rank == 0
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if not cfg.resume:  # a fresh run must not append to, or resume from, an old one
+                for stale in ("log.jsonl", "trainer_state.pt"):
+                    (self.out / stale).unlink(missing_ok=True)
+                shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
+        self._barrier()
         self.tok = prepare_tokenizer(cfg, self.out, self.main, self._barrier)
         self.data = prepare_data(cfg, self.tok)
         self.model = build_model(cfg, self.tok.vocab_size, self.out / "checkpoint").to(self.device)

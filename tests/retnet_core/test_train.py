@@ -118,8 +118,10 @@ def test_config_yaml_and_toml(tmp_path) -> None:
         TrainConfig(precision="fp16")
 
 
-def test_cli_overrides(tmp_path, capsys) -> None:
-    cli(TINY, out_dir=tmp_path, max_steps=3, resume=False)
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["step"] == 3
+def test_cli_overrides_and_fresh_start(tmp_path, capsys) -> None:
+    for _ in range(2):  # the second, non-resuming run starts over in the same directory
+        cli(TINY, out_dir=tmp_path, max_steps=3, resume=False)
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["step"] == 3
     assert (tmp_path / "checkpoint" / "tokenizer.json").exists()
+    assert [r["step"] for r in _log(tmp_path) if "eval" not in r] == [1, 3]
