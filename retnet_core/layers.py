@@ -162,14 +162,16 @@ class MultiScaleRetention(nn.Module):
             if state is not None:
                 s0 = torch.cat([state[0], state[1].unsqueeze(-1)], dim=-1)
         o, s_new = self._retain(q, k, v, s0, ctx)
-        z_new = None
+        qz = z_new = None
         if with_z:
             qz, o = o[..., -1], o[..., :-1]
             if s_new is not None:
                 s_new, z_new = s_new[..., :-1].contiguous(), s_new[..., -1].contiguous()
-            o = o / torch.maximum(qz.detach().abs(), ctx.decay_norm).unsqueeze(-1)
-        elif ctx.decay_norm is not None:
-            o = o / ctx.decay_norm.unsqueeze(-1)
+        delta = R.retention_denominator(
+            self.norm_mode, ctx.log_decay, ctx.positions, qz, decay_norm=ctx.decay_norm
+        )
+        if delta is not None:
+            o = o / delta.unsqueeze(-1)
         o = self._normalise_heads(o).transpose(1, 2).reshape(b, t, -1).to(x.dtype)
         y = self.out_proj(F.silu(g) * o)
         return y, (None if s_new is None else (s_new, z_new))

@@ -253,7 +253,11 @@ def retention_chunkwise(
 
 
 def retention_denominator(
-    mode: str, log_decay: Tensor, positions: Tensor, qz: Tensor | None = None
+    mode: str,
+    log_decay: Tensor,
+    positions: Tensor,
+    qz: Tensor | None = None,
+    decay_norm: Tensor | None = None,
 ) -> Tensor | None:
     """Per-row divisor δ applied to the unnormalised output before the per-head norm.
 
@@ -268,17 +272,20 @@ def retention_denominator(
 
     A per-row divisor cancels in RMS norm except through eps (out/√(ms(out)+eps·δ²)), so
     these modes differ only slightly, but torchscale parity needs the right one.
-    ``qz`` is detached, as torchscale detaches its score normaliser.
+    ``qz`` is detached, as torchscale detaches its score normaliser. ``decay_norm``: c_p
+    already computed (a model shares it across layers), else it is computed here.
     """
     if mode == "none":
         return None
     if mode not in NORM_MODES:
         raise ValueError(f"unknown retention normalisation {mode!r}; expected {NORM_MODES}")
-    dtype = qz.dtype if qz is not None else log_decay.dtype
-    ld = log_decay.to(dtype)
-    count = (positions.to(dtype) + 1)[:, None, :]  # terms in the sum (B, 1, T)
-    # Σ_{j<count} γ^j = (1 − γ^count)/(1 − γ), via expm1 for accuracy near γ → 1
-    c = torch.sqrt(torch.expm1(count * ld[None, :, None]) / torch.expm1(ld)[None, :, None])
+    c = decay_norm
+    if c is None:
+        dtype = qz.dtype if qz is not None else log_decay.dtype
+        ld = log_decay.to(dtype)
+        count = (positions.to(dtype) + 1)[:, None, :]  # terms in the sum (B, 1, T)
+        # Σ_{j<count} γ^j = (1 − γ^count)/(1 − γ), via expm1 for accuracy near γ → 1
+        c = torch.sqrt(torch.expm1(count * ld[None, :, None]) / torch.expm1(ld)[None, :, None])
     if mode == "decay":
         return c
     if qz is None:
