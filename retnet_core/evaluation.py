@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -160,3 +161,68 @@ def recall_report(
         off = memory_off_dialogues(examples["recall"])
         out["recall_no_memory"] = answer_accuracy(logits_fn, tok, off, seq_len, device=device)
     return out
+
+
+def load_lm(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """Load a RetNet or baseline Transformer checkpoint, whichever ``directory`` holds."""
+    import json
+
+    cfg = json.loads((Path(directory) / "config.json").read_text())
+    if cfg.get("arch") == "transformer":
+        from retnet_core.baseline import TransformerLM
+
+        return TransformerLM.from_pretrained(directory, device=device)
+    from retnet_core.model import RetNetLM
+
+    return RetNetLM.from_pretrained(directory, device=device)
+
+
+@torch.no_grad()
+def evaluate_checkpoint(
+    checkpoint: Path,
+    split: str = "test",
+    seq_len: int = 256,
+    max_windows: int | None = None,
+    examples: int = 200,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Score a checkpoint on a chit-chat split and on held-out memory dialogues.
+
+    The split, the held-out values and the windows are the ones training used, so the
+    RetNet and the baseline are compared on exactly the same tokens.
+    """
+    from retnet_core.data import load_chitchat, pack, split_conversations, words_of
+    from retnet_core.dialogues import DialogueGenerator, ValuePools
+
+    model = load_lm(checkpoint, device).eval()
+    tok = ChatTokenizer.load(checkpoint)
+    splits = split_conversations(load_chitchat())
+    stream = pack(tok, splits[split])
+    out = evaluate_lm(model, stream, seq_len, max_windows, device=device)
+    train_words = words_of(m.content for c in splits["train"] for m in c.messages)
+    gen = DialogueGenerator(ValuePools.build(exclude=train_words), "heldout", seed=0)
+    kinds = ("in_context", "passage", "recall")
+    held = {k: [gen.example(k) for _ in range(examples)] for k in kinds}
+    out.update(recall_report(model, tok, held, seq_len, device))
+    out["params"] = float(sum(p.numel() for p in model.parameters()))
+    return out
+
+
+def eval_cli(
+    checkpoint: Path,
+    split: str = "test",
+    seq_len: int = 256,
+    max_windows: int | None = None,
+    device: str = "cpu",
+) -> None:
+    """Print a checkpoint's held-out numbers as JSON (``python -m retnet_core.evaluation``)."""
+    import json
+
+    result = evaluate_checkpoint(checkpoint, split, seq_len, max_windows, device=device)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    import typer
+
+    typer.run(eval_cli)

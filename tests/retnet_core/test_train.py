@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from retnet_core.baseline import TransformerConfig, TransformerLM, match_ffn, param_count
+from retnet_core.evaluation import evaluate_checkpoint
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer
 from retnet_core.train import TrainConfig, cli, load_config, lr_at, train
@@ -74,8 +75,14 @@ def test_resume_continues(tiny_run) -> None:
 
 
 def test_transformer_baseline_trains(tmp_path) -> None:
-    cfg = replace(load_config(TINY), out_dir=str(tmp_path), arch="transformer", max_steps=12,
-                  eval_interval=0, memory_frac=0.0)  # fmt: skip
+    cfg = replace(
+        load_config(TINY),
+        out_dir=str(tmp_path),
+        arch="transformer",
+        max_steps=12,
+        eval_interval=0,
+        memory_frac=0.0,
+    )
     result = train(cfg)
     steps = [r for r in _log(tmp_path) if "loss" in r and "eval" not in r]
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
@@ -125,3 +132,14 @@ def test_cli_overrides_and_fresh_start(tmp_path, capsys) -> None:
         assert printed["step"] == 3
     assert (tmp_path / "checkpoint" / "tokenizer.json").exists()
     assert [r["step"] for r in _log(tmp_path) if "eval" not in r] == [1, 3]
+
+
+def test_evaluate_checkpoint(tiny_run) -> None:
+    _, out, _ = tiny_run
+    scores = evaluate_checkpoint(
+        out / "checkpoint", split="test", seq_len=32, max_windows=4, examples=4
+    )
+    assert scores["tokens"] == 4 * 32
+    assert 0 < scores["bits_per_char"] < 10 and scores["ppl"] > 1
+    assert {"in_context", "passage", "recall_no_memory"} <= set(scores)
+    assert scores["params"] == RetNetLM.from_pretrained(out / "checkpoint").num_parameters()
