@@ -215,13 +215,15 @@ class RetNetLM(nn.Module):
         the state after each row's last valid token.
         """
         b, t = tokens.shape
-        if state is None:  # fresh: nothing to check, and no hashing unless the state is used
-            state, fp = self.init_state(b), self.fingerprint
+        fresh = state is None
+        if fresh:  # nothing to check, and no hashing unless the state is used later
+            fp: Any = self.fingerprint
+            start = torch.zeros(b, dtype=torch.long, device=tokens.device)
         else:
-            fp = self.check_state(state, b)
+            fp, start = self.check_state(state, b), state.position
         if lengths is not None:
             lengths = lengths.to(device=tokens.device, dtype=torch.long)
-        positions = state.position[:, None] + torch.arange(t, device=tokens.device)
+        positions = start[:, None] + torch.arange(t, device=tokens.device)
         ctx = self._context(
             positions,
             "chunkwise",
@@ -230,8 +232,8 @@ class RetNetLM(nn.Module):
             boundaries=list(boundaries) if boundaries is not None else None,
         )
         hidden, layers = self._run(tokens, ctx, state, memory, capture)
-        advanced = torch.full_like(state.position, t) if lengths is None else lengths
-        new_state = self._pack(layers, state.position + advanced, fp)
+        advanced = torch.full_like(start, t) if lengths is None else lengths
+        new_state = self._pack(layers, start + advanced, fp)
         if not last_only:
             return self.head(hidden), new_state
         last = (advanced - 1).clamp(min=0)
