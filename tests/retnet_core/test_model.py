@@ -181,3 +181,15 @@ def test_memory_hook_reads_the_bank_in_every_form():
     assert (ref - without).abs().max() > 1e-6  # the bank changes the output
     torch.testing.assert_close(pre, ref, rtol=0, atol=ATOL)
     torch.testing.assert_close(torch.stack(stepped, 1), ref, rtol=0, atol=ATOL)
+
+
+def test_zero_length_row_keeps_its_state(model):
+    tok = torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        _, st = model.prefill(tok[:1, :2])
+        both = st.select([0, 0])
+        logits, new = model.prefill(tok, both, lengths=torch.tensor([5, 0]), last_only=True)
+    assert new.position.tolist() == [7, 2]
+    assert torch.count_nonzero(logits[1]) == 0
+    for a, b in zip(new.S, st.S, strict=True):
+        torch.testing.assert_close(a[1], b[0], rtol=0, atol=0)
