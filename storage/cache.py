@@ -104,8 +104,12 @@ class RedisCache:
     ) -> None:
         self.prefix = prefix
         self.retry_after_s = retry_after_s
+        # a 1 MiB read size: the default 64 KiB makes a 786 KB GET about 5x slower
         self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            socket_read_size=2**20,
         )
         self._put_script = self.client.register_script(_PUT_IF_NEWER)
         self._down_until = 0.0

@@ -34,7 +34,7 @@ import typer
 
 QUICK_SIZES = (10_000,)
 FULL_SIZES = (10_000, 100_000, 1_000_000)
-EF_VALUES = (16, 32, 64, 128, 256)
+EF_VALUES = (32, 64, 128, 256)
 HOLDOUT_EVERY = 50
 MAX_WINDOW = 6
 K = 10
@@ -172,7 +172,7 @@ def bench_index(
     for ef in efs if kind == "hnsw" else (0,):
         if kind == "hnsw":
             ix.params = replace(ix.params, ef_search=ef)
-        nq = len(q) if kind == "hnsw" or x.shape[0] <= 100_000 else min(len(q), 100)
+        nq = len(q) if kind == "hnsw" or x.shape[0] <= 100_000 else min(len(q), 50)
         ms = latencies(lambda qq: ix.search(qq, K), q[:nq])
         got = ix.search(q, K)[1]
         rows.append(
@@ -211,10 +211,9 @@ def run(
     device: str = "cpu",
     model_dir: Path | None = None,
     efs: tuple[int, ...] = EF_VALUES,
-    attention_queries: int = 30,
+    attention_queries: int = 20,
 ) -> dict:
     """Run the benchmark for each size; write slots.json / .md / .png to ``out_dir``."""
-    from storage.vector_index import IndexParams
 
     data_dir.mkdir(parents=True, exist_ok=True)
     corpus, query_texts = corpus_and_queries(data_dir, n_queries)
@@ -235,23 +234,31 @@ def run(
                 f"p99 {r['p99_ms']:.3f} ms, recall@10 {r['recall']:.3f}"
             )
         results.extend(rows)
-    report = {
+        write_outputs(out_dir, make_report(results, len(corpus), len(q)))  # partial results
+    return make_report(results, len(corpus), len(q))
+
+
+def make_report(results: list[dict], corpus_texts: int, queries: int) -> dict:
+    """The JSON report around the result rows."""
+    from storage.vector_index import IndexParams
+
+    p = IndexParams()
+    return {
         "benchmark": "slots",
         "keys": "all-MiniLM-L6-v2 embeddings (d=384, unit norm) of chitchat-dataset text",
-        "corpus_texts": len(corpus),
-        "queries": len(q),
+        "corpus_texts": corpus_texts,
+        "queries": queries,
         "k": K,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "processor": platform.processor(),
             "search_threads": 1,
+            "build_threads": os.cpu_count(),
         },
-        "index": {"hnsw_m": IndexParams().hnsw_m, "ef_construction": IndexParams().ef_construction},
+        "index": {"hnsw_m": p.hnsw_m, "ef_construction": p.ef_construction},
         "results": results,
     }
-    write_outputs(out_dir, report)
-    return report
 
 
 # ---- outputs -------------------------------------------------------------------------
