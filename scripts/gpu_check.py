@@ -70,8 +70,11 @@ def reference_only():
         R._fast[:] = saved
 
 
-def op_checks(torch, tol: float) -> list[dict]:
-    """fla_ops.{chunkwise, recurrent, step} vs the reference on random inputs, fp32."""
+def op_checks(torch, tol: float, padded_cases: bool) -> list[dict]:
+    """fla_ops.{chunkwise, recurrent, step} vs the reference on random inputs, fp32.
+
+    ``padded_cases`` picks the right-padded batches (fla's varlen kernels) or the rest.
+    """
     from retnet_core import fla_ops
     from retnet_core import retention as R
     from retnet_core.layers import head_log_decay
@@ -88,6 +91,8 @@ def op_checks(torch, tol: float) -> list[dict]:
         (1, 4096, True, False),
         (3, 517, True, True),
     ]:
+        if padded != padded_cases:
+            continue
         q = torch.randn(b, h, t, dk, device="cuda", generator=gen) * dk**-0.5
         k = torch.randn(b, h, t, dk, device="cuda", generator=gen) * dk**-0.5
         v = torch.randn(b, h, t, dv, device="cuda", generator=gen)
@@ -104,12 +109,12 @@ def op_checks(torch, tol: float) -> list[dict]:
         ref_o, ref_s = R.retention_step(q1, k1, v1, ld, s0)
         fla_o, fla_s = fla_ops.step(q1, k1, v1, ld, s0)
         rows.append(_row("step", case, fla_o, ref_o, fla_s, ref_s, tol))
-        log(f"ops {case}: worst {max(r['out_rel'] for r in rows[-3:]):.2e}")
     return rows
 
 
 def _row(op, case, fo, ro, fs, rs, tol) -> dict:
     err_o, err_s = rel_err(fo, ro), rel_err(fs, rs)
+    log(f"{op} {case}: out {err_o:.2e} state {err_s:.2e}")
     return {
         "op": op,
         "case": case,
@@ -140,48 +145,58 @@ def _bench_model(torch, model, prompt_len: int, steps: int) -> dict:
     return {"L": prompt_len, "prefill_s": prefill_s, "decode_ms": statistics.median(times)}
 
 
-def model_checks(torch, tol: float) -> tuple[list[dict], list[dict]]:
-    """Model logits with fla vs reference dispatch; then bench-shape timings of both."""
+def model_equivalence(torch, tol: float, norm: str, padded: bool) -> list[dict]:
+    """A small model's prefill and step logits with fla vs the reference dispatch."""
     from retnet_core.config import RetNetConfig
     from retnet_core.model import RetNetLM
 
-    rows = []
-    for norm in ("decay", "torchscale"):
-        torch.manual_seed(0)
-        cfg = RetNetConfig(
-            vocab_size=1000, d_model=256, n_layers=2, n_heads=4, ffn_dim=512, retention_norm=norm
-        )
-        model = RetNetLM(cfg).cuda().eval()
-        tokens = torch.randint(0, 1000, (2, 700), device="cuda")
-        lengths = torch.tensor([700, 650], device="cuda")
-        with torch.inference_mode():
-            fast, fs = model.prefill(tokens, lengths=lengths, boundaries=[100, 333])
-            sf, _ = model.step(tokens[:, 0], fs)
-            with reference_only():
-                ref, rs = model.prefill(tokens, lengths=lengths, boundaries=[100, 333])
-                sr, _ = model.step(tokens[:, 0], rs)
-        err = max(rel_err(fast[0], ref[0]), rel_err(fast[1, :650], ref[1, :650]))
-        rows.append(
-            {
-                "op": f"model prefill ({norm})",
-                "case": "B=2 T=700 padded",
-                "out_rel": err,
-                "state_rel": rel_err(fs.S[0], rs.S[0]),
-                "ok": err <= tol,
-            }
-        )
-        step_err = rel_err(sf, sr)
-        rows.append(
-            {
-                "op": f"model step ({norm})",
-                "case": "after prefill",
-                "out_rel": step_err,
-                "state_rel": 0.0,
-                "ok": step_err <= tol,
-            }
-        )
     torch.manual_seed(0)
-    big = RetNetLM(RetNetConfig()).cuda().eval()  # the decode benchmark's shape
+    cfg = RetNetConfig(
+        vocab_size=1000, d_model=256, n_layers=2, n_heads=4, ffn_dim=512, retention_norm=norm
+    )
+    model = RetNetLM(cfg).cuda().eval()
+    tokens = torch.randint(0, 1000, (2, 700), device="cuda")
+    lengths = torch.tensor([700, 650], device="cuda") if padded else None
+    valid = 650 if padded else 700
+    with torch.inference_mode():
+        fast, fs = model.prefill(tokens, lengths=lengths, boundaries=[100, 333])
+        sf, _ = model.step(tokens[:, 0], fs)
+        with reference_only():
+            ref, rs = model.prefill(tokens, lengths=lengths, boundaries=[100, 333])
+            sr, _ = model.step(tokens[:, 0], rs)
+    case = f"B=2 T=700 padded={padded}"
+    err = max(rel_err(fast[0], ref[0]), rel_err(fast[1, :valid], ref[1, :valid]))
+    state_err = max(rel_err(a, b) for a, b in zip(fs.S, rs.S, strict=True))
+    log(f"model {norm} {case}: prefill {err:.2e} state {state_err:.2e}")
+    rows = [
+        {
+            "op": f"model prefill ({norm})",
+            "case": case,
+            "out_rel": err,
+            "state_rel": state_err,
+            "ok": max(err, state_err) <= tol,
+        }
+    ]
+    step_err = rel_err(sf, sr)
+    rows.append(
+        {
+            "op": f"model step ({norm})",
+            "case": "after prefill",
+            "out_rel": step_err,
+            "state_rel": 0.0,
+            "ok": step_err <= tol,
+        }
+    )
+    return rows
+
+
+def model_timings(torch) -> list[dict]:
+    """Prefill and decode at the decode benchmark's shape, fla vs reference dispatch."""
+    from retnet_core.config import RetNetConfig
+    from retnet_core.model import RetNetLM
+
+    torch.manual_seed(0)
+    big = RetNetLM(RetNetConfig()).cuda().eval()
     timings = []
     for length in (1024, 8192, 32768):
         fast = _bench_model(torch, big, length, 64)
@@ -189,7 +204,7 @@ def model_checks(torch, tol: float) -> tuple[list[dict], list[dict]]:
             ref = _bench_model(torch, big, length, 64)
         timings.append({"L": length, "fla": fast, "torch": ref})
         log(f"model L={length}: fla {fast}, torch {ref}")
-    return rows, timings
+    return timings
 
 
 def _cuda_ms(torch, fn, *args) -> float:
@@ -262,6 +277,8 @@ def markdown(report: dict) -> str:
     ]
     for r in report["kernel_timings"]:
         lines.append(f"| {r['T']} | {r['fla_ms']:.3f} | {r['torch_ms']:.3f} |")
+    if report["skipped"]:
+        lines += ["", f"Not run (time budget): {', '.join(report['skipped'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -270,6 +287,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--f32", choices=["ieee", "tf32"], default="ieee")
     p.add_argument("--autotune-keep", type=int, default=0, help="0: full fla autotune")
+    p.add_argument("--budget-s", type=float, default=1e9, help="start no section after this")
     args = p.parse_args()
     os.environ["TRITON_F32_DEFAULT"] = args.f32  # before triton compiles any kernel
     sys.path.insert(0, str(ROOT))
@@ -283,10 +301,6 @@ def main() -> int:
     pruned = prune_autotune(args.autotune_keep) if args.autotune_keep else 0
     log(f"fla {fla.__version__}, triton {triton.__version__}; pruned {pruned} autotuners")
     tol = 1e-4 if args.f32 == "ieee" else 5e-3
-    checks = op_checks(torch, tol)
-    log(f"op checks done: {sum(r['ok'] for r in checks)}/{len(checks)} ok")
-    more, model_timings = model_checks(torch, tol)
-    log("model checks and timings done")
     report = {
         "autotune": f"pruned to {args.autotune_keep} configs" if pruned else "full",
         "device": torch.cuda.get_device_name(),
@@ -295,16 +309,38 @@ def main() -> int:
         "torch": torch.__version__,
         "fla": getattr(fla, "__version__", "?"),
         "triton": triton.__version__,
-        "checks": checks + more,
-        "model_timings": model_timings,
-        "kernel_timings": kernel_timings(torch),
+        "checks": [],
+        "model_timings": [],
+        "kernel_timings": [],
+        "skipped": [],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"gpu_check_{args.f32}.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (args.out / f"gpu_check_{args.f32}.md").write_text(text)
-    print(text)
+    # Most valuable first: each new kernel variant costs minutes of compile on a fresh
+    # machine, so a run cut short by --budget-s still reports what it reached.
+    sections = [
+        ("checks", "ops", lambda: op_checks(torch, tol, padded_cases=False)),
+        ("checks", "model decay", lambda: model_equivalence(torch, tol, "decay", False)),
+        ("model_timings", "model timings", lambda: model_timings(torch)),
+        ("kernel_timings", "kernel timings", lambda: kernel_timings(torch)),
+        ("checks", "ops padded", lambda: op_checks(torch, tol, padded_cases=True)),
+        ("checks", "model torchscale", lambda: model_equivalence(torch, tol, "torchscale", True)),
+    ]
+    start = time.perf_counter()
+    for key, name, run in sections:
+        if time.perf_counter() - start > args.budget_s:
+            report["skipped"].append(name)
+            log(f"skipped {name}: over --budget-s")
+            continue
+        report[key] += run()
+        save(report, args.out, args.f32)
+    print(markdown(report))
     return 0 if all(r["ok"] for r in report["checks"]) else 1
+
+
+def save(report: dict, out: Path, f32: str) -> None:
+    """Write the report so far as gpu_check_<f32>.json and .md."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"gpu_check_{f32}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"gpu_check_{f32}.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":
