@@ -176,6 +176,8 @@ def markdown(results: list[Measurement], goals: list[dict], meta: dict) -> str:
     weights = ", ".join(f"{m} {b / 1e6:.0f} MB" for m, b in meta["weights_read_per_token"].items())
     lines += ["", f"Weights read per decode step (all but the embedding table): {weights}."]
     lines += [f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} threads."]
+    before, after = meta["loadavg_1_5_15_before"], meta["loadavg_1_5_15_after"]
+    lines.append(f"Load average (1, 5, 15 min) before: {before}, after: {after}.")
     lines.append(f"Command: `{meta['command']}`")
     return "\n".join(lines) + "\n"
 
@@ -217,6 +219,7 @@ def run(
     """Measure every model at every length and write decode.{json,md,png} under `out`."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()
     shape = Shape()
     runners = [RUNNERS[name](shape) for name in models]
     results: list[Measurement] = []
@@ -238,6 +241,9 @@ def run(
         "shape": asdict(shape),
         "weights_read_per_token": {r.name: r.weight_bytes_per_token() for r in runners},
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # other work on the machine skews timings: say how busy it was
+        "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+        "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
     }
     goals = targets(results)
     out.mkdir(parents=True, exist_ok=True)
