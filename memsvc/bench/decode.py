@@ -281,6 +281,8 @@ def cli(
         [f"--out {out}", "--quick" if quick else "--full"]
         + ([f"--lengths {lengths}"] if lengths else [])
         + ([f"--models {models}"] if models != "ours,yar,llama" else [])
+        + ([f"--decode-tokens {decode_tokens}"] if decode_tokens else [])
+        + ([f"--threads {threads}"] if threads else [])
     )
     report = run(out, chosen, names, n_decode, 4, threads or os.cpu_count() or 1, command)
     typer.echo((out / "decode.md").read_text())
