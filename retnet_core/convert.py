@@ -328,9 +328,13 @@ def cli(
     with "model" and "cfg". DST: checkpoint directory to write. --config: JSON with
     torchscale RetNetConfig fields. --trust-pickle: unpickle arbitrary objects in SRC.
     """
-    if source_format != "torchscale":
-        raise ConvertError(f"unknown source format {source_format!r}; supported: torchscale")
-    model = convert_torchscale(src, dst, config, trust_pickle)
+    try:
+        if source_format != "torchscale":
+            raise ConvertError(f"unknown source format {source_format!r}; supported: torchscale")
+        model = convert_torchscale(src, dst, config, trust_pickle)
+    except ConvertError as exc:  # a user error: one line, no traceback, exit status 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
     c = model.config
     print(
         f"wrote {dst}: {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads, "
@@ -349,9 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         cli(a.source_format, a.src, a.dst, a.config, a.trust_pickle)
-    except ConvertError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except SystemExit as exc:
+        return int(exc.code or 0)
     return 0
 
 
