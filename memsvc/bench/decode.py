@@ -207,6 +207,27 @@ def plot(results: list[Measurement], path: Path) -> None:
     plt.close(fig)
 
 
+def write_report(out: Path, results: list[Measurement], meta: dict, errors: list[str]) -> dict:
+    """Write decode.json, decode.md and decode.png for the results so far."""
+    meta = {**meta, "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}
+    goals = targets(results)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "meta": meta,
+        "results": [asdict(r) for r in results],
+        "targets": goals,
+        "errors": errors,
+    }
+    (out / "decode.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(results, goals, meta)
+    if errors:
+        text += "\nNot measured:\n" + "".join(f"- {e}\n" for e in errors)
+    (out / "decode.md").write_text(text)
+    if results:
+        plot(results, out / "decode.png")
+    return report
+
+
 def run(
     out: Path,
     lengths: list[int],
@@ -216,21 +237,15 @@ def run(
     threads: int,
     command: str,
 ) -> dict:
-    """Measure every model at every length and write decode.{json,md,png} under `out`."""
+    """Measure every model at every length and write decode.{json,md,png} under `out`.
+
+    The report is rewritten after every measurement, so a run stopped early keeps what
+    it measured; a model that fails at one length is reported and the run goes on.
+    """
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    load_before = os.getloadavg()
     shape = Shape()
     runners = [RUNNERS[name](shape) for name in models]
-    results: list[Measurement] = []
-    for length in lengths:
-        for runner in runners:
-            m = measure(runner, length, n_decode, n_warmup)
-            results.append(m)
-            typer.echo(
-                f"L={length:>6} {m.model:>6}: decode {m.decode_ms:8.2f} ms/token, "
-                f"prefill {m.prefill_s:8.2f} s, state {_human_bytes(m.state_bytes)}"
-            )
     meta = {
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared with other work)",
         "torch": torch.__version__,
@@ -242,16 +257,26 @@ def run(
         "weights_read_per_token": {r.name: r.weight_bytes_per_token() for r in runners},
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # other work on the machine skews timings: say how busy it was
-        "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
-        "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_1_5_15_before": [round(x, 2) for x in os.getloadavg()],
     }
-    goals = targets(results)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"meta": meta, "results": [asdict(r) for r in results], "targets": goals}
-    (out / "decode.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "decode.md").write_text(markdown(results, goals, meta))
-    plot(results, out / "decode.png")
-    return report
+    results: list[Measurement] = []
+    errors: list[str] = []
+    for length in lengths:
+        for runner in runners:
+            try:
+                m = measure(runner, length, n_decode, n_warmup)
+            except (RuntimeError, MemoryError) as exc:  # e.g. out of memory at long L
+                runner.reset()
+                errors.append(f"{runner.name} at L={length}: {type(exc).__name__}: {exc}")
+                typer.echo(f"L={length:>6} {runner.name:>6}: FAILED {exc}")
+                continue
+            results.append(m)
+            typer.echo(
+                f"L={length:>6} {m.model:>6}: decode {m.decode_ms:8.2f} ms/token, "
+                f"prefill {m.prefill_s:8.2f} s, state {_human_bytes(m.state_bytes)}"
+            )
+            write_report(out, results, meta, errors)
+    return write_report(out, results, meta, errors)
 
 
 def cli(
