@@ -12,7 +12,9 @@ Design (the same for both kinds):
   live vectors (reconstructed from FAISS itself), which also keeps HNSW recall up.
 - ``kind="auto"``: exact ``IndexFlatIP`` up to ``flat_max`` live points, HNSW above (the
   switch is a rebuild). HNSW (``IndexHNSWFlat``, inner product) was chosen over IVF: no
-  training step, so it needs no representative sample before the first add.
+  training step, so it needs no representative sample before the first add. M=32,
+  efConstruction=80, efSearch=128: on 1M real MiniLM keys recall@10 0.97 at 0.49 ms p50
+  (docs/bench/slots.md).
 
 Not thread-safe: :class:`storage.banks.BankIndex` serialises access.
 """
@@ -34,7 +36,7 @@ class IndexParams:
     flat_max: int = 20_000
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 96
+    ef_search: int = 128
     compact_ratio: float = 0.2
     compact_min: int = 256
 
