@@ -147,6 +147,12 @@ class BankIndex:
         """Apply change-log entries after ``applied_seq``; returns how many were applied."""
         with self.lock:
             with self.db.read() as s:
+                head = s.scalar(select(VectorBank.last_seq).where(VectorBank.id == self.bank_id))
+                if head is None:  # the bank itself was deleted (tenant deleted): empty it
+                    self._clear()
+                    return 0
+                if head == self.applied_seq:
+                    return 0
                 rows = s.execute(
                     select(ChangeLog.seq, ChangeLog.item_id, ChangeLog.op)
                     .where(ChangeLog.bank_id == self.bank_id, ChangeLog.seq > self.applied_seq)
@@ -179,6 +185,12 @@ class BankIndex:
             if sync:
                 self.sync()
             return self.index.search(queries, k)
+
+    def _clear(self) -> None:
+        gone = self.index.ids()
+        self.index = VectorIndex(self.dim, self.params)
+        if self.on_apply is not None and gone.size:
+            self.on_apply(np.empty(0, np.int64), {"values": []}, gone)
 
     def save(self) -> None:
         """Persist the index with its seq (no-op without ``index_path``)."""

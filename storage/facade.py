@@ -87,6 +87,20 @@ class Storage:
             state_ttl_s=state_ttl_s,
         )
 
+    def delete_session(self, tenant_id: str, session_id: str) -> bool:
+        """Delete a session with its messages, state (both tiers) and session-scoped slots."""
+        self.slots.delete_namespace(tenant_id, f"session:{session_id}")
+        gone = self.sessions.delete(tenant_id, session_id)
+        self.states.evict_hot(tenant_id, session_id)
+        return gone
+
+    def delete_tenant(self, tenant_id: str) -> bool:
+        """Delete a tenant and everything it owns; open indexes drop its items too."""
+        gone = self.tenants.delete(tenant_id)
+        self.slots.forget_tenant(tenant_id)
+        self.passages.forget_tenant(tenant_id)
+        return gone
+
     def close(self) -> None:
         """Save index files, close Redis and the connection pool."""
         self.slots.save_indexes()

@@ -243,6 +243,13 @@ class PassageManager:
             got[1].sync()
         return res.rowcount == 1
 
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop the open passage index of a (deleted) tenant after emptying it."""
+        with self._lock:
+            ix = self._indexes.pop(tenant_id, None)
+        if ix is not None:
+            ix.sync()
+
     def save_indexes(self) -> None:
         """Persist every open passage index (with an ``index_dir``)."""
         with self._lock:

@@ -215,6 +215,14 @@ class SlotManager:
         for bank in banks:
             bank.sync()
 
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop the open banks of a (deleted) tenant after emptying their indexes."""
+        with self._lock:
+            keys = [k for k in self._banks if k[0] == tenant_id]
+            banks = [self._banks.pop(k) for k in keys]
+        for bank in banks:
+            bank.sync()  # the bank row is gone: sync empties the index
+
     def save_indexes(self) -> None:
         """Persist every open bank's index (with an ``index_dir``)."""
         with self._lock:

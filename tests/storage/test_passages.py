@@ -67,3 +67,13 @@ def test_snapshots_longest_prefix_and_integrity(store: Storage, tenant: str) -> 
     with pytest.raises(CorruptStateError):
         store.snapshots.longest_prefix(tenant, "fp", start, chain)
     assert store.snapshots.prune(tenant, keep=1) == 1
+
+
+def test_deleting_tenant_empties_its_passage_index(store: Storage, tenant: str) -> None:
+    e = embeddings(3)
+    store.passages.add_document(tenant, "x.txt", doc(3), e)
+    assert len(store.passages.search(tenant, e[0], k=3)) == 3
+    ix = store.passages._indexes[tenant]
+    assert store.delete_tenant(tenant)
+    assert ix.search(e[:1], 3)[1].tolist() == [[-1] * 3]
+    assert store.passages.search(tenant, e[0], k=3) == []

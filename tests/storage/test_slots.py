@@ -201,3 +201,18 @@ def test_bank_dims_are_checked(store: Storage, tenant: str) -> None:
     open_bank(store, tenant)
     with pytest.raises(Exception, match="d_key"):
         store.slots.bank(tenant, "user:u1", 2, d_key=DK + 1, d_value=DV)
+
+
+def test_deleting_tenant_or_session_reaches_open_indexes(store: Storage, tenant: str) -> None:
+    sid = store.sessions.create(tenant).id
+    session_bank = open_bank(store, tenant, namespace("session", sid))
+    user_bank = open_bank(store, tenant, "user:u9")
+    keys = unit(6, DK, 8)
+    session_bank.add(keys, torch.randn(6, DV), torch.ones(6))
+    user_ids = user_bank.add(keys, torch.randn(6, DV), torch.ones(6)).tolist()
+    assert store.delete_session(tenant, sid)
+    assert len(session_bank) == 0 and session_bank.search(keys[:1], 3)[1].tolist() == [[-1] * 3]
+    assert set(user_bank.all()[0].tolist()) == set(user_ids)
+    assert store.delete_tenant(tenant)
+    assert user_bank.search(keys[:1], 3)[1].tolist() == [[-1] * 3]  # the handle still held
+    assert store.slots.list(tenant) == []
