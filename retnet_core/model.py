@@ -39,6 +39,11 @@ __all__ = ["RetNetLM"]
 Memory = Mapping[int, Any] | None  # layer index -> SlotStore (or TensorBank in training)
 
 
+def _version(t: Tensor) -> int:
+    """In-place update counter; inference tensors (made under inference_mode) have none."""
+    return -1 if t.is_inference() else t._version
+
+
 class RetNetLM(nn.Module):
     """Decoder-only RetNet language model (see the module docstring)."""
 
@@ -95,10 +100,12 @@ class RetNetLM(nn.Module):
         Cached until a weight changes: in-place updates bump a tensor's version, ``.to()``
         moves its storage, and ``load_state_dict``/``_apply`` drop the cache (they may
         replace Parameter objects). Costs a few µs per call when nothing changed.
+        Weights created under ``torch.inference_mode`` have no version counter: in-place
+        edits of those are not noticed (they can only happen inside inference mode).
         """
         if self._weights is None:
             self._weights = sorted(self.state_dict(keep_vars=True).items())
-        key = tuple((t.data_ptr(), t._version) for _, t in self._weights)
+        key = tuple((t.data_ptr(), _version(t)) for _, t in self._weights)
         if self._fingerprint is not None and self._fingerprint[0] == key:
             return self._fingerprint[1]
         h = hashlib.blake2b(digest_size=16)

@@ -193,3 +193,11 @@ def test_zero_length_row_keeps_its_state(model):
     assert torch.count_nonzero(logits[1]) == 0
     for a, b in zip(new.S, st.S, strict=True):
         torch.testing.assert_close(a[1], b[0], rtol=0, atol=0)
+
+
+def test_model_built_under_inference_mode_steps():
+    with torch.inference_mode():
+        model = tiny_model(dtype=torch.float32)
+        logits, st = model.prefill(torch.tensor([[1, 2, 3]]))
+        nxt, st = model.step(torch.tensor([4]), st)
+    assert st.fingerprint == model.fingerprint() and nxt.shape == (1, 50)
