@@ -114,7 +114,8 @@ class RedisCache:
         self._put_script = self.client.register_script(_PUT_IF_NEWER)
         self._down_until = 0.0
 
-    def _call(self, fn, *args):  # type: ignore[no-untyped-def]
+    def call(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run a Redis operation; :class:`CacheUnavailable` when Redis fails or is marked down."""
         if time.monotonic() < self._down_until:
             raise CacheUnavailable("redis marked down")
         try:
@@ -125,23 +126,23 @@ class RedisCache:
 
     def get(self, key: str) -> bytes | None:
         """The value or None; raises :class:`CacheUnavailable`."""
-        return self._call(self.client.get, self.prefix + key)
+        return self.call(self.client.get, self.prefix + key)
 
     def put(self, key: str, value: bytes, version: int, ttl_s: float) -> None:
         """Store unless a newer version is there; raises :class:`CacheUnavailable`."""
         k = self.prefix + key
-        self._call(
+        self.call(
             lambda: self._put_script(keys=[k, k + ":v"], args=[value, version, int(ttl_s * 1000)])
         )
 
     def delete(self, key: str) -> None:
         """Forget ``key``; raises :class:`CacheUnavailable`."""
         k = self.prefix + key
-        self._call(self.client.delete, k, k + ":v")
+        self.call(self.client.delete, k, k + ":v")
 
     def available(self) -> bool:
         """One PING, True when Redis answers."""
         try:
-            return bool(self._call(self.client.ping))
+            return bool(self.call(self.client.ping))
         except CacheUnavailable:
             return False

@@ -98,7 +98,7 @@ class LockManager:
     def _try(self, name: str, token: str, ttl_s: float) -> str | None:
         if self.cache is not None:
             try:
-                ok = self.cache._call(
+                ok = self.cache.call(
                     self.cache.client.set,
                     self.cache.prefix + name,
                     token,
@@ -133,9 +133,7 @@ class LockManager:
     def _release(self, lock: Lock) -> None:
         if lock.backend == "redis":
             try:
-                self.cache._call(
-                    self._release_script, [self.cache.prefix + lock.name], [lock.token]
-                )  # type: ignore[union-attr]
+                self.cache.call(self._release_script, [self.cache.prefix + lock.name], [lock.token])  # type: ignore[union-attr]
             except (CacheUnavailable, redis.RedisError) as exc:
                 log.warning("redis unlock failed (%s); the lease will expire", exc)
             return
@@ -144,7 +142,7 @@ class LockManager:
 
     def _extend(self, lock: Lock, ttl_s: float) -> bool:
         if lock.backend == "redis":
-            got = self.cache._call(  # type: ignore[union-attr]
+            got = self.cache.call(  # type: ignore[union-attr]
                 self._extend_script,
                 [self.cache.prefix + lock.name],
                 [lock.token, int(ttl_s * 1000)],  # type: ignore[union-attr]
