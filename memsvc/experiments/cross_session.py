@@ -134,7 +134,7 @@ def run(out_dir: Path = harness.DEFAULT_OUT, full: bool = False, seed: int = 0) 
     dev = harness.device()
     n_facts = 4
     steps = harness.budget(3000 if full else 1200)
-    ref_steps = 3 * steps  # in-context recall needs induction heads: slower to learn
+    ref_steps = 2 * steps  # in-context recall needs induction heads: slower to learn
     n_eval = harness.budget(512 if full else 200)
     test = tasks.sample(n_eval, n_facts, torch.Generator().manual_seed(10_000 + seed), "test")
     test = test.to(dev)

@@ -29,6 +29,7 @@ from memsvc.experiments.models import BACKBONES, RecurrentMemLM
 NAME = "drift"
 WRITE_COST = 0.05
 VARIANTS = ("no gate", "gate (e2e)", "gate+feedback")
+BACKBONE = "gru"  # trains 3-5x faster than the RetNet core on one CPU thread (see README)
 
 
 def drift_loss(variant: str):
@@ -54,13 +55,13 @@ def run(out_dir: Path = harness.DEFAULT_OUT, full: bool = False, seed: int = 0) 
     harness.default_threads()
     dev = harness.device()
     n_facts, train_noise = 4, 0.5
-    steps = harness.budget(2500 if full else 900)
+    steps = harness.budget(2500 if full else 700)
     n_eval = harness.budget(400 if full else 100)
     rates = [0.0, 0.3, 0.6, 0.9]
     rows, curves = [], {}
     for variant in VARIANTS:
         g = harness.seed_everything(seed)
-        model = BACKBONES["retnet"](tasks.VOCAB, use_gate=variant != "no gate").to(dev)
+        model = BACKBONES[BACKBONE](tasks.VOCAB, use_gate=variant != "no gate").to(dev)
         with harness.timer() as t:
             curves[variant] = train(
                 model, drift_loss(variant), steps, n_facts, g, dev, noise_rate=train_noise
@@ -102,7 +103,7 @@ def run(out_dir: Path = harness.DEFAULT_OUT, full: bool = False, seed: int = 0) 
                 ax.legend(fontsize=7)
 
     summary = (
-        f"RetNetLM d=64 (2 layers, memory after block 0), {n_facts} facts per conversation, "
+        f"{BACKBONE} LM d=64 (2 layers, memory after block 0), {n_facts} facts per conversation, "
         f"trained {steps} steps at "
         f"{train_noise:.0%} noise; write cost λ={WRITE_COST}; {n_eval} held-out "
         "conversations per rate; inference writes skip g < 0.5."

@@ -19,8 +19,9 @@ from retnet_core.slots import SlotStore
 class SlotModel(nn.Module):
     """An item is a name (``parts`` tokens of ``n_name`` each) and ``width`` value tokens.
 
-    Its span is [e_name, e_val_1 + p_1, …, e_val_C + p_C] (C = width), e_name = Σ_p E_p[n_p];
-    the query is e_name alone; logits_c = head_c(LN(e_name + r)), (B, C, n_value).
+    Its span is [e_name, β(e_val_1 + p_1), …, β(e_val_C + p_C)] (C = width, β an MLP),
+    e_name = Σ_p E_p[n_p]; the query is e_name alone; logits = MLP(LN(e_name + r)) reshaped
+    to (B, Q, C, n_value). The gate is off by default (every item is worth keeping).
     """
 
     def __init__(self, n_name: int, parts: int, n_value: int, width: int, d: int = 64, **mem):
@@ -28,11 +29,17 @@ class SlotModel(nn.Module):
         self.name_emb = nn.ModuleList(nn.Embedding(n_name, d) for _ in range(parts))
         self.value_emb = nn.Embedding(n_value, d)
         self.value_pos = nn.Parameter(torch.randn(width, d) * 0.02)
+        # binds each value token to its position nonlinearly: a pooled sum of e(v)+p would
+        # be a bag of tokens (Σe(v_t) + Σp_t) and lose which token sits where
+        self.bind = nn.Sequential(
+            nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d), nn.LayerNorm(d)
+        )  # LayerNorm: value features on the scale of the name embedding
         mem.setdefault("d_key", 64)
         mem.setdefault("d_value", 64)
+        mem.setdefault("use_gate", False)  # no noise here; the gate is studied in `drift`
         self.memory = MemoryLayer(MemoryConfig(d_model=d, **mem))
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, n_value * width)
+        self.head = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, n_value * width))
         self.width, self.n_value = width, n_value
 
     def name_vec(self, names: Tensor) -> Tensor:
@@ -42,9 +49,8 @@ class SlotModel(nn.Module):
     def spans(self, names: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """names (B, N, parts), values (B, N, C) -> h (B, N(1+C), d), span mask (B, N, N(1+C))."""
         b, n, _ = names.shape
-        items = torch.cat(
-            [self.name_vec(names).unsqueeze(2), self.value_emb(values) + self.value_pos], dim=2
-        )  # (B, N, 1+C, d)
+        vals = self.bind(self.value_emb(values) + self.value_pos)
+        items = torch.cat([self.name_vec(names).unsqueeze(2), vals], dim=2)  # (B, N, 1+C, d)
         h = items.reshape(b, n * (1 + self.width), -1)
         mask = torch.eye(n, dtype=torch.bool, device=h.device)
         mask = mask.repeat_interleave(1 + self.width, dim=1).unsqueeze(0).expand(b, -1, -1)

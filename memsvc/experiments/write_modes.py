@@ -74,7 +74,7 @@ def measure(model: SlotModel, mode: str, length: int, kind: str, seed: int) -> d
 def run(out_dir: Path = harness.DEFAULT_OUT, full: bool = False, seed: int = 0) -> dict:
     harness.default_threads()
     g = harness.seed_everything(seed)
-    steps = harness.budget(1500 if full else 600)
+    steps = harness.budget(6000 if full else 3000)
     lengths = [64, 256, 1024, 4096] + ([16384] if full else [])
     model = SlotModel(N_NAME, PARTS, N_VALUE, width=WIDTH)
     with harness.timer() as t:
