@@ -125,6 +125,13 @@ class RecurrentState:
         idx = torch.as_tensor(index, dtype=torch.long, device=self.device).reshape(-1)
         return self._map(lambda t: t.index_select(0, idx))
 
+    def split(self, sizes: Sequence[int]) -> list[RecurrentState]:
+        """Consecutive sub-batches of the given sizes (they must add up to B)."""
+        if sum(sizes) != self.batch_size:
+            raise ValueError(f"sizes {list(sizes)} do not add up to {self.batch_size}")
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return [self.select(range(s, s + n)) for s, n in zip(starts, sizes, strict=True)]
+
     def unbind(self) -> list[RecurrentState]:
         """One batch-of-one state per sequence."""
         return [self.select([i]) for i in range(self.batch_size)]

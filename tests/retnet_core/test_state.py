@@ -77,6 +77,11 @@ def test_stack_unbind_select_round_trip(model):
             assert torch.equal(x[0], y[j])
         if model.config.retention_norm == "torchscale":
             assert torch.equal(part.z[0][0], src.z[0][j])
+    first, second = both.split([2, 1])
+    assert first.position.tolist() == [12, 12] and second.position.tolist() == [5]
+    assert torch.equal(second.S[1], b.S[1])
+    with pytest.raises(ValueError):
+        both.split([1, 1])
     picked = both.select([2, 0])
     assert picked.position.tolist() == [5, 12]
     with pytest.raises(StateMismatchError):
