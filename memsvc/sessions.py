@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 
-from memsvc.api.errors import NotFound
+from memsvc.api.errors import NotFound, TooLarge
 from memsvc.api.schemas import (
     LogitsOut,
     MessageList,
@@ -55,6 +55,8 @@ class SessionManager:
 
     async def create(self, tenant_id: str, body: SessionCreate) -> SessionOut:
         """A new, empty session (its state is built on the first turn)."""
+        if body.system_prompt and len(body.system_prompt) > self.settings.max_message_chars:
+            raise TooLarge(f"system_prompt is longer than {self.settings.max_message_chars} chars")
         rec = await run_in_threadpool(
             self.store.create_session,
             tenant_id,

@@ -199,10 +199,14 @@ class StorageStore(SlotAdmin, Store):
 
     # ------------------------------------------------------------------ turns
     @contextlib.contextmanager
-    def session_lock(self, tenant_id: str, session_id: str, wait_s: float):
-        """Hold the session's lock (Redis lease, or the SQL lease without Redis)."""
+    def session_lock(self, tenant_id: str, session_id: str, wait_s: float, ttl_s: float = 330.0):
+        """Hold the session's lock (Redis lease, or the SQL lease without Redis).
+
+        The lease outlives the longest turn (``turn_timeout_s`` + margin) and expires on
+        its own when a process dies holding it.
+        """
         with storage_errors():
-            lock = self.locks.acquire(tenant_id, session_id, ttl_s=600.0, wait_s=wait_s)
+            lock = self.locks.acquire(tenant_id, session_id, ttl_s=ttl_s, wait_s=wait_s)
         with lock:
             yield lock
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from memsvc.api.errors import SessionBusy, TooLarge, Unavailable
+from memsvc.api.errors import Conflict, SessionBusy, TooLarge, Unavailable
 from memsvc.api.schemas import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
 from memsvc.config import Settings
 from memsvc.engine import DecodeJob, DoneEvent, ErrorEvent, Scheduler, TokenEvent, async_emitter
@@ -151,7 +151,7 @@ class TurnManager:
         except BaseException as exc:  # the client gets it as an event, never a lost turn
             self.metrics.turns.labels("error").inc()
             log.warning("turn on session %s failed: %r", session.id, exc)
-            await turn.queue.put(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            await turn.queue.put(_as_api_error(exc))
         finally:
             await run_in_threadpool(lock.__exit__, None, None, None)
 
@@ -293,6 +293,7 @@ class TurnManager:
     def _count_tokens(self, prep: Prepared, done: DoneEvent, loaded: LoadedState) -> None:
         self.metrics.tokens.labels("in").inc(prep.prompt_tokens)
         self.metrics.tokens.labels("out").inc(len(done.token_ids))
+        self.metrics.tokens.labels("cached").inc(loaded.position if loaded.data else 0)
 
     def _replayed(self, session: SessionRec, user_msg, bot_msg) -> TurnOut:
         """The stored answer of an already committed turn (idempotent retry)."""
@@ -311,6 +312,17 @@ class TurnManager:
             usage=usage,
             replayed=True,
         )
+
+
+def _as_api_error(exc: BaseException) -> Exception:
+    """Known failures as API errors: a foreign state 409, a timeout 503; others unchanged."""
+    from retnet_core.state import StateError
+
+    if isinstance(exc, StateError):
+        return Conflict(f"the session's saved state cannot be used by this model: {exc}")
+    if isinstance(exc, TimeoutError):
+        return Unavailable("generation timed out; the turn was not saved")
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
 def _out(m: Any) -> MessageOut:

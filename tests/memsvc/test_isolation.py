@@ -14,7 +14,7 @@ def intruder(http, backend: Backend) -> Client:
 
 
 def test_a_tenant_never_sees_another_tenants_data(api: Client, intruder: Client, admin) -> None:
-    sid = new_session(api, user_id="alice")
+    sid = new_session(api, user_id="isolde")
     out = turn(api, sid, "My secret is 7781")
     msg_id = out["message"]["id"]
     doc = api("POST", "/v1/documents", json={"text": FACT_DOC}).json()
@@ -39,7 +39,7 @@ def test_a_tenant_never_sees_another_tenants_data(api: Client, intruder: Client,
     hits = intruder("POST", "/v1/search", json={"query": QUESTION, "threshold": -1}).json()
     assert hits["data"] == []
     # the intruder's own session: no passages and no memories of the first tenant
-    own = new_session(intruder, user_id="alice")
+    own = new_session(intruder, user_id="isolde")
     r = intruder(
         "POST",
         f"/v1/sessions/{own}/feedback",
@@ -48,9 +48,13 @@ def test_a_tenant_never_sees_another_tenants_data(api: Client, intruder: Client,
     assert r.status_code == 404
     mine = turn(intruder, own, QUESTION)
     assert mine["passages"] == []
-    theirs = admin("GET", "/admin/memory/slots", params={"user_id": "alice"}).json()["data"]
-    tenants = {s["tenant_id"] for s in theirs}
-    assert len(tenants) == 2  # same user id, two tenants, two separate banks
+    slots = admin("GET", "/admin/memory/slots", params={"user_id": "isolde"}).json()["data"]
+    owner = {x: admin("GET", f"/admin/sessions/{x}").json()["tenant_id"] for x in (sid, own)}
+    ours = [s for s in slots if s["session_id"] in owner]
+    # same user id in two tenants: two separate banks, each slot in its session's tenant
+    assert {s["session_id"] for s in ours} == {sid, own}
+    assert all(s["tenant_id"] == owner[s["session_id"]] for s in ours)
+    assert owner[sid] != owner[own]
 
     # and nothing the intruder did changed the owner's session
     assert api("GET", f"/v1/sessions/{sid}").json()["version"] == 1

@@ -1,0 +1,136 @@
+"""Unit tests of the service's pure parts: settings, splitting, sampling, the scheduler."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+import torch
+
+from memsvc.config import Settings
+from memsvc.engine import DecodeJob, DoneEvent, Scheduler, TokenEvent
+from memsvc.metrics import Metrics
+from memsvc.rag import split_passages
+from memsvc.runtime import ModelRuntime
+from memsvc.sampling import SamplingParams, sample
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_settings_embedded_default_and_env(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("MEMSVC_DATABASE_URL", "MEMSVC_REDIS_URL", "MEMSVC_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings(data_dir=tmp_path)
+    assert s.resolved_database_url() == f"sqlite:///{tmp_path / 'memsvc.db'}"
+    assert s.redis_url is None and (s.host, s.port) == ("127.0.0.1", 8000)
+    assert s.resolved_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    (tmp_path / ".env").write_text("MEMSVC_REDIS_URL=\nMEMSVC_PORT=9100\nMEMSVC_ADMIN_KEY=k\n")
+    s = Settings()
+    assert s.redis_url is None and s.port == 9100 and s.admin_key_value() == "k"
+    monkeypatch.setenv("MEMSVC_DATABASE_URL", "postgresql://u@h/db")
+    assert Settings().resolved_database_url() == "postgresql://u@h/db"
+
+
+def test_passages_respect_paragraphs_sentences_and_budget() -> None:
+    text = (
+        "One two three. Four five six seven. Eight nine.\n\n"
+        "A new paragraph starts here. It is short.\n\n" + " ".join(["long"] * 25) + "."
+    )
+    passages = split_passages(text, budget=8, count=words)
+    assert all(words(p) <= 8 for p in passages)
+    assert passages[0] == "One two three. Four five six seven."  # whole sentences
+    assert "Eight nine." in passages[1] and "paragraph" not in passages[1]
+    assert " ".join(passages).split() == text.split()  # nothing lost, order kept
+    md = split_passages("# A\ntext a\n# B\ntext b", budget=50, count=words, markdown=True)
+    assert md == ["# A\ntext a", "# B\ntext b"]
+
+
+def test_sampling_greedy_filters_and_seed() -> None:
+    logits = torch.tensor([0.0, 5.0, 1.0, 4.9])
+    g = SamplingParams().generator()
+    assert sample(logits, SamplingParams(), g) == 1
+    assert sample(logits, SamplingParams(), g, banned=(1,)) == 3
+    top1 = SamplingParams(temperature=1.0, top_k=1)
+    assert {sample(logits, top1, top1.generator()) for _ in range(20)} == {1}
+    nucleus = SamplingParams(temperature=1.0, top_p=0.5)
+    assert {sample(logits, nucleus, nucleus.generator()) for _ in range(20)} == {1}
+    p = SamplingParams(temperature=2.0, seed=3)
+    assert [sample(logits, p, p.generator()) for _ in range(5)] == [
+        sample(logits, p, p.generator()) for _ in range(5)
+    ]
+
+
+@pytest.fixture(scope="module")
+def runtime(checkpoint: Path) -> ModelRuntime:
+    return ModelRuntime.load(checkpoint, "cpu")
+
+
+def _decode(sched: Scheduler, rt: ModelRuntime, prompts: list[str], **kw) -> list[DoneEvent]:
+    """Submit all prompts at once (they share decode steps); wait for every DoneEvent."""
+    events: queue.Queue = queue.Queue()
+
+    def job(text: str, idx: int) -> DecodeJob:
+        ids = rt.tokenizer.render_turn({"role": "user", "content": text}) + [
+            rt.tokenizer.assistant_id
+        ]
+        out = rt.prefill(ids, None, [len(ids) - 1])
+        return DecodeJob(
+            out.state,
+            out.logits,
+            SamplingParams(),
+            kw.get("max_new", 12),
+            kw.get("stops", []),
+            lambda e, i=idx: events.put((i, e)),
+        )
+
+    futures = [sched.submit(lambda t=t, i=i: job(t, i)) for i, t in enumerate(prompts)]
+    done: dict[int, DoneEvent] = {}
+    texts: dict[int, str] = {i: "" for i in range(len(prompts))}
+    while len(done) < len(prompts):
+        i, e = events.get(timeout=60)
+        if isinstance(e, TokenEvent):
+            texts[i] += e.text
+        elif isinstance(e, DoneEvent):
+            done[i] = e
+    assert all(f.done() for f in futures)
+    for i, e in done.items():
+        assert texts[i] == e.text  # streamed pieces add up to the final text
+    return [done[i] for i in range(len(prompts))]
+
+
+def test_batched_decode_equals_one_at_a_time(runtime: ModelRuntime) -> None:
+    metrics = Metrics()
+    sched = Scheduler(runtime, metrics)
+    sched.start()
+    try:
+        prompts = ["Hello there", "I like tea and long walks", "Cats"]
+        alone = [_decode(sched, runtime, [p])[0] for p in prompts]
+        together = _decode(sched, runtime, prompts)
+    finally:
+        sched.stop()
+    for a, b in zip(alone, together, strict=True):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        assert torch.allclose(a.state.S[0], b.state.S[0], atol=1e-5)
+    assert metrics.value("memsvc_decode_batch_size_count") > 0
+    assert metrics.registry.get_sample_value("memsvc_decode_batch_size_bucket", {"le": "2.0"}) < (
+        metrics.value("memsvc_decode_batch_size_count")
+    )  # some steps ran with three sessions at once
+
+
+def test_stop_sequence_cuts_and_is_never_streamed(runtime: ModelRuntime) -> None:
+    sched = Scheduler(runtime, Metrics())
+    sched.start()
+    try:
+        free = _decode(sched, runtime, ["Hello there"], max_new=16)[0]
+        if len(free.text) < 3:
+            pytest.fail(f"the tiny model produced too little text to test stops: {free.text!r}")
+        stop = free.text[1:3]
+        cut = _decode(sched, runtime, ["Hello there"], max_new=16, stops=[stop])[0]
+    finally:
+        sched.stop()
+    assert cut.finish_reason == "stop_sequence"
+    assert cut.text == free.text[: free.text.index(stop)]
