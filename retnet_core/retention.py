@@ -28,6 +28,7 @@ pure-torch reference here. The CPU path never imports that module (nor triton).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -304,8 +305,11 @@ def _cuda_ops(x: Tensor) -> ModuleType | None:
         return None
     if not _fast:
         try:
-            from retnet_core import fla_ops  # noqa: PLC0415 - only on CUDA: it imports triton
-        except ImportError:
+            from retnet_core import fla_ops  # only on CUDA: it imports triton
+        except Exception as exc:  # no fla, or a triton that cannot start: the reference runs
+            warnings.warn(
+                f"fast CUDA retention unavailable ({exc}); using the reference", stacklevel=2
+            )
             fla_ops = None
         _fast.append(fla_ops)
     return _fast[0]
