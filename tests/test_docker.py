@@ -15,6 +15,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# pytest puts tests/ on sys.path for this top-level module; tests/storage (no __init__.py)
+# would then shadow the editable `storage` package as a namespace package in the whole run.
+# The repository root on sys.path keeps the real package first (a regular package wins).
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 

@@ -10,9 +10,12 @@ zero (and, scaled up, far above the control tokens). Replies therefore run to
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from server_util import Server
 from tiny_model import CORPUS
 
 from retnet_core.config import RetNetConfig
@@ -53,3 +56,16 @@ def make_talkative_checkpoint(directory: Path, seed: int = 0) -> Path:
             w[good[-1]] = w[good[0]]
     model.save_pretrained(directory, tokenizer=tok)
     return directory
+
+
+@contextmanager
+def talkative_server(backend, tmp_path_factory, **env: str) -> Iterator[Server]:
+    """A live server on ``backend``'s databases running the talkative checkpoint.
+
+    It shares the backend's database and Redis with the suite's other servers (tests
+    isolate by tenant); ``env`` overrides settings (e.g. limits).
+    """
+    ckpt = make_talkative_checkpoint(tmp_path_factory.mktemp("talkative"))
+    settings = {**backend.env, "MEMSVC_MODEL_DIR": str(ckpt), **env}
+    with Server(settings, tmp_path_factory.mktemp("talkative-srv")) as srv:
+        yield srv

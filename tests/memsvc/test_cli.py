@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import typer.main
-from talkative_model import make_talkative_checkpoint
+from talkative_model import talkative_server
 from typer.testing import CliRunner
 
 from memsvc.cli import app
@@ -25,8 +25,10 @@ BAD_PG = "postgresql+psycopg://x@127.0.0.1:9/x"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    return make_talkative_checkpoint(tmp_path_factory.mktemp("talkative"))
+def server(backend, tmp_path_factory):
+    """This module's own server: the talkative checkpoint on the shared backend."""
+    with talkative_server(backend, tmp_path_factory) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -124,7 +126,7 @@ def test_errors_are_one_line(args: list[str], env: dict[str, str], expected: str
 
 
 # ------------------------------------------------------------------ against a live server
-live = pytest.mark.parametrize("backend", ["sqlite"], indirect=True, scope="module")
+live = pytest.mark.parametrize("backend", ["sqlite"], indirect=True, scope="session")
 
 
 @live

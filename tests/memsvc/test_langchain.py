@@ -18,14 +18,14 @@ from langchain_tests.integration_tests import (
     RetrieversIntegrationTests,
 )
 from server_util import ADMIN_KEY
-from talkative_model import make_talkative_checkpoint
+from talkative_model import talkative_server
 
 from memsvc.client import MemsvcClient
 from memsvc.langchain import ChatMemsvc, MemsvcChatMessageHistory, MemsvcRetriever
 from memsvc.tenants_cli import tenant_create
 
 pytestmark = [
-    pytest.mark.parametrize("backend", ["postgres"], indirect=True, scope="module"),
+    pytest.mark.parametrize("backend", ["postgres"], indirect=True, scope="session"),
     pytest.mark.asyncio,
     pytest.mark.filterwarnings("ignore:The test <Function:pytest.PytestWarning"),
 ]
@@ -39,8 +39,10 @@ FACTS = [
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    return make_talkative_checkpoint(tmp_path_factory.mktemp("talkative"))
+def server(backend, tmp_path_factory):
+    """This module's own server: the talkative checkpoint on the shared backend."""
+    with talkative_server(backend, tmp_path_factory) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The OpenAI-compatible API through the official ``openai`` client, on a live server.
 
 Both backends (PostgreSQL + Redis, and the SQLite default). The server runs a tiny
-"talkative" checkpoint (replies are never empty) from ``talkative_model``.
+"talkative" checkpoint (replies are never empty, see ``talkative_model``) on the
+suite's shared databases.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from talkative_model import make_talkative_checkpoint
+from talkative_model import talkative_server
 
 from memsvc.api.openai_schemas import SESSION_HEADER
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    return make_talkative_checkpoint(tmp_path_factory.mktemp("talkative"))
+def server(backend, tmp_path_factory):
+    """This module's own server: the talkative checkpoint on the shared backend."""
+    with talkative_server(backend, tmp_path_factory) as srv:
+        yield srv
 
 
 @pytest.fixture
