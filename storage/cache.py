@@ -135,6 +135,11 @@ class RedisCache:
             lambda: self._put_script(keys=[k, k + ":v"], args=[value, version, int(ttl_s * 1000)])
         )
 
+    def version(self, key: str) -> int | None:
+        """The version stored with ``key`` (a few bytes), or None; raises CacheUnavailable."""
+        got = self.call(self.client.get, self.prefix + key + ":v")
+        return int(got) if got is not None else None
+
     def delete(self, key: str) -> None:
         """Forget ``key``; raises :class:`CacheUnavailable`."""
         k = self.prefix + key

@@ -40,13 +40,16 @@ class Storage:
         index_dir: Path | None = None,
         index_params: IndexParams | None = None,
         state_ttl_s: float = 3600.0,
+        local_state_bytes: int = 64 * 2**20,
     ) -> None:
         self.db, self.cache, self.redis = db, cache, redis
         self.metrics = metrics or StorageMetrics()
         self.tenants = TenantManager(db)
         self.sessions = SessionManager(db)
         self.messages = MessageManager(db)
-        self.states = StateStore(db, cache, self.metrics, ttl_s=state_ttl_s)
+        self.states = StateStore(
+            db, cache, self.metrics, ttl_s=state_ttl_s, local_bytes=local_state_bytes
+        )
         self.locks = LockManager(db, redis, self.metrics)
         self.slots = SlotManager(db, self.metrics, index_dir=index_dir, params=index_params)
         self.passages = PassageManager(db, self.metrics, index_dir=index_dir, params=index_params)
@@ -65,11 +68,14 @@ class Storage:
         migrate: bool = False,
         lru_bytes: int = 256 * 2**20,
         state_ttl_s: float = 3600.0,
+        local_state_bytes: int = 64 * 2**20,
     ) -> Storage:
         """Storage over ``database_url`` and Redis at ``redis_url`` (None: in-process LRU).
 
-        ``migrate=True`` upgrades the schema first. ``index_dir`` keeps FAISS index files
-        so a restart catches up from the change log instead of rebuilding.
+        ``migrate=True`` upgrades the schema first. ``local_state_bytes`` bounds the
+        in-process copies of recent states kept in front of Redis (0: none).
+        ``index_dir`` keeps FAISS index files so a restart catches up from the change log
+        instead of rebuilding.
         """
         if migrate:
             _migrate.upgrade(database_url)
@@ -85,6 +91,7 @@ class Storage:
             index_dir=index_dir,
             index_params=index_params,
             state_ttl_s=state_ttl_s,
+            local_state_bytes=local_state_bytes,
         )
 
     def delete_session(self, tenant_id: str, session_id: str) -> bool:

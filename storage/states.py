@@ -10,6 +10,10 @@ metadata: model fingerprint, token position, version, and a SHA-256 checksum com
 - :meth:`StateStore.load` reads the hot tier, then SQL, then repopulates the hot tier.
   A checksum mismatch in the hot tier is counted and that copy discarded; in SQL it
   raises :class:`CorruptStateError` naming the session.
+- With Redis, a small in-process tier of recently used states sits in front of it: a
+  local copy is returned only if Redis still holds the *same version* (one GET of a few
+  bytes instead of the whole blob and its checksum). Versions are unique per session
+  (compare-and-set), so a matching version means identical bytes.
 - Redis failures are logged and counted (``cache_fallbacks``) and the call goes on on SQL.
   Keys whose invalidation could not reach Redis are remembered and deleted once it is back.
 """
@@ -21,11 +25,12 @@ import json
 import logging
 import struct
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from storage.cache import CacheUnavailable, HotCache
+from storage.cache import CacheUnavailable, HotCache, RedisCache
 from storage.db import Database
 from storage.errors import CorruptStateError, FingerprintMismatch, NotFound, StaleVersion
 from storage.metrics import StorageMetrics
@@ -75,13 +80,59 @@ def decode_hot(data: bytes) -> StoredState:
     return StoredState(head["s"], head["v"], data[8 + n :], head["c"], head["f"], head["p"])
 
 
+class LocalStates:
+    """In-process LRU of verified :class:`StoredState` objects, bounded by blob bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, StoredState] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> StoredState | None:
+        with self._lock:
+            state = self._items.get(key)
+            if state is not None:
+                self._items.move_to_end(key)
+            return state
+
+    def put(self, key: str, state: StoredState) -> None:
+        if len(state.blob) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.get(key)
+            if old is not None and old.version > state.version:
+                return
+            self._drop(key)
+            self._items[key] = state
+            self._bytes += len(state.blob)
+            while self._bytes > self.max_bytes:
+                self._drop(next(iter(self._items)))
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.blob)
+
+
 class StateStore:
     """Session states over a hot cache and SQL; every call takes the tenant."""
 
     def __init__(
-        self, db: Database, cache: HotCache, metrics: StorageMetrics, ttl_s: float = 3600.0
+        self,
+        db: Database,
+        cache: HotCache,
+        metrics: StorageMetrics,
+        ttl_s: float = 3600.0,
+        local_bytes: int = 64 * 2**20,
     ) -> None:
         self.db, self.cache, self.metrics, self.ttl_s = db, cache, metrics, ttl_s
+        versioned = isinstance(cache, RedisCache) and local_bytes > 0
+        self.local = LocalStates(local_bytes) if versioned else None
         self._pending_deletes: set[str] = set()
         self._lock = threading.Lock()
 
@@ -128,6 +179,7 @@ class StateStore:
             row.size, row.updated_at = len(blob), utcnow()
             s.add(row)
         self.metrics.state_writes.inc()
+        self._remember(tenant_id, state)
         self._put_hot(tenant_id, state)
         return state
 
@@ -136,16 +188,22 @@ class StateStore:
     ) -> StoredState | None:
         """The newest state, or None when the session has none; NotFound for no session."""
         self._flush_pending()
-        state = self._get_hot(tenant_id, session_id)
+        state = self._get_local(tenant_id, session_id)
+        if state is not None:
+            self.metrics.state_reads.labels("local").inc()
+        else:
+            state = self._get_hot(tenant_id, session_id)
+            if state is not None:
+                self.metrics.state_reads.labels(self.cache.name).inc()
+                self._remember(tenant_id, state)
         if state is None:
             state = self._get_sql(tenant_id, session_id)
             if state is None:
                 self.metrics.state_reads.labels("miss").inc()
                 return None
             self.metrics.state_reads.labels("sql").inc()
+            self._remember(tenant_id, state)
             self._put_hot(tenant_id, state)
-        else:
-            self.metrics.state_reads.labels(self.cache.name).inc()
         if fingerprint is not None and state.fingerprint != fingerprint:
             raise FingerprintMismatch(session_id, state.fingerprint, fingerprint)
         return state
@@ -167,6 +225,26 @@ class StateStore:
         self._invalidate(tenant_id, session_id)
 
     # ---- tiers ---------------------------------------------------------------------
+    def _get_local(self, tenant_id: str, session_id: str) -> StoredState | None:
+        if self.local is None:
+            return None
+        key = self._key(tenant_id, session_id)
+        state = self.local.get(key)
+        if state is None:
+            return None
+        try:
+            current = self.cache.version(key)  # type: ignore[attr-defined]
+        except CacheUnavailable:
+            return None  # cannot prove it is current; the next tier counts the fallback
+        if current != state.version:
+            self.local.drop(key)
+            return None
+        return state
+
+    def _remember(self, tenant_id: str, state: StoredState) -> None:
+        if self.local is not None:
+            self.local.put(self._key(tenant_id, state.session_id), state)
+
     def _get_hot(self, tenant_id: str, session_id: str) -> StoredState | None:
         key = self._key(tenant_id, session_id)
         try:
@@ -232,6 +310,8 @@ class StateStore:
 
     def _invalidate(self, tenant_id: str, session_id: str) -> None:
         key = self._key(tenant_id, session_id)
+        if self.local is not None:
+            self.local.drop(key)
         try:
             self.cache.delete(key)
         except CacheUnavailable as exc:

@@ -33,7 +33,8 @@ def test_round_trip_is_byte_identical(store: Storage, tenant: str, size: int) ->
     assert saved.version == 1
     hot = store.states.load(tenant, sid)  # hot tier (Redis on Postgres, LRU on SQLite)
     assert hot is not None and hot.blob == data and hot.position == 17 and hot.version == 1
-    assert store.metrics.value("state_reads", tier=store.cache.name) == 1
+    hot = store.metrics.value("state_reads", tier=store.cache.name)
+    assert hot + store.metrics.value("state_reads", tier="local") == 1
     # the durable tier on its own: a fresh Storage with an empty hot tier
     cold = Storage.from_urls(store.db.url)
     try:
@@ -129,14 +130,22 @@ def test_flipped_byte_in_sql_is_detected(store: Storage, tenant: str) -> None:
     assert store.metrics.value("corrupt_blobs", tier="sql") == 1
 
 
-def redis_store(db_url: str, url: str, prefix: str) -> Storage:
-    return Storage.from_urls(db_url, url, redis_prefix=prefix)
+def redis_store(db_url: str, url: str, prefix: str, local: bool = True) -> Storage:
+    return Storage.from_urls(
+        db_url, url, redis_prefix=prefix, local_state_bytes=64 * 2**20 if local else 0
+    )
+
+
+def hot_reads(st: Storage) -> float:
+    return st.metrics.value("state_reads", tier="redis") + st.metrics.value(
+        "state_reads", tier="local"
+    )
 
 
 def test_flipped_byte_in_redis_is_detected(
     migrated_pg_url: str, redis_url: str, redis_prefix: str
 ) -> None:
-    st = redis_store(migrated_pg_url, redis_url, redis_prefix)
+    st = redis_store(migrated_pg_url, redis_url, redis_prefix, local=False)
     try:
         t = st.tenants.create("t").id
         sid = new_session(st, t)
@@ -172,7 +181,7 @@ def test_redis_flushed_mid_test_falls_back(
         assert st.metrics.value("state_reads", tier="sql") == 5
         for s in sids:  # repopulated
             assert st.states.load(t, s).blob == blobs[s]  # type: ignore[union-attr]
-        assert st.metrics.value("state_reads", tier="redis") == 5
+        assert hot_reads(st) == 5
     finally:
         st.close()
 
@@ -200,7 +209,7 @@ def test_redis_stopped_mid_test_loses_nothing(migrated_pg_url: str, tmp_path: Pa
         sid = new_session(st, t)
         st.states.save(t, sid, b"v1", fingerprint=FP, position=1, expected_version=0)
         assert st.states.load(t, sid).blob == b"v1"  # type: ignore[union-attr]
-        assert st.metrics.value("state_reads", tier="redis") == 1
+        assert hot_reads(st) == 1
         server.stop()
         st.states.save(t, sid, b"v2", fingerprint=FP, position=2, expected_version=1)
         got = st.states.load(t, sid)
@@ -214,3 +223,23 @@ def test_redis_stopped_mid_test_loses_nothing(migrated_pg_url: str, tmp_path: Pa
     finally:
         st.close()
         server.stop()
+
+
+def test_local_copy_is_never_stale_across_replicas(
+    migrated_pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    a = redis_store(migrated_pg_url, redis_url, redis_prefix)
+    b = redis_store(migrated_pg_url, redis_url, redis_prefix)
+    try:
+        t = a.tenants.create("t").id
+        sid = new_session(a, t)
+        a.states.save(t, sid, b"v1", fingerprint=FP, position=1, expected_version=0)
+        assert a.states.load(t, sid).blob == b"v1"  # type: ignore[union-attr]
+        assert a.metrics.value("state_reads", tier="local") == 1  # served in-process
+        b.states.save(t, sid, b"v2", fingerprint=FP, position=2, expected_version=1)
+        got = a.states.load(t, sid)  # a's local copy (v1) must not be returned
+        assert got is not None and got.blob == b"v2" and got.version == 2
+        assert a.metrics.value("state_reads", tier="redis") == 1
+    finally:
+        a.close()
+        b.close()
