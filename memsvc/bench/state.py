@@ -3,7 +3,10 @@
 `memsvc bench state --out DIR` measures, through :class:`storage.Storage` itself,
 
 - ``save``: one acknowledged write (compare-and-set + blob in SQL, then the hot tier);
-- ``load hot``: a read answered by the hot tier (Redis, or the in-process LRU);
+- ``load hot``: a read answered by the hot tier (Redis, or the in-process LRU), blob
+  transfer and checksum included;
+- ``load local+version``: (Redis only) a state this replica read or wrote recently:
+  the in-process copy, returned after one GET of its version key in Redis;
 - ``load sql``: a read that misses the hot tier and goes to SQL (Postgres or SQLite);
 - ``redis GET``: the raw Redis round trip of the same bytes (the floor for ``load hot``),
 
@@ -69,7 +72,14 @@ def measure(st, backend: str, size: int, n: int) -> list[dict]:  # type: ignore[
             tenant, sid, blob, fingerprint="bench", position=1, expected_version=version[0]
         ).version
 
-    def load_hot() -> None:
+    key = st.states._key(tenant, sid)
+
+    def load_hot() -> None:  # the hot tier itself: Redis (or the LRU), no local copy
+        if st.states.local is not None:
+            st.states.local.drop(key)
+        assert st.states.load(tenant, sid).blob == blob
+
+    def load_local() -> None:  # a recent state on this replica, checked against Redis
         assert st.states.load(tenant, sid).blob == blob
 
     def load_sql() -> None:
@@ -81,6 +91,8 @@ def measure(st, backend: str, size: int, n: int) -> list[dict]:  # type: ignore[
         {"op": "load hot", **stats(timed(load_hot, n))},
         {"op": "load sql", **stats(timed(load_sql, n))},
     ]
+    if st.states.local is not None:
+        rows.append({"op": "load local+version", **stats(timed(load_local, n))})
     if st.redis is not None:
         client, key = st.redis.client, st.redis.prefix + "bench-raw"
         client.set(key, blob)
