@@ -18,10 +18,14 @@ def _chat(http: httpx.Client, key: str, sid: str, content: str) -> dict:
     return r.json()
 
 
-def test_resume_in_a_new_process_gives_identical_logits(backend: Backend, tmp_path) -> None:
+def test_resume_in_a_new_process_gives_identical_logits(
+    backend: Backend, server: Server, tmp_path
+) -> None:
+    """History is built on the shared server; a second process that never saw the session
+    resumes it from Redis / Postgres / SQLite alone (the same happens after a restart)."""
     key = backend.new_tenant("resume")
     auth = {"Authorization": f"Bearer {key}"}
-    with Server(backend.env, tmp_path / "a") as a, httpx.Client(base_url=a.url, timeout=120) as h:
+    with httpx.Client(base_url=server.url, timeout=120) as h:
         sids = []
         for _ in range(2):  # two sessions with the same history (greedy, no memory, no RAG)
             r = h.post("/v1/sessions", json={"memory_scope": "none"}, headers=auth)
