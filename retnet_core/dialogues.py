@@ -129,6 +129,9 @@ ATTRIBUTES: dict[str, Attribute] = {
 }
 
 ACKS = ("Got it, I'll remember that.", "Okay, noted.", "Thanks for telling me!")
+# Half the acknowledgements repeat the fact: a short-range copy right after the value,
+# which small models learn long before the long-range copy an answer needs.
+ECHO_ACKS = ("Got it. {answer}", "Okay, I'll remember that. {answer}")
 FORGETS = ("Please forget {mine}.", "Forget {mine}.", "Can you forget {mine}?")
 FORGET_ACK = "Okay, I've forgotten {yours}."
 UNKNOWN = "I don't know {yours}."
@@ -265,8 +268,13 @@ class DialogueGenerator:
             u, a = self.rng.choice(SMALLTALK)
             turns += [Message("user", u), Message("assistant", a)]
         for attr, value in facts:
-            text = self.rng.choice(ATTRIBUTES[attr].states).format(v=value)
-            turns += [Message("user", text), Message("assistant", self.rng.choice(ACKS))]
+            a = ATTRIBUTES[attr]
+            text = self.rng.choice(a.states).format(v=value)
+            if self.rng.random() < 0.5:
+                ack = self.rng.choice(ECHO_ACKS).format(answer=a.answer.format(v=value))
+            else:
+                ack = self.rng.choice(ACKS)
+            turns += [Message("user", text), Message("assistant", ack)]
         return turns
 
     def _ask(self, attr: str, value: str | None) -> list[Message]:
