@@ -2,16 +2,10 @@
 
 Special tokens (ids fixed in this order, so every tokenizer trained here agrees on them):
 
-====  ===============  =====================================================
-id    token            meaning
-====  ===============  =====================================================
-0     ``<|pad|>``      padding; never predicted, never rendered by the template
-1     ``<|system|>``   opens a system turn
-2     ``<|user|>``     opens a user turn
-3     ``<|assistant|>``opens an assistant turn
-4     ``<|passage|>``  opens a passage fed for retrieval-augmented answers
-5     ``<|end|>``      closes any turn
-====  ===============  =====================================================
+- 0 ``<|pad|>``: padding; never predicted, never rendered by the template
+- 1 ``<|system|>``, 2 ``<|user|>``, 3 ``<|assistant|>``, 4 ``<|passage|>``: open a turn
+  (a passage turn holds a document fed for retrieval-augmented answers)
+- 5 ``<|end|>``: closes any turn
 
 The chat template (the only one; everything else calls :func:`ChatTokenizer.render`)::
 

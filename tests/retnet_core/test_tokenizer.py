@@ -128,3 +128,31 @@ def test_save_load(tok: ChatTokenizer, tmp_path) -> None:
     text = "Café 😀 <|end|>"
     assert again.encode(text) == tok.encode(text)
     assert again.render_ids(CHAT) == tok.render_ids(CHAT)
+
+
+def test_state_carried_turn_by_turn_matches_whole(tok: ChatTokenizer) -> None:
+    """The template's promise: feeding turns one at a time with the state carried
+    gives the same state and logits as feeding the rendered conversation at once."""
+    import torch
+
+    from retnet_core.config import RetNetConfig
+    from retnet_core.model import RetNetLM
+
+    torch.manual_seed(0)
+    model = (
+        RetNetLM(
+            RetNetConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, ffn_dim=64)
+        )
+        .double()
+        .eval()
+    )
+    whole = torch.tensor([tok.render_ids(CHAT)])
+    logits_all, state_all = model.prefill(whole, boundaries=tok.render(CHAT).boundaries[:-1])
+    state, pieces = None, []
+    for message in CHAT:
+        logits, state = model.prefill(torch.tensor([tok.render_turn(message)]), state=state)
+        pieces.append(logits)
+    assert torch.allclose(torch.cat(pieces, dim=1), logits_all, atol=1e-9)
+    assert torch.equal(state.position, state_all.position)
+    for a, b in zip(state.S, state_all.S, strict=True):
+        assert torch.allclose(a, b, atol=1e-9)
