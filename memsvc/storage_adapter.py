@@ -32,6 +32,7 @@ from storage.passages import PassageIn
 
 log = logging.getLogger("memsvc.store")
 REPLY_SUFFIX = ":reply"
+TIERS = ("local", "redis", "lru", "sql")  # storage's state tiers, hottest first
 
 
 @contextlib.contextmanager
@@ -254,7 +255,7 @@ class StorageStore(SlotAdmin, Store):
 
         Called under ``_tier_lock`` right after the load, so no other load interleaves.
         """
-        now = {t: self.metrics.value("state_reads", tier=t) for t in ("redis", "lru", "sql")}
+        now = {t: self.metrics.value("state_reads", tier=t) for t in TIERS}
         before, self._tier_counts = getattr(self, "_tier_counts", {}), now
         changed = [t for t in now if now[t] > before.get(t, 0.0)]
         return changed[0] if changed else "sql"

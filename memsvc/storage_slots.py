@@ -136,11 +136,10 @@ class SlotAdmin:
         passages = sum(
             len(d.passage_ids) for tid in tenants for d in self.passages.list_documents(tid)
         )
-        tiers = {
-            t: self.metrics.value("state_reads", tier=t) for t in ("redis", "lru", "sql", "miss")
-        }
+        names = ("local", "redis", "lru", "sql", "miss")
+        tiers = {t: self.metrics.value("state_reads", tier=t) for t in names}
         loads = sum(tiers.values())
-        hot = tiers["redis"] + tiers["lru"]
+        hot = tiers["local"] + tiers["redis"] + tiers["lru"]
         return {
             "tenants": len(tenants),
             "slots": sum(b["size"] for b in banks),

@@ -48,7 +48,7 @@ class LoadedState:
 
     data: bytes | None
     version: int
-    tier: str  # redis | lru | sql | miss
+    tier: str  # local | redis | lru | sql | miss
     position: int = 0  # tokens of history the state holds
 
 

@@ -35,7 +35,7 @@ def test_chat_turns_report_usage_and_persist_messages(api: Client) -> None:
     second = turn(api, sid, "And again", max_tokens=4)
     # the whole history came from the persisted state, none of it was re-read
     assert second["usage"]["cached_tokens"] == after_first["token_count"]
-    assert second["usage"]["state_source"] in ("redis", "lru", "sql")
+    assert second["usage"]["state_source"] in ("local", "redis", "lru", "sql")
     msgs = api("GET", f"/v1/sessions/{sid}/messages").json()["data"]
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
     assert msgs[0]["content"] == "Hello there" and msgs[2]["content"] == "And again"
