@@ -175,20 +175,20 @@ def markdown(report: dict) -> str:
             f"| {r['backend']} | {r['state']} | {r['bytes']:,} | {r['op']} | "
             f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} |"
         )
-    hot = [
-        r
-        for r in report["results"]
-        if r["backend"].endswith("redis")
-        and r["op"] == "load hot"
-        and r["bytes"] == max(SIZES.values())
-    ]
-    if hot:
-        ok = "meets" if hot[0]["p50_ms"] <= 2.0 else "misses"
-        lines += [
-            "",
-            f"Target: load ≤ 2 ms from Redis at the default size: p50 "
-            f"{hot[0]['p50_ms']:.3f} ms ({ok} it).",
+    lines.append("")
+    big = max(SIZES.values())
+    for op in ("load hot", "load local+version"):
+        hit = [
+            r
+            for r in report["results"]
+            if r["backend"].endswith("redis") and r["op"] == op and r["bytes"] == big
         ]
+        if hit:
+            ok = "meets" if hit[0]["p50_ms"] <= 2.0 else "misses"
+            lines.append(
+                f"- Target load ≤ 2 ms from Redis at the default size, {op}: "
+                f"p50 {hit[0]['p50_ms']:.3f} ms ({ok} it)."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +207,9 @@ def plot(report: dict, path: Path) -> None:
     )
     ax.axhline(2.0, color="grey", ls="--", lw=0.8, label="2 ms target (Redis load)")
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set(ylabel="ms", title="786 KB session state (default model): latency")
+    ax.set(
+        ylabel="ms (log scale)", yscale="log", title="786 KB session state (default model): latency"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
