@@ -6,14 +6,21 @@ control tokens and non-ASCII byte pieces get a zero logit, and every other token
 paired with its negation, so for any hidden state some printable token scores above
 zero (and, scaled up, far above the control tokens). Replies therefore run to
 ``max_tokens`` and always contain printable ASCII.
+
+:func:`talkative_server` starts it through the real CLI (``memsvc serve``), once per
+backend for all the integration modules (OpenAI client, LangChain, CLI).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
+import pytest
 import torch
 from server_util import Server
 from tiny_model import CORPUS
@@ -58,14 +65,48 @@ def make_talkative_checkpoint(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-@contextmanager
-def talkative_server(backend, tmp_path_factory, **env: str) -> Iterator[Server]:
-    """A live server on ``backend``'s databases running the talkative checkpoint.
+class CliServer(Server):
+    """A live server started the way users start it: ``memsvc serve`` (the CLI command)."""
 
-    It shares the backend's database and Redis with the suite's other servers (tests
-    isolate by tenant); ``env`` overrides settings (e.g. limits).
+    def start(self, timeout_s: float = 180.0) -> CliServer:
+        env = {**os.environ, **self.env, "MEMSVC_HOST": "127.0.0.1", "MEMSVC_PORT": str(self.port)}
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        argv = [sys.executable, "-m", "memsvc.cli", "serve", "--log-level", "warning"]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv, env=env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"memsvc serve exited early:\n{self.log.read_text()[-4000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(
+            f"memsvc serve not ready in {timeout_s}s:\n{self.log.read_text()[-4000:]}"
+        )
+
+
+_SERVERS: dict[str, CliServer] = {}
+
+
+def talkative_server(backend, tmp_path_factory, config: pytest.Config) -> CliServer:
+    """One ``memsvc serve`` per backend for every module that asks, stopped at session end.
+
+    It runs the talkative checkpoint on ``backend``'s databases, which it shares with
+    the suite's other servers (tests isolate by tenant).
     """
-    ckpt = make_talkative_checkpoint(tmp_path_factory.mktemp("talkative"))
-    settings = {**backend.env, "MEMSVC_MODEL_DIR": str(ckpt), **env}
-    with Server(settings, tmp_path_factory.mktemp("talkative-srv")) as srv:
-        yield srv
+    srv = _SERVERS.get(backend.name)
+    if srv is None or srv.proc is None or srv.proc.poll() is not None:
+        ckpt = make_talkative_checkpoint(tmp_path_factory.mktemp("talkative"))
+        env = {**backend.env, "MEMSVC_MODEL_DIR": str(ckpt)}
+        srv = CliServer(env, tmp_path_factory.mktemp("talkative-srv")).start()
+        config.add_cleanup(srv.stop)
+        _SERVERS[backend.name] = srv
+    return srv

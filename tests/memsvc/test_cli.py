@@ -25,10 +25,9 @@ BAD_PG = "postgresql+psycopg://x@127.0.0.1:9/x"
 
 
 @pytest.fixture(scope="module")
-def server(backend, tmp_path_factory):
-    """This module's own server: the talkative checkpoint on the shared backend."""
-    with talkative_server(backend, tmp_path_factory) as srv:
-        yield srv
+def server(backend, tmp_path_factory, pytestconfig):
+    """`memsvc serve` with the talkative checkpoint on the shared backend."""
+    return talkative_server(backend, tmp_path_factory, pytestconfig)
 
 
 @pytest.fixture

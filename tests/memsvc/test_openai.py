@@ -16,10 +16,9 @@ from memsvc.api.openai_schemas import SESSION_HEADER
 
 
 @pytest.fixture(scope="module")
-def server(backend, tmp_path_factory):
-    """This module's own server: the talkative checkpoint on the shared backend."""
-    with talkative_server(backend, tmp_path_factory) as srv:
-        yield srv
+def server(backend, tmp_path_factory, pytestconfig):
+    """`memsvc serve` with the talkative checkpoint on the shared backend."""
+    return talkative_server(backend, tmp_path_factory, pytestconfig)
 
 
 @pytest.fixture
