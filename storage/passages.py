@@ -143,15 +143,18 @@ class PassageManager:
         emb = as_matrix(embeddings, np.asarray(embeddings).shape[-1]) if len(passages) else None
         if emb is not None and emb.shape[0] != len(passages):
             raise ValueError("one embedding per passage")
-        dim = emb.shape[1] if emb is not None else None
-        got = self._bank(tenant_id, dim or 1)
-        assert got is not None
-        bank_id, ix = got
-        if dim is not None and dim != ix.dim:
-            raise StorageError(f"passage embeddings have dim {ix.dim}, not {dim}")
         doc = Document(
             id=new_id(), tenant_id=tenant_id, name=name, meta=meta or {}, created_at=utcnow()
         )
+        if emb is None:  # no passages: no bank needed (and no dimension to give it)
+            with self.db.write() as s:
+                s.add(doc)
+            return DocumentInfo(doc.id, doc.name, doc.meta, doc.created_at, [])
+        got = self._bank(tenant_id, emb.shape[1])
+        assert got is not None
+        bank_id, ix = got
+        if emb.shape[1] != ix.dim:
+            raise StorageError(f"passage embeddings have dim {ix.dim}, not {emb.shape[1]}")
         with self.db.write() as s:
             s.add(doc)
             rows = [

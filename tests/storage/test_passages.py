@@ -77,3 +77,11 @@ def test_deleting_tenant_empties_its_passage_index(store: Storage, tenant: str) 
     assert store.delete_tenant(tenant)
     assert ix.search(e[:1], 3)[1].tolist() == [[-1] * 3]
     assert store.passages.search(tenant, e[0], k=3) == []
+
+
+def test_empty_document_then_real_one(store: Storage, tenant: str) -> None:
+    empty = store.passages.add_document(tenant, "empty.txt", [], np.empty((0, 12), np.float32))
+    assert empty.passage_ids == []
+    e = embeddings(2)
+    d = store.passages.add_document(tenant, "b.txt", doc(2), e)
+    assert [h.id for h in store.passages.search(tenant, e[1], k=1)] == [d.passage_ids[1]]
