@@ -8,6 +8,7 @@ scheduler thread (the app's lifespan calls them).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,18 @@ class Services:
         )
 
     def start(self) -> None:
+        """Start the scheduler; load the embedder in the background (first RAG turn is fast)."""
         self.scheduler.start()
+        if self.settings.rag_enabled:
+            threading.Thread(
+                target=self._warm_embedder, name="memsvc-embedder", daemon=True
+            ).start()
+
+    def _warm_embedder(self) -> None:
+        try:
+            self.embedder.embed(["warm up"])
+        except Exception:  # a broken embedder shows up on the first document call instead
+            log.exception("embedder warm-up failed")
 
     def stop(self) -> None:
         self.scheduler.stop()

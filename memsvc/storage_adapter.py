@@ -157,12 +157,10 @@ class StorageStore(SlotAdmin, Store):
         return out[:limit]
 
     def delete_session(self, tenant_id: str, session_id: str) -> None:
-        """Messages and states go with the session row; session-scoped slots are evicted."""
+        """Messages, states (both tiers) and session-scoped slots go with the session."""
         with storage_errors():
-            if not self.sessions.delete(tenant_id, session_id):
+            if not self.storage.delete_session(tenant_id, session_id):
                 raise serr.NotFound(f"session {session_id} not found")
-        self.states.evict_hot(tenant_id, session_id)
-        self.forget_scope(tenant_id, "session", session_id)
 
     def get_message(self, tenant_id: str, session_id: str, message_id: str) -> MessageRec:
         """One message of the session; 404 when unknown, foreign or of another session."""

@@ -115,10 +115,6 @@ class SlotAdmin:
             self.slots.evict(tid, ids)
         return [rec.id for rec in recs]
 
-    def forget_scope(self, tenant_id: str, scope: str, ident: str) -> int:
-        """Evict every slot of one namespace (e.g. a deleted session's)."""
-        return self.slots.delete_namespace(tenant_id, f"{scope}:{ident}")
-
     def stats(self) -> dict[str, Any]:
         tenants = self._tenant_ids(None)
         banks = []

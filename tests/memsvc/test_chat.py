@@ -137,3 +137,24 @@ def test_delete_erases_messages_states_and_session_slots(
         client = redis.Redis.from_url(REDIS_URL)
         assert list(client.scan_iter(match=f"{backend.redis_prefix}*{sid}*")) == []
         client.close()
+
+
+def test_metrics_cover_latency_ttft_tokens_states_and_batches(api: Client, http) -> None:
+    sid = new_session(api)
+    turn(api, sid, "one")
+    turn(api, sid, "two")
+    text = http.get("/metrics").text
+    for name in (
+        "memsvc_request_latency_seconds_bucket",
+        "memsvc_time_to_first_token_seconds_count",
+        'memsvc_tokens_total{direction="in"}',
+        'memsvc_tokens_total{direction="out"}',
+        'memsvc_tokens_total{direction="cached"}',
+        "memsvc_decode_batch_size_count",
+        "memsvc_storage_state_reads_total",
+        'memsvc_turns_total{outcome="ok"}',
+    ):
+        assert name in text, name
+    ready = http.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"]["model"]["ok"]
+    assert ready["checks"]["database"]["ok"]
