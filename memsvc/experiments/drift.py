@@ -55,7 +55,7 @@ def run(out_dir: Path = harness.DEFAULT_OUT, full: bool = False, seed: int = 0) 
     harness.default_threads()
     dev = harness.device()
     n_facts, train_noise = 4, 0.5
-    steps = harness.budget(2500 if full else 700)
+    steps = harness.budget(2500 if full else 600)
     n_eval = harness.budget(400 if full else 100)
     rates = [0.0, 0.3, 0.6, 0.9]
     rows, curves = [], {}
