@@ -28,7 +28,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from storage.cache import CacheUnavailable, HotCache, RedisCache
 from storage.db import Database
@@ -173,11 +173,23 @@ class StateStore:
                 self.metrics.conflicts.labels("stale_version").inc()
                 self._invalidate(tenant_id, session_id)  # a stale hot copy may be why
                 raise StaleVersion(session_id, expected_version, current)
-            row = s.get(SessionState, session_id) or SessionState(session_id=session_id)
-            row.tenant_id, row.version, row.blob = tenant_id, state.version, blob
-            row.checksum, row.fingerprint, row.position = state.checksum, fingerprint, position
-            row.size, row.updated_at = len(blob), utcnow()
-            s.add(row)
+            # never read the old blob back: UPDATE, or INSERT when there is none yet (the
+            # session row lock / SQLite's write lock keeps this race-free)
+            values = {
+                "tenant_id": tenant_id,
+                "version": state.version,
+                "blob": blob,
+                "checksum": state.checksum,
+                "fingerprint": fingerprint,
+                "position": position,
+                "size": len(blob),
+                "updated_at": utcnow(),
+            }
+            res = s.execute(
+                update(SessionState).where(SessionState.session_id == session_id).values(values)
+            )
+            if res.rowcount == 0:
+                s.execute(insert(SessionState).values(session_id=session_id, **values))
         self.metrics.state_writes.inc()
         self._remember(tenant_id, state)
         self._put_hot(tenant_id, state)
