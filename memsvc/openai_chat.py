@@ -87,7 +87,9 @@ def split_request(req: ChatCompletionRequest) -> tuple[list[str], list[Pair], st
 
 def matches_history(prior: list[Pair], history: list[Pair]) -> bool:
     """True when ``prior`` is empty, the whole ``history``, or a suffix of it."""
-    return not prior or (len(prior) <= len(history) and history[len(history) - len(prior) :] == prior)
+    if not prior:
+        return True
+    return len(prior) <= len(history) and history[len(history) - len(prior) :] == prior
 
 
 def seed_prompt(system: list[str], prior: list[Pair]) -> str | None:
