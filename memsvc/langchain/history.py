@@ -35,7 +35,9 @@ class MemsvcChatMessageHistory(BaseChatMessageHistory):
     turn, which stored both messages) and skips them; a message the session does not
     hold cannot be inserted after the fact and raises ``ValueError``. :meth:`clear`
     deletes the session (messages, state, session-scoped memory) and starts a new, empty
-    one; ``session_id`` then names the new session.
+    one; ``session_id`` then names the new session. Without a ``session_id`` the
+    constructor creates a new session (``POST /v1/sessions``). ``base_url`` and
+    ``api_key`` default to ``MEMSVC_BASE_URL`` and ``MEMSVC_API_KEY``.
     """
 
     def __init__(
