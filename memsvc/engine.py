@@ -204,7 +204,10 @@ class Scheduler:
 
     def _emit_text(self, job: DecodeJob) -> None:
         """Send the new safe text; cut at the first stop sequence."""
-        text = self.runtime.tokenizer.decode(job.generated, skip_special=True)
+        # NUL cannot be stored in a PostgreSQL text column: show it as U+FFFD
+        text = self.runtime.tokenizer.decode(job.generated, skip_special=True).replace(
+            "\x00", "\ufffd"
+        )
         for stop in job.stops:
             at = text.find(stop)
             if at >= 0:

@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from memsvc.api.errors import Conflict, SessionBusy, TooLarge, Unavailable
+from memsvc.api.errors import BadRequest, Conflict, SessionBusy, TooLarge, Unavailable
 from memsvc.api.schemas import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
 from memsvc.config import Settings
 from memsvc.engine import DecodeJob, DoneEvent, ErrorEvent, Scheduler, TokenEvent, async_emitter
@@ -316,8 +316,12 @@ class TurnManager:
 
 def _as_api_error(exc: BaseException) -> Exception:
     """Known failures as API errors: a foreign state 409, a timeout 503; others unchanged."""
+    from sqlalchemy.exc import DataError
+
     from retnet_core.state import StateError
 
+    if isinstance(exc, DataError):
+        return BadRequest("a value of this turn cannot be stored; nothing was saved")
     if isinstance(exc, StateError):
         return Conflict(f"the session's saved state cannot be used by this model: {exc}")
     if isinstance(exc, TimeoutError):

@@ -1,7 +1,8 @@
 """ASGI middleware that answers 413 to request bodies over ``max_body_bytes``.
 
 It checks ``Content-Length`` first and, for chunked uploads, counts bytes as they
-arrive, so an oversized body is refused before it is parsed or stored.
+arrive, so an oversized body is refused before it is parsed or stored. It also refuses
+URLs carrying NUL characters (400), which no database column can hold.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             await self._refuse(send)
             return
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+            await _respond(send, 400, "bad_request", "NUL characters are not allowed in URLs")
+            return
         seen = 0
         started = False
 
@@ -58,10 +62,15 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Send) -> None:
         message = f"request body exceeds the limit of {self.max_bytes} bytes"
-        body = json.dumps(error_body(413, "too_large", message)).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _respond(send, 413, "too_large", message)
+
+
+async def _respond(send: Send, status: int, code: str, message: str) -> None:
+    """Send the uniform JSON error straight from the ASGI layer."""
+    body = json.dumps(error_body(status, code, message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -10,15 +10,35 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Id = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
 
 
+def _reject_nul(value: Any) -> Any:
+    """Walk a JSON value; NUL characters cannot be stored (PostgreSQL text) and are refused."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("strings must not contain NUL (\\u0000) characters")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _reject_nul(k)
+            _reject_nul(v)
+    elif isinstance(value, list):
+        for v in value:
+            _reject_nul(v)
+    return value
+
+
 class Strict(BaseModel):
-    """Base of every request body: unknown fields are rejected."""
+    """Base of every request body: unknown fields and NUL characters are rejected."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
 
 
 # ------------------------------------------------------------------ sessions
@@ -56,7 +76,7 @@ class MessageCreate(Strict):
     top_k: int = Field(default=0, ge=0)
     stop: list[str] | str | None = Field(default=None, validate_default=True)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=190)
     use_documents: bool = True
     use_memory: bool = True
 

@@ -107,6 +107,19 @@ def cases(sid: str) -> list[tuple[str, str, dict, int, str]]:
         ("POST", "/v1/search", {"json": {"query": "x", "threshold": 2}}, 422, "invalid_request"),
         ("POST", "/v1/search", {"json": {"query": BIG}}, 413, "too_large"),
         ("GET", "/v1/nothing-here", {}, 404, "not_found"),
+        ("POST", msgs, {"json": {"content": "nul \u0000 byte"}}, 422, "invalid_request"),
+        ("POST", "/v1/sessions", {"json": {"user_id": "a\u0000"}}, 422, "invalid_request"),
+        ("POST", "/v1/sessions", {"json": {"metadata": {"k": ["\u0000"]}}}, 422, "invalid_request"),
+        ("POST", "/v1/documents", {"json": {"text": "a\u0000b."}}, 422, "invalid_request"),
+        ("GET", "/v1/sessions/a%00b", {}, 400, "bad_request"),
+        ("GET", "/v1/sessions", {"params": {"user_id": "a\u0000"}}, 400, "bad_request"),
+        (
+            "POST",
+            msgs,
+            {"json": {"content": "hi", "idempotency_key": "k" * 191}},
+            422,
+            "invalid_request",
+        ),
         ("PUT", "/v1/sessions", {}, 405, "method_not_allowed"),
     ]
 
