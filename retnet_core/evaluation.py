@@ -101,6 +101,35 @@ def evaluate_lm(
 
 
 @torch.no_grad()
+def answer_scores(
+    logits_fn: LogitsFn,
+    tok: ChatTokenizer,
+    dialogues: Sequence[Sequence[Message]],
+    seq_len: int,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """How well the model reproduces each dialogue's final assistant turn.
+
+    ``exact``: share of dialogues whose whole final turn (content and ``<|end|>``) is
+    the teacher-forced argmax, which is exactly the condition for greedy decoding to
+    produce it, at the cost of one forward pass. ``token``: share of those tokens that
+    are right (partial credit, shows progress long before exact answers appear).
+    """
+    if not dialogues:
+        return {"exact": float("nan"), "token": float("nan")}
+    hits, right, total = 0, 0, 0
+    for i in range(0, len(dialogues), batch_size):
+        chunk = [render_supervised(tok, d, last_only=True) for d in dialogues[i : i + batch_size]]
+        x, y = pad_examples(chunk, seq_len, tok.pad_id)
+        x, y = x.to(device), y.to(device)
+        correct = logits_fn(x).argmax(-1) == y
+        scored = y != IGNORE_INDEX
+        hits += int(((correct | ~scored).all(dim=1) & scored.any(dim=1)).sum())
+        right, total = right + int((correct & scored).sum()), total + int(scored.sum())
+    return {"exact": hits / len(dialogues), "token": right / max(total, 1)}
+
+
 def answer_accuracy(
     logits_fn: LogitsFn,
     tok: ChatTokenizer,
@@ -109,24 +138,8 @@ def answer_accuracy(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
 ) -> float:
-    """Share of dialogues whose final assistant turn the model reproduces exactly.
-
-    Teacher-forced: every token of the final turn (content and ``<|end|>``) must be
-    the argmax given everything before it, which is exactly the condition for greedy
-    decoding to produce that turn, at the cost of one forward pass.
-    """
-    if not dialogues:
-        return float("nan")
-    hits = 0
-    for i in range(0, len(dialogues), batch_size):
-        chunk = [render_supervised(tok, d, last_only=True) for d in dialogues[i : i + batch_size]]
-        x, y = pad_examples(chunk, seq_len, tok.pad_id)
-        x, y = x.to(device), y.to(device)
-        pred = logits_fn(x).argmax(-1)
-        scored = y != IGNORE_INDEX
-        ok = ((pred == y) | ~scored).all(dim=1) & scored.any(dim=1)
-        hits += int(ok.sum())
-    return hits / len(dialogues)
+    """The ``exact`` rate of :func:`answer_scores`."""
+    return answer_scores(logits_fn, tok, dialogues, seq_len, batch_size, device)["exact"]
 
 
 def memory_off_dialogues(examples: Sequence[MemoryExample]) -> list[tuple[Message, ...]]:
@@ -146,7 +159,8 @@ def recall_report(
     seq_len: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Exact-answer rates on held-out examples by kind, without memory slots.
+    """Exact-answer rates (``<kind>``) and token accuracies (``<kind>_tokens``) on
+    held-out examples, without memory slots.
 
     ``recall_no_memory`` is the cross-session rate with the state reset and no memory:
     the floor a memory must beat (it should be near 0).
@@ -154,9 +168,9 @@ def recall_report(
     out: dict[str, float] = {}
     for kind in ("in_context", "passage"):
         if examples.get(kind):
-            out[kind] = answer_accuracy(
-                logits_fn, tok, in_session_dialogues(examples[kind]), seq_len, device=device
-            )
+            dialogues = in_session_dialogues(examples[kind])
+            scores = answer_scores(logits_fn, tok, dialogues, seq_len, device=device)
+            out[kind], out[f"{kind}_tokens"] = scores["exact"], scores["token"]
     if examples.get("recall"):
         off = memory_off_dialogues(examples["recall"])
         out["recall_no_memory"] = answer_accuracy(logits_fn, tok, off, seq_len, device=device)

@@ -9,7 +9,12 @@ import torch
 
 from retnet_core.data import Conversation, pack
 from retnet_core.dialogues import DialogueGenerator, ValuePools
-from retnet_core.evaluation import answer_accuracy, evaluate_lm, render_supervised
+from retnet_core.evaluation import (
+    answer_accuracy,
+    answer_scores,
+    evaluate_lm,
+    render_supervised,
+)
 from retnet_core.tokenizer import ChatTokenizer, Message
 
 
@@ -44,9 +49,12 @@ def _oracle(tok: ChatTokenizer, dialogues, corrupt: set[int] = frozenset()):
 
 def test_answer_accuracy_oracle(setup) -> None:
     tok, dialogues = setup
-    assert answer_accuracy(_oracle(tok, dialogues), tok, dialogues, seq_len=128) == 1.0
-    bad = answer_accuracy(_oracle(tok, dialogues, {0, 3, 5}), tok, dialogues, seq_len=128)
+    assert answer_accuracy(_oracle(tok, dialogues), tok, dialogues, seq_len=512) == 1.0
+    bad = answer_accuracy(_oracle(tok, dialogues, {0, 3, 5}), tok, dialogues, seq_len=512)
     assert bad == pytest.approx(9 / 12)
+    scores = answer_scores(_oracle(tok, dialogues, {0, 3, 5}), tok, dialogues, seq_len=512)
+    n_tokens = sum(len(tok.render_turn(d[-1])) - 1 for d in dialogues)
+    assert scores["token"] == pytest.approx(1 - 3 / n_tokens)
 
 
 def test_last_only_targets_the_final_turn(setup) -> None:
