@@ -229,12 +229,15 @@ class TurnManager:
     def _prefill(self, session, loaded, passages, req, max_new, emit, prep, accepted) -> DecodeJob:
         """Scheduler thread: passages (snapshots), then the user turn and ``<|assistant|>``."""
         tok = self.runtime.tokenizer
+        # empty banks read exactly zero: such turns decode with memory=None, so they can
+        # share batched steps with every other session (a bank is per tenant and scope)
+        reads = prep.banks if prep.banks and any(len(b) for b in prep.banks.values()) else None
         state = self.runtime.state_from_bytes(loaded.data) if loaded.data else None
         head: list[int] = []
         if state is None and session.system_prompt:
             head = tok.render_turn({"role": "system", "content": session.system_prompt})
         if head:
-            state = self.runtime.prefill(head, None, [len(head)], memory=prep.banks).state
+            state = self.runtime.prefill(head, None, [len(head)], memory=reads).state
         start_hash = self.runtime.state_hash(loaded.data or self._head_bytes(state))
         fed = self.feeder.feed(session.tenant_id, state, start_hash, passages) if passages else None
         if fed is not None:
@@ -257,7 +260,7 @@ class TurnManager:
         ids = user + tok.generation_prompt()
         capture: dict = {} if prep.banks else None
         offset = 0 if state is None else int(state.position.reshape(-1)[0])
-        out = self.runtime.prefill(ids, state, [len(user)], memory=prep.banks, capture=capture)
+        out = self.runtime.prefill(ids, state, [len(user)], memory=reads, capture=capture)
         if capture:
             prep.capture = TurnCapture(hidden=capture, span=(1, len(user) - 1), offset=offset)
         prep.prompt_tokens = len(head) + prep.passage_tokens + len(ids)
@@ -270,8 +273,8 @@ class TurnManager:
             max_new=max_new,
             stops=list(req.stop),
             emit=emit,
-            group=self.memory.group_key(session) if prep.banks else "",
-            memory=prep.banks,
+            group=self.memory.group_key(session) if reads else "",
+            memory=reads,
             started=accepted,
         )
 
