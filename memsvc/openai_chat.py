@@ -27,7 +27,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import ValidationError
 
 from memsvc.api.errors import ApiError, NotFound, Unprocessable
 from memsvc.api.openai_schemas import (
@@ -44,6 +48,7 @@ from memsvc.api.openai_schemas import (
 from memsvc.api.schemas import MessageCreate, SessionCreate, TurnOut
 from memsvc.services import Services
 
+T = TypeVar("T")
 SEED_KEY = "openai_seed"
 SYSTEM_ROLES = {"system", "developer"}
 _STARTED = int(time.time())
@@ -101,6 +106,17 @@ def seed_prompt(system: list[str], prior: list[Pair]) -> str | None:
     return "\n\n".join(parts) or None
 
 
+def build(factory: Callable[..., T], **fields) -> T:
+    """A session-API body from mapped fields; what it refuses is the client's 422."""
+    try:
+        return factory(**fields)
+    except ValidationError as exc:
+        details = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        raise Unprocessable("request cannot be mapped onto a memsvc turn", details=details) from exc
+
+
 def finish_reason(turn: TurnOut) -> str:
     """memsvc's finish reasons in OpenAI's words (a stop sequence is a ``stop``)."""
     return "length" if turn.finish_reason == "length" else "stop"
@@ -153,7 +169,8 @@ class OpenAIChat:
     async def _create(
         self, tenant_id: str, req: ChatCompletionRequest, system: list[str], prior: list[Pair]
     ) -> str:
-        body = SessionCreate(
+        body = build(
+            SessionCreate,
             user_id=req.user,
             system_prompt=seed_prompt(system, prior),
             metadata={SEED_KEY: [list(p) for p in prior], "source": "openai"},
@@ -179,7 +196,8 @@ class OpenAIChat:
 
     def _body(self, req: ChatCompletionRequest, content: str) -> MessageCreate:
         """The session-API turn body for this request (OpenAI defaults: temperature 1)."""
-        return MessageCreate(
+        return build(
+            MessageCreate,
             content=content,
             stream=req.stream,
             max_tokens=req.new_tokens(),

@@ -9,14 +9,35 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MODEL_ID = "memsvc"
 SESSION_HEADER = "X-Memsvc-Session"
 
 
+def _no_nul(value: Any) -> Any:
+    """Refuse NUL characters anywhere in a JSON value (PostgreSQL text cannot hold them)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("strings must not contain NUL (\\u0000) characters")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k)
+            _no_nul(v)
+    elif isinstance(value, list):
+        for v in value:
+            _no_nul(v)
+    return value
+
+
 class _Strict(BaseModel):
+    """Unknown fields and NUL characters are rejected (422)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_nul(cls, data: Any) -> Any:
+        return _no_nul(data)
 
 
 class TextPart(_Strict):

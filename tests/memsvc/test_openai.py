@@ -186,6 +186,11 @@ def test_bad_requests(client, backend) -> None:
         )
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model="memsvc", messages=user, temperature=3)
+    for content in ("", "nul \x00 inside"):  # refused by the turn body / by the schema
+        with pytest.raises(openai.UnprocessableEntityError):
+            client.chat.completions.create(
+                model="memsvc", messages=[{"role": "user", "content": content}]
+            )
     with pytest.raises(openai.APIStatusError) as big:
         client.chat.completions.create(model="memsvc", messages=user, max_tokens=10_000)
     assert big.value.status_code == 413
