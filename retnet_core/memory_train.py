@@ -138,7 +138,8 @@ def cross_session_eval(
     seq_len: int = 256,
     batch_size: int = 16,
 ) -> dict[str, float]:
-    """Exact final-answer rate with memory on, per multi-session kind (``memory_<kind>``).
+    """Exact final-answer rate with memory on, per multi-session kind (``memory_<kind>``),
+    and the share of answer tokens right (``memory_<kind>_tokens``).
 
     Teacher-forced argmax over the whole final turn, i.e. what greedy decoding outputs.
     """
@@ -147,11 +148,13 @@ def cross_session_eval(
         exs = [ex for ex in exs if len(ex.sessions) >= 2]
         if not exs:
             continue
-        hits = 0
+        hits, right, total = 0, 0, 0
         for i in range(0, len(exs), batch_size):
             logits, labels = write_and_ask(model, tok, exs[i : i + batch_size], device, seq_len)
             scored = labels != IGNORE_INDEX
-            ok = ((logits.argmax(-1) == labels) | ~scored).all(1) & scored.any(1)
-            hits += int(ok.sum())
+            correct = logits.argmax(-1) == labels
+            hits += int(((correct | ~scored).all(1) & scored.any(1)).sum())
+            right, total = right + int((correct & scored).sum()), total + int(scored.sum())
+        out[f"memory_{kind}_tokens"] = right / max(total, 1)
         out[f"memory_{kind}"] = hits / len(exs)
     return out
