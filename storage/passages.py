@@ -38,6 +38,16 @@ class PassageIn:
 
 
 @dataclass(frozen=True)
+class PassageInfo:
+    id: int
+    document_id: str
+    ordinal: int
+    text: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class PassageHit:
     id: int
     document_id: str
@@ -199,18 +209,19 @@ class PassageManager:
             if i in by_id
         ]
 
-    def get_passages(self, tenant_id: str, ids: Sequence[int]) -> list[Passage]:
-        """The tenant's passages by id (detached rows), in id order."""
+    def get_passages(self, tenant_id: str, ids: Sequence[int]) -> list[PassageInfo]:
+        """The tenant's passages by id, in id order (others' ids are left out)."""
         if not ids:
             return []
         with self.db.read() as s:
-            return list(
-                s.scalars(
-                    select(Passage)
-                    .where(Passage.tenant_id == tenant_id, Passage.id.in_([int(i) for i in ids]))
-                    .order_by(Passage.id)
-                ).all()
-            )
+            rows = s.scalars(
+                select(Passage)
+                .where(Passage.tenant_id == tenant_id, Passage.id.in_([int(i) for i in ids]))
+                .order_by(Passage.id)
+            ).all()
+            return [
+                PassageInfo(r.id, r.document_id, r.ordinal, r.text, r.start, r.end) for r in rows
+            ]
 
     def list_documents(self, tenant_id: str) -> list[DocumentInfo]:
         """The tenant's documents with their passage ids."""
