@@ -140,7 +140,7 @@ def tenant_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON
 
     table = Table("id", "name", "keys", "created")
     for row in rows:
-        keys = ", ".join(str(p) for p in row.get("key_prefixes") or row.get("keys") or [])
+        keys = ", ".join(f"{prefix}…" for prefix in row.get("keys") or [])
         table.add_row(str(row.get("id")), str(row.get("name")), keys, str(row.get("created_at")))
     Console().print(table)
 
