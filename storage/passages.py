@@ -209,6 +209,10 @@ class PassageManager:
             if i in by_id
         ]
 
+    def has_passages(self, tenant_id: str) -> bool:
+        """Whether the tenant ever stored a passage (its passage bank exists)."""
+        return self._bank(tenant_id, None) is not None
+
     def get_passages(self, tenant_id: str, ids: Sequence[int]) -> list[PassageInfo]:
         """The tenant's passages by id, in id order (others' ids are left out)."""
         if not ids:

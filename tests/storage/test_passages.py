@@ -81,7 +81,8 @@ def test_deleting_tenant_empties_its_passage_index(store: Storage, tenant: str) 
 
 def test_empty_document_then_real_one(store: Storage, tenant: str) -> None:
     empty = store.passages.add_document(tenant, "empty.txt", [], np.empty((0, 12), np.float32))
-    assert empty.passage_ids == []
+    assert empty.passage_ids == [] and not store.passages.has_passages(tenant)
     e = embeddings(2)
     d = store.passages.add_document(tenant, "b.txt", doc(2), e)
+    assert store.passages.has_passages(tenant)
     assert [h.id for h in store.passages.search(tenant, e[1], k=1)] == [d.passage_ids[1]]
