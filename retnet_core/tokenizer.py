@@ -138,8 +138,8 @@ class ChatTokenizer:
         """Write ``tokenizer.json`` (into ``path`` if it is a directory); returns the file."""
         path = Path(path)
         if path.is_dir() or path.suffix != ".json":
-            path.mkdir(parents=True, exist_ok=True)
             path = path / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(path))
         return path
 

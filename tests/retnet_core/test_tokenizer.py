@@ -128,6 +128,8 @@ def test_save_load(tok: ChatTokenizer, tmp_path) -> None:
     text = "Café 😀 <|end|>"
     assert again.encode(text) == tok.encode(text)
     assert again.render_ids(CHAT) == tok.render_ids(CHAT)
+    nested = tok.save(tmp_path / "new" / "dir" / "tok.json")  # parents are created
+    assert ChatTokenizer.load(nested).encode(text) == tok.encode(text)
 
 
 def test_state_carried_turn_by_turn_matches_whole(tok: ChatTokenizer) -> None:
