@@ -158,3 +158,30 @@ def test_metrics_cover_latency_ttft_tokens_states_and_batches(api: Client, http)
     ready = http.get("/readyz").json()
     assert ready["status"] == "ready" and ready["checks"]["model"]["ok"]
     assert ready["checks"]["database"]["ok"]
+
+
+def _multi_session_steps(http) -> float:
+    """Decode steps so far that advanced more than one session (from /metrics)."""
+    total = one = 0.0
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("memsvc_decode_batch_size_count"):
+            total = float(line.split()[-1])
+        elif line.startswith('memsvc_decode_batch_size_bucket{le="1.0"}'):
+            one = float(line.split()[-1])
+    return total - one
+
+
+def test_concurrent_sessions_share_decode_steps(api: Client, http) -> None:
+    """Continuous batching: turns of different sessions join the same decode steps."""
+    body = {"content": "Tell me a long story", "max_tokens": 32, "stream": True}
+    for _attempt in range(3):
+        before = _multi_session_steps(http)
+        sids = [new_session(api, memory_scope="none") for _ in range(6)]
+        with cf.ThreadPoolExecutor(len(sids)) as pool:
+            replies = list(
+                pool.map(lambda s: api("POST", f"/v1/sessions/{s}/messages", json=body), sids)
+            )
+        assert all(r.status_code == 200 and sse_events(r.text)[-1][0] == "done" for r in replies)
+        if _multi_session_steps(http) > before:
+            return
+    raise AssertionError("six concurrent turns never shared a decode step")
