@@ -147,7 +147,7 @@ def tenant_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON
 
 @tenant_app.command("revoke")
 def tenant_revoke(tenant_id: Annotated[str, typer.Argument(help="the tenant's id")]) -> None:
-    """Revoke every API key of a tenant (its data stays; create a new key to re-enable)."""
+    """Revoke every API key of a tenant: its requests get 401 from now on (its data stays)."""
     from memsvc.tenants_cli import tenant_revoke as revoke
 
     count = revoke(tenant_id)
