@@ -222,6 +222,36 @@ def evaluate_checkpoint(
     return out
 
 
+def plot_log(log: str | Path, png: str | Path) -> Path:
+    """Draw a run's log.jsonl as a PNG: training loss per step and validation loss.
+
+    For the model card; matplotlib is imported here only (training never needs it).
+    """
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    train = [(r["step"], r.get("lm_loss", r["loss"])) for r in rows if "loss" in r]
+    val = [(r["step"], r["eval"]["loss"]) for r in rows if "eval" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train (LM loss)", linewidth=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation", linewidth=2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return Path(png)
+
+
 def eval_cli(
     checkpoint: Path,
     split: str = "test",

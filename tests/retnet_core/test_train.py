@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from retnet_core.baseline import TransformerConfig, TransformerLM, match_ffn, param_count
-from retnet_core.evaluation import evaluate_checkpoint
+from retnet_core.evaluation import evaluate_checkpoint, plot_log
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer
 from retnet_core.train import TrainConfig, cli, load_config, lr_at, train
@@ -159,3 +159,9 @@ def test_bf16_chunkwise_run(tmp_path) -> None:
     result = train(cfg)
     assert math.isfinite(result["eval"]["loss"])
     assert all(math.isfinite(r["loss"]) for r in _log(tmp_path) if "loss" in r)
+
+
+def test_plot_log(tiny_run, tmp_path) -> None:
+    _, out, _ = tiny_run
+    png = plot_log(out / "log.jsonl", tmp_path / "loss.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
