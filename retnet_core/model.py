@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retnet_core.config import RetNetConfig
@@ -37,6 +38,13 @@ from retnet_core.state import STATE_FORMAT_VERSION, RecurrentState, StateError, 
 __all__ = ["RetNetLM"]
 
 Memory = Mapping[int, Any] | None  # layer index -> SlotStore (or TensorBank in training)
+
+
+def _linear_add(x: Tensor, a: Tensor, lin: nn.Linear) -> Tensor:
+    """x + lin(a) in one op when there is no bias (addmm accumulates onto x)."""
+    if lin.bias is None and x.dim() == 2:
+        return torch.addmm(x, a, lin.weight.t())
+    return x + lin(a)
 
 
 def _version(t: Tensor) -> int:
@@ -251,12 +259,98 @@ class RetNetLM(nn.Module):
     def step(
         self, tokens: Tensor, state: RecurrentState, memory: Memory = None
     ) -> tuple[Tensor, RecurrentState]:
-        """One token per sequence through the recurrent form. tokens (B,) -> logits (B, V)."""
+        """One token per sequence through the recurrent form. tokens (B,) -> logits (B, V).
+
+        Decoding is bound by reading the weights once per token, so the common case (CPU,
+        no memory layers, retention_norm "none"/"decay", no dropout) runs
+        :meth:`_fast_step`: the same function in a few fused ops per layer. Everything
+        else runs the generic per-module path below (the reference).
+        """
         b = tokens.shape[0]
         fp = self.check_state(state, b)
+        if self._fast_ok():
+            return self._fast_step(tokens, state, fp)
         ctx = self._context(state.position[:, None], "step")
         hidden, layers = self._run(tokens[:, None], ctx, state, memory, None)
         return self.head(hidden[:, 0]), self._pack(layers, state.position + 1, fp)
+
+    # ---- the decode fast path ------------------------------------------------------------
+    def _fast_ok(self) -> bool:
+        c = self.config
+        return (
+            self.device.type == "cpu"  # CUDA keeps the fla_ops seam of the generic path
+            and not c.memory_layers
+            and c.retention_norm != "torchscale"
+            and (c.dropout == 0.0 or not self.training)
+        )
+
+    def _step_rotation(self, position: Tensor) -> Tensor:
+        """[q; k] multipliers (B, 2, H, D_k/2) complex: q gets e^{ipθ}/δ_h, k e^{ipθ}/√D_k.
+
+        One complex product then applies the rotation θ_p, the key scale 1/√D_k and the
+        denominator δ (a per-row divisor of o = q S, hence of q: o/δ = (q/δ) S). Formed in
+        float64 (phases and δ), then cast to the state's complex dtype.
+        """
+        c = self.config
+        log_decay, angles = self._decay_and_angles()
+        phase = position.to(torch.float64)[:, None, None] * angles  # (B, 1, D_k/2)
+        rot = torch.polar(torch.ones_like(phase), phase)
+        k_rot = rot * c.key_dim**-0.5
+        if c.retention_norm == "none":
+            q_rot = rot.expand(-1, c.n_heads, -1)
+        else:
+            ld = log_decay.to(torch.float64)
+            delta = retention_denominator("decay", ld, position[:, None])  # (B, H, 1)
+            q_rot = rot / delta
+        both = torch.stack([q_rot, k_rot.expand_as(q_rot)], dim=1)
+        return both.to(torch.complex128 if self.state_dtype == torch.float64 else torch.complex64)
+
+    def _fast_step(
+        self, tokens: Tensor, state: RecurrentState, fingerprint: Any
+    ) -> tuple[Tensor, RecurrentState]:
+        """:meth:`step` in a few ops per layer (see ``layers`` for the equations).
+
+        Per layer: RMSNorm; [q; k; v; g] = one matmul; one complex product rotates and
+        scales q and k (:meth:`_step_rotation`); S' = γ S + kᵀ v (addcmul), o = q S';
+        head norm; swish gate; output projection fused with the residual (addmm);
+        then the FFN, its output projection fused with the residual too. The input
+        state is never modified.
+        """
+        c = self.config
+        h, dk, dv = c.n_heads, c.key_dim, c.head_value_dim
+        sdt = self.state_dtype
+        gamma = self._step_gamma()
+        rot = self._step_rotation(state.position)
+        x = self._embed(tokens)  # (B, d)
+        d, vd = c.d_model, c.value_dim
+        new_s = []
+        for i, block in enumerate(self.blocks):
+            attn = block.retention
+            p = F.linear(block.retention_norm(x), attn.in_proj.weight, attn.in_proj.bias)
+            p = p.to(sdt)
+            qk = torch.view_as_complex(p[:, : 2 * d].unflatten(-1, (2, h, dk // 2, 2)))
+            qk = torch.view_as_real(qk * rot).flatten(-2)  # (B, 2, H, D_k)
+            v = p[:, 2 * d : 2 * d + vd].unflatten(-1, (h, dv))
+            s = torch.addcmul(qk[:, 1, :, :, None] * v[:, :, None, :], state.S[i], gamma)
+            o = torch.matmul(qk[:, 0, :, None, :], s).flatten(1, 2)  # (B, H, D_v)
+            o = attn._normalise_heads(o).flatten(1).to(x.dtype)
+            o = F.silu(p[:, 2 * d + vd :].to(x.dtype)) * o
+            x = _linear_add(x, o, attn.out_proj)
+            new_s.append(s)
+            ffn = block.ffn
+            a = F.linear(block.ffn_norm(x), ffn.w_in.weight, ffn.w_in.bias)
+            a, gate = a.chunk(2, dim=-1)
+            x = _linear_add(x, ffn.act(a) * gate, ffn.w_out)
+        logits = self.head(self.norm(x))
+        return logits, RecurrentState(new_s, None, state.position + 1, fingerprint)
+
+    def _step_gamma(self) -> Tensor:
+        """γ_h as (H, 1, 1) in the state dtype (cached with the other tables)."""
+        key = ("gamma", self.device, self.state_dtype)
+        if key not in self._tables:
+            log_decay, _ = self._decay_and_angles()
+            self._tables[key] = torch.exp(log_decay)[:, None, None]
+        return self._tables[key]
 
     def _pack(self, layers: list, position: Tensor, fingerprint: Any) -> RecurrentState:
         s = [st[0] for st in layers]
