@@ -156,6 +156,12 @@ class TurnManager:
             await run_in_threadpool(lock.__exit__, None, None, None)
 
     async def _run_locked(self, turn, session, req, max_new, accepted) -> TurnOut:
+        if req.idempotency_key:  # committed while we waited for the lock: replay, not redo
+            done = await run_in_threadpool(
+                self.store.find_turn, session.tenant_id, session.id, req.idempotency_key
+            )
+            if done is not None:
+                return self._replayed(session, *done)
         loaded: LoadedState = await run_in_threadpool(
             self.store.load_state, session.tenant_id, session.id
         )
@@ -187,9 +193,7 @@ class TurnManager:
             assistant_tokens=len(done.token_ids),
         )
         user_msg, bot_msg = await run_in_threadpool(self.store.commit_turn, commit)
-        writes = 0
-        if prep.banks:
-            writes = await self.memory.after_turn(prep.banks, prep.capture, user_msg, req.content)
+        writes = await self._write_memory(prep, user_msg, req.content)
         self._count_tokens(prep, done, loaded)
         usage = Usage(
             prompt_tokens=prep.prompt_tokens,
@@ -210,6 +214,16 @@ class TurnManager:
             usage=usage,
             passages=prep.passages,
         )
+
+    async def _write_memory(self, prep: Prepared, user_msg: Any, text: str) -> int:
+        """End-of-turn slot write; the turn is already durable, so a failure only logs."""
+        if not prep.banks:
+            return 0
+        try:
+            return await self.memory.after_turn(prep.banks, prep.capture, user_msg, text)
+        except Exception:
+            log.exception("memory write after message %s failed", user_msg.id)
+            return 0
 
     async def _retrieve(self, session: SessionRec, req: MessageCreate) -> list[RetrievedPassage]:
         """Top-k passages above the threshold for this message (empty when RAG is off)."""

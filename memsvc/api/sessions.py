@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from memsvc.api.deps import Svc, Tenant
+from memsvc.api.errors import ApiError
 from memsvc.api.schemas import (
     FeedbackIn,
     FeedbackOut,
@@ -23,7 +24,6 @@ from memsvc.api.schemas import (
 from memsvc.engine import TokenEvent
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
-SessionId = str
 
 
 @router.post("", response_model=SessionOut, status_code=201)
@@ -44,20 +44,20 @@ async def list_sessions(
 
 
 @router.get("/{session_id}", response_model=SessionOut)
-async def get_session(session_id: SessionId, tenant: Tenant, services: Svc) -> SessionOut:
+async def get_session(session_id: str, tenant: Tenant, services: Svc) -> SessionOut:
     """One session (404 when unknown or another tenant's)."""
     return await services.sessions.get(tenant, session_id)
 
 
 @router.delete("/{session_id}", status_code=204)
-async def delete_session(session_id: SessionId, tenant: Tenant, services: Svc) -> None:
+async def delete_session(session_id: str, tenant: Tenant, services: Svc) -> None:
     """Erase the session's messages, states and session-scoped memory slots."""
     await services.sessions.delete(tenant, session_id)
 
 
 @router.get("/{session_id}/messages", response_model=MessageList)
 async def list_messages(
-    session_id: SessionId,
+    session_id: str,
     tenant: Tenant,
     services: Svc,
     limit: int = Query(default=200, ge=1, le=10_000),
@@ -71,7 +71,7 @@ async def list_messages(
     response_model=TurnOut,
     responses={200: {"content": {"text/event-stream": {}}}, 409: {}, 413: {}},
 )
-async def post_message(session_id: SessionId, body: MessageCreate, tenant: Tenant, services: Svc):
+async def post_message(session_id: str, body: MessageCreate, tenant: Tenant, services: Svc):
     """One turn: the reply and usage; with ``stream: true`` Server-Sent Events.
 
     SSE events: ``delta`` ({"text"}) per piece of the reply, then ``done`` (the same body
@@ -89,8 +89,6 @@ async def post_message(session_id: SessionId, body: MessageCreate, tenant: Tenan
 
 async def _sse(events: AsyncIterator[object]) -> AsyncIterator[str]:
     """Engine events → SSE frames."""
-    from memsvc.api.errors import ApiError
-
     async for event in events:
         if isinstance(event, TokenEvent):
             yield f"event: delta\ndata: {json.dumps({'text': event.text})}\n\n"
@@ -103,16 +101,14 @@ async def _sse(events: AsyncIterator[object]) -> AsyncIterator[str]:
 
 
 @router.post("/{session_id}/feedback", response_model=FeedbackOut)
-async def feedback(
-    session_id: SessionId, body: FeedbackIn, tenant: Tenant, services: Svc
-) -> FeedbackOut:
+async def feedback(session_id: str, body: FeedbackIn, tenant: Tenant, services: Svc) -> FeedbackOut:
     """Remember, forget, or rate a reply; it drives the memory write gate."""
     return await services.memory.feedback(tenant, session_id, body)
 
 
 @router.get("/{session_id}/logits", response_model=LogitsOut, tags=["debug"])
 async def next_logits(
-    session_id: SessionId,
+    session_id: str,
     tenant: Tenant,
     services: Svc,
     top: int = Query(default=10, ge=1, le=100),

@@ -22,6 +22,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from tiny_model import make_tiny_checkpoint
 
+# Bind the real package now, before pytest puts tests/ on sys.path (for tests/test_*.py),
+# where the tests/storage/ folder would shadow it as a namespace package.
+import storage  # noqa: F401
 from memsvc.config import Settings
 from memsvc.tenants_cli import tenant_create
 
