@@ -114,9 +114,8 @@ def make_backend(name: str, tmp: Path, checkpoint: Path) -> Iterator[Backend]:
         "MEMSVC_ADMIN_KEY": ADMIN_KEY,
         "MEMSVC_DEVICE": "cpu",
     }
-    if name == "sqlite":
+    if name == "sqlite":  # the embedded default: no database URL, no Redis, only a data dir
         url = f"sqlite:///{tmp / 'data' / 'memsvc.db'}"
-        env["MEMSVC_DATABASE_URL"] = url
         yield Backend(name, env, url, None)
         return
     for url in _pg_database():

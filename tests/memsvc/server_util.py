@@ -34,7 +34,8 @@ class Server:
         self.log = workdir / f"server-{self.port}.log"
 
     def start(self, timeout_s: float = 180.0) -> Server:
-        env = {**os.environ, **self.env, "MEMSVC_HOST": "127.0.0.1", "MEMSVC_PORT": str(self.port)}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("MEMSVC_")}
+        env = {**inherited, **self.env, "MEMSVC_HOST": "127.0.0.1", "MEMSVC_PORT": str(self.port)}
         env.update(
             {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         )
