@@ -134,7 +134,7 @@ class MemoryManager:
     # ------------------------------------------------------------------ feedback
     async def feedback(self, tenant_id: str, session_id: str, body: FeedbackIn) -> FeedbackOut:
         """remember (text or message) / forget (message or text) / rating (message)."""
-        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id)
+        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id, False)
         message = None
         if body.message_id is not None:
             message = await run_in_threadpool(

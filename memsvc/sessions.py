@@ -76,7 +76,7 @@ class SessionManager:
 
     async def delete(self, tenant_id: str, session_id: str) -> None:
         """Erase messages, states and session-scoped slots (waits for a running turn)."""
-        await run_in_threadpool(self.store.get_session, tenant_id, session_id)
+        await run_in_threadpool(self.store.get_session, tenant_id, session_id, False)
         lock = self.store.session_lock(tenant_id, session_id, max(self.settings.lock_wait_s, 30.0))
         await run_in_threadpool(lock.__enter__)
         try:
@@ -101,7 +101,7 @@ class SessionManager:
 
     async def next_logits(self, tenant_id: str, session_id: str, top: int) -> LogitsOut:
         """Logits after feeding ``<|assistant|>`` to a copy of the persisted state."""
-        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id)
+        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id, False)
         loaded = await run_in_threadpool(self.store.load_state, tenant_id, session_id)
         if loaded.data is None:
             raise NotFound(f"session {session_id} has no state yet (no turn was taken)")
@@ -116,7 +116,7 @@ class SessionManager:
         return LogitsOut(
             session_id=session.id,
             version=loaded.version,
-            position=session.token_count,
+            position=loaded.position,
             top=[(int(i), float(v)) for i, v in zip(ids, values, strict=True)],
             logits_sha256=logits_digest(logits),
         )

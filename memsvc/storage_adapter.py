@@ -128,12 +128,20 @@ class StorageStore(SlotAdmin, Store):
         info = self.sessions.create(tenant_id, user_id=internal, meta=meta)
         return self._rec(info, 0)
 
-    def get_session(self, tenant_id: str | None, session_id: str) -> SessionRec:
+    def get_session(
+        self, tenant_id: str | None, session_id: str, with_position: bool = True
+    ) -> SessionRec:
+        """The session; ``with_position`` also reads its state for ``token_count``.
+
+        Turns pass False: they load the state themselves, and an extra load here would
+        both cost a read and make the next load look like a hot-tier hit.
+        """
         with storage_errors():
             if tenant_id is None:
                 tenant_id = self._owner(session_id)
             info = self.sessions.get(tenant_id, session_id)
-            return self._rec(info, self._position(tenant_id, session_id))
+            position = self._position(tenant_id, session_id) if with_position else None
+            return self._rec(info, position)
 
     def _owner(self, session_id: str) -> str:
         """Tenant of a session (admin lookups across tenants)."""

@@ -103,7 +103,7 @@ class TurnManager:
     async def start(self, tenant_id: str, session_id: str, req: MessageCreate) -> Turn:
         """Validate, then either replay a committed turn or start a new one."""
         max_new = self.check_limits(req)
-        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id)
+        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id, False)
         turn = Turn(queue=asyncio.Queue())
         if req.idempotency_key:
             done = await run_in_threadpool(
@@ -318,7 +318,7 @@ class TurnManager:
             prompt_tokens=0,
             completion_tokens=0,
             total_tokens=0,
-            cached_tokens=session.token_count,
+            cached_tokens=0,
             state_source="replay",
         )
         return TurnOut(
