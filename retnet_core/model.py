@@ -72,6 +72,7 @@ class RetNetLM(nn.Module):
         self._tables: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._weights: list[tuple[str, Tensor]] | None = None
         self._fingerprint: tuple[tuple, str] | None = None
+        self._compiled_layers: Any = None  # see compile_step
 
     # ---- fixed tables and dtypes ----------------------------------------------------------
     @property
@@ -316,22 +317,39 @@ class RetNetLM(nn.Module):
         then the FFN, its output projection fused with the residual too. The input
         state is never modified.
         """
-        c = self.config
-        h, dk, dv = c.n_heads, c.key_dim, c.head_value_dim
-        sdt = self.state_dtype
-        gamma = self._step_gamma()
         rot = self._step_rotation(state.position)
         x = self._embed(tokens)  # (B, d)
+        if self._compiled_layers is None:
+            logits, new_s = self._step_layers(x, rot, self._step_gamma(), list(state.S))
+        else:  # rot as (..., 2) real pairs: inductor generates no code for complex ops
+            rot = torch.view_as_real(rot)
+            logits, new_s = self._compiled_layers(x, rot, self._step_gamma(), list(state.S))
+        return logits, RecurrentState(new_s, None, state.position + 1, fingerprint)
+
+    def _step_layers(
+        self, x: Tensor, rot: Tensor, gamma: Tensor, states: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The blocks and head of :meth:`_fast_step`: x (B, d), rot of
+        :meth:`_step_rotation` (complex, or its ``view_as_real``), γ (H, 1, 1), S per
+        layer -> logits (B, V), new S per layer. A pure function of its tensors (what
+        :meth:`compile_step` compiles)."""
+        c = self.config
+        h, dk, dv = c.n_heads, c.key_dim, c.head_value_dim
         d, vd = c.d_model, c.value_dim
+        sdt = gamma.dtype
         new_s = []
-        for i, block in enumerate(self.blocks):
+        for block, s_old in zip(self.blocks, states, strict=True):
             attn = block.retention
             p = F.linear(block.retention_norm(x), attn.in_proj.weight, attn.in_proj.bias)
             p = p.to(sdt)
-            qk = torch.view_as_complex(p[:, : 2 * d].unflatten(-1, (2, h, dk // 2, 2)))
-            qk = torch.view_as_real(qk * rot).flatten(-2)  # (B, 2, H, D_k)
+            pairs = p[:, : 2 * d].unflatten(-1, (2, h, dk // 2, 2))
+            if rot.is_complex():  # eager: one complex product
+                qk = torch.view_as_real(torch.view_as_complex(pairs) * rot).flatten(-2)
+            else:  # compiled: the same product in real arithmetic (inductor fuses it)
+                a, b, re, im = pairs[..., 0], pairs[..., 1], rot[..., 0], rot[..., 1]
+                qk = torch.stack([a * re - b * im, a * im + b * re], dim=-1).flatten(-2)
             v = p[:, 2 * d : 2 * d + vd].unflatten(-1, (h, dv))
-            s = torch.addcmul(qk[:, 1, :, :, None] * v[:, :, None, :], state.S[i], gamma)
+            s = torch.addcmul(qk[:, 1, :, :, None] * v[:, :, None, :], s_old, gamma)
             o = torch.matmul(qk[:, 0, :, None, :], s).flatten(1, 2)  # (B, H, D_v)
             o = attn._normalise_heads(o).flatten(1).to(x.dtype)
             o = F.silu(p[:, 2 * d + vd :].to(x.dtype)) * o
@@ -341,8 +359,19 @@ class RetNetLM(nn.Module):
             a = F.linear(block.ffn_norm(x), ffn.w_in.weight, ffn.w_in.bias)
             a, gate = a.chunk(2, dim=-1)
             x = _linear_add(x, ffn.act(a) * gate, ffn.w_out)
-        logits = self.head(self.norm(x))
-        return logits, RecurrentState(new_s, None, state.position + 1, fingerprint)
+        return self.head(self.norm(x)), new_s
+
+    def compile_step(self, enable: bool = True, **options: Any) -> RetNetLM:
+        """Opt in (or out) of ``torch.compile`` for the decode fast path (CPU, inductor).
+
+        Fuses the small per-layer ops into a few generated kernels; the matmuls stay
+        library calls. Costs a compilation on the first step of each batch size.
+        ``options`` go to ``torch.compile`` (default ``dynamic=False``).
+        """
+        self._compiled_layers = (
+            torch.compile(self._step_layers, **{"dynamic": False, **options}) if enable else None
+        )
+        return self
 
     def _step_gamma(self) -> Tensor:
         """γ_h as (H, 1, 1) in the state dtype (cached with the other tables)."""
