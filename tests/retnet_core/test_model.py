@@ -201,3 +201,26 @@ def test_model_built_under_inference_mode_steps():
         logits, st = model.prefill(torch.tensor([[1, 2, 3]]))
         nxt, st = model.step(torch.tensor([4]), st)
     assert st.fingerprint == model.fingerprint() and nxt.shape == (1, 50)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"retention_norm": "none"}, {"head_norm": "layer", "bias": True},
+     {"value_factor": 1.0, "embed_norm": True, "tie_embeddings": True}],
+)  # fmt: skip
+def test_fast_step_equals_generic_step(overrides):
+    """The fused decode path (RetNetLM._fast_step) and the per-module path agree."""
+    model = tiny_model(**overrides)
+    generic = tiny_model(**overrides)
+    generic._fast_ok = lambda: False
+    tok = torch.randint(0, 50, (2, 30), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert model._fast_ok()
+        fast, st_f = _steps(model, tok)
+        slow, st_s = _steps(generic, tok)
+        ref = model(tok)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=ATOL)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=ATOL)
+    for a, b in zip(st_f.S, st_s.S, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
+    assert st_f.z is None and torch.equal(st_f.position, st_s.position)
