@@ -28,7 +28,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# BIGINT on Postgres, INTEGER (the rowid alias, so it autoincrements) on SQLite.
+# BIGINT on Postgres, INTEGER (the rowid alias, so it autoincrements) on SQLite. Tables
+# whose ids must never be reused also set ``sqlite_autoincrement``: without AUTOINCREMENT
+# SQLite hands out max(rowid)+1, i.e. the id of a just-deleted highest row again.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 NAMING = {
@@ -114,6 +116,7 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("session_id", "seq"),
         UniqueConstraint("session_id", "client_key"),
+        {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(tenant_fk(), index=True)
@@ -151,7 +154,10 @@ class VectorBank(Base):
     """
 
     __tablename__ = "vector_banks"
-    __table_args__ = (UniqueConstraint("tenant_id", "kind", "namespace", "layer"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "kind", "namespace", "layer"),
+        {"sqlite_autoincrement": True},
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(tenant_fk(), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # slot | passage
@@ -182,7 +188,10 @@ class MemorySlot(Base):
     """One memory slot with its provenance and read bookkeeping (logical clock ticks)."""
 
     __tablename__ = "memory_slots"
-    __table_args__ = (Index("ix_memory_slots_bank", "bank_id", "id"),)
+    __table_args__ = (
+        Index("ix_memory_slots_bank", "bank_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     bank_id: Mapped[int] = mapped_column(ForeignKey("vector_banks.id", ondelete="CASCADE"))
     tenant_id: Mapped[str] = mapped_column(tenant_fk(), index=True)
@@ -214,7 +223,10 @@ class Passage(Base):
     """A chunk of a document: text, character offsets and its embedding."""
 
     __tablename__ = "passages"
-    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+    __table_args__ = (
+        UniqueConstraint("document_id", "ordinal"),
+        {"sqlite_autoincrement": True},
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(tenant_fk(), index=True)
     bank_id: Mapped[int] = mapped_column(ForeignKey("vector_banks.id", ondelete="CASCADE"))
@@ -230,7 +242,10 @@ class StateSnapshot(Base):
     """The recurrent state after feeding a chain of passages from a start state."""
 
     __tablename__ = "state_snapshots"
-    __table_args__ = (UniqueConstraint("tenant_id", "fingerprint", "start_hash", "chain_hash"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "fingerprint", "start_hash", "chain_hash"),
+        {"sqlite_autoincrement": True},
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(tenant_fk(), index=True)
     fingerprint: Mapped[str] = mapped_column(String(200))

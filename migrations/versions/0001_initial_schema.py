@@ -102,6 +102,7 @@ def upgrade() -> None:
             "chain_hash",
             name=op.f("uq_state_snapshots_tenant_id_fingerprint_start_hash_chain_hash"),
         ),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("state_snapshots", schema=None) as batch_op:
         batch_op.create_index(
@@ -160,6 +161,7 @@ def upgrade() -> None:
             "layer",
             name=op.f("uq_vector_banks_tenant_id_kind_namespace_layer"),
         ),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("vector_banks", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_vector_banks_tenant_id"), ["tenant_id"], unique=False)
@@ -215,6 +217,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_memory_slots")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("memory_slots", schema=None) as batch_op:
         batch_op.create_index("ix_memory_slots_bank", ["bank_id", "id"], unique=False)
@@ -256,6 +259,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_passages")),
         sa.UniqueConstraint("document_id", "ordinal", name=op.f("uq_passages_document_id_ordinal")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("passages", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_passages_tenant_id"), ["tenant_id"], unique=False)
@@ -318,6 +322,7 @@ def upgrade() -> None:
             "session_id", "client_key", name=op.f("uq_messages_session_id_client_key")
         ),
         sa.UniqueConstraint("session_id", "seq", name=op.f("uq_messages_session_id_seq")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_messages_tenant_id"), ["tenant_id"], unique=False)

@@ -38,9 +38,9 @@ def test_slots_carry_provenance_and_filter(api: Client, admin: Client) -> None:
     assert {s["session_id"] for s in listed} == {sid, other}
 
 
-def session_texts(admin: Client, sid: str) -> set[str]:
+def session_ids(admin: Client, sid: str) -> set[str]:
     data = admin("GET", "/admin/memory/slots", params={"session_id": sid}).json()["data"]
-    return {s["text"] for s in data}
+    return {s["id"] for s in data}
 
 
 def test_evict_and_delete_make_slots_unreachable(api: Client, admin: Client) -> None:
@@ -63,12 +63,17 @@ def test_evict_and_delete_make_slots_unreachable(api: Client, admin: Client) -> 
     # the index never hands an evicted slot back: forgetting by its text finds nothing
     r = api("POST", f"/v1/sessions/{sid}/feedback", json={"kind": "forget", "text": "hunter2"})
     assert r.status_code == 200 and r.json()["slots_removed"] == []
-    # and neither a new turn's reads and writes nor a rebuilt index resurrect them
-    gone = {first["text"], second["text"]}
-    turn(api, sid, "Anything else?")
-    assert not gone & session_texts(admin, sid)
+    # and neither a new turn's writes nor a rebuilt index resurrect them: ids are never
+    # reused (SQLite included), so an evicted id stays 404 even after new slots are written
+    gone = {first["id"], second["id"]}
+    out = turn(api, sid, "Anything else?")
+    assert out["usage"]["memory_writes"] >= 1
+    new_ids = session_ids(admin, sid)
+    assert new_ids and not gone & new_ids
     assert admin("POST", "/admin/reindex").status_code == 200
-    assert not gone & session_texts(admin, sid)
+    assert session_ids(admin, sid) == new_ids
+    for slot_id in gone:
+        assert admin("GET", f"/admin/memory/slots/{slot_id}").status_code == 404
 
 
 def test_feedback_remember_forget_and_rating(api: Client, admin: Client) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, delete, insert, inspect, text
 
 from storage import migrate
 from storage.db import normalize_url
-from storage.models import Base
+from storage.models import Base, ChatSession, Document, Tenant, VectorBank, utcnow
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -46,3 +48,143 @@ def test_migrations_match_models(db_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+# Tables whose integer ids must never be reused (the slot protocol promises it for slots;
+# messages and passages are named in provenance; banks key the change log and the saved
+# FAISS indexes). SQLite reuses the highest rowid after a delete unless the table is
+# declared AUTOINCREMENT; Postgres sequences never go back.
+NEVER_REUSED = {"memory_slots", "passages", "messages", "vector_banks", "state_snapshots"}
+
+
+def autoincrement_tables(engine_url: str) -> set[str]:
+    engine = create_engine(normalize_url(engine_url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type='table'"))
+            return {name for name, sql in rows if "AUTOINCREMENT" in (sql or "").upper()}
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_ids_are_autoincrement_in_migration_and_models(
+    migrated_sqlite_url: str, tmp_path: Path
+) -> None:
+    """compare_metadata cannot see sqlite_autoincrement, so compare the DDL itself."""
+    from_models = f"sqlite:///{tmp_path / 'models.db'}"
+    engine = create_engine(from_models)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    assert autoincrement_tables(migrated_sqlite_url) == NEVER_REUSED
+    assert autoincrement_tables(from_models) == NEVER_REUSED
+
+
+@pytest.mark.parametrize("table", sorted(NEVER_REUSED))
+def test_deleting_the_highest_id_does_not_free_it(db_url: str, table: str) -> None:
+    """Insert two rows, delete the highest, insert again: the new id is larger."""
+    engine = create_engine(normalize_url(db_url))
+    t = Base.metadata.tables[table]
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Tenant).values(id="t1", name="t", created_at=utcnow()))
+            conn.execute(
+                insert(VectorBank).values(
+                    id=10**6,
+                    tenant_id="t1",
+                    kind="slot",
+                    namespace="n",
+                    layer=0,
+                    dim=1,
+                    d_value=1,
+                    last_seq=0,
+                    clock=0,
+                    created_at=utcnow(),
+                )
+            )
+            conn.execute(
+                insert(ChatSession).values(
+                    id="s1",
+                    tenant_id="t1",
+                    title="",
+                    meta={},
+                    version=0,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+            conn.execute(
+                insert(Document).values(
+                    id="d1", tenant_id="t1", name="", meta={}, created_at=utcnow()
+                )
+            )
+        ids = []
+        for i in range(3):
+            with engine.begin() as conn:
+                (new,) = conn.execute(insert(t).values(**_row(table, i)).returning(t.c.id)).one()
+                ids.append(new)
+                if i == 1:
+                    conn.execute(delete(t).where(t.c.id == new))
+        assert ids[2] > ids[1] > ids[0]
+    finally:
+        engine.dispose()
+
+
+def _row(table: str, i: int) -> dict:
+    now = utcnow()
+    if table == "memory_slots":
+        return dict(
+            bank_id=10**6,
+            tenant_id="t1",
+            key=b"k",
+            value=b"v",
+            gate=1.0,
+            reads=0,
+            last_read=-1,
+            created_tick=0,
+            created_at=now,
+        )
+    if table == "passages":
+        return dict(
+            tenant_id="t1",
+            bank_id=10**6,
+            document_id="d1",
+            ordinal=i,
+            text="x",
+            start=0,
+            end=1,
+            embedding=b"e",
+        )
+    if table == "messages":
+        return dict(
+            tenant_id="t1",
+            session_id="s1",
+            seq=i,
+            role="user",
+            content="x",
+            meta={},
+            created_at=now,
+        )
+    if table == "vector_banks":
+        return dict(
+            tenant_id="t1",
+            kind="slot",
+            namespace=f"n{i}",
+            layer=0,
+            dim=1,
+            d_value=1,
+            last_seq=0,
+            clock=0,
+            created_at=now,
+        )
+    return dict(
+        tenant_id="t1",
+        fingerprint="f",
+        start_hash="s",
+        chain_hash=f"c{i}",
+        passage_ids=[],
+        blob=b"b",
+        checksum="c",
+        position=0,
+        created_at=now,
+        used_at=now,
+    )
