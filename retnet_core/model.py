@@ -15,6 +15,7 @@ reaches any sequence's state, nor its valid outputs.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class RetNetLM(nn.Module):
         self._weights: list[tuple[str, Tensor]] | None = None
         self._fingerprint: tuple[tuple, str] | None = None
         self._compiled_layers: Any = None  # see compile_step
+        if os.environ.get("RETNET_COMPILE_STEP") == "1":  # opt in without code changes
+            self.compile_step()
 
     # ---- fixed tables and dtypes ----------------------------------------------------------
     @property
@@ -366,7 +369,9 @@ class RetNetLM(nn.Module):
 
         Fuses the small per-layer ops into a few generated kernels; the matmuls stay
         library calls. Costs a compilation on the first step of each batch size.
-        ``options`` go to ``torch.compile`` (default ``dynamic=False``).
+        ``options`` go to ``torch.compile`` (default ``dynamic=False``). Setting the
+        environment variable ``RETNET_COMPILE_STEP=1`` turns it on for every new model.
+        Measured with ``scripts/profile_step.py`` (docs/bench/step_profile.md).
         """
         self._compiled_layers = (
             torch.compile(self._step_layers, **{"dynamic": False, **options}) if enable else None

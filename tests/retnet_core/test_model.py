@@ -224,3 +224,17 @@ def test_fast_step_equals_generic_step(overrides):
     for a, b in zip(st_f.S, st_s.S, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
     assert st_f.z is None and torch.equal(st_f.position, st_s.position)
+
+
+def test_compiled_step_equals_eager_step():
+    """compile_step() (inductor) computes the same step as the eager fast path."""
+    model = tiny_model()
+    tok = torch.randint(0, 50, (1, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        eager, st_e = _steps(model, tok)
+        model.compile_step()
+        compiled, st_c = _steps(model, tok)
+        model.compile_step(False)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=ATOL)
+    for a, b in zip(st_c.S, st_e.S, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
