@@ -29,6 +29,7 @@ from memsvc.store import (
 from storage import Storage
 from storage import errors as serr
 from storage.passages import PassageIn
+from storage.sessions import MessageIn
 
 log = logging.getLogger("memsvc.store")
 REPLY_SUFFIX = ":reply"
@@ -227,33 +228,31 @@ class StorageStore(SlotAdmin, Store):
         return LoadedState(state.blob, state.version, tier, int(state.position))
 
     def commit_turn(self, c: TurnCommit) -> tuple[MessageRec, MessageRec]:
-        """Messages first, then the state (compare-and-set on the version)."""
+        """Both messages and the state in one transaction (compare-and-set on the version).
+
+        A lost compare-and-set (409) writes nothing: no message without its state.
+        """
         key = c.idempotency_key
-        with storage_errors():
-            user = self.messages.append(
-                c.tenant_id,
-                c.session_id,
-                "user",
-                c.user_content,
-                client_key=key,
-                meta={"tokens": c.user_tokens},
-            )
-            reply = self.messages.append(
-                c.tenant_id,
-                c.session_id,
+        messages = [
+            MessageIn("user", c.user_content, client_key=key, meta={"tokens": c.user_tokens}),
+            MessageIn(
                 "assistant",
                 c.assistant_content,
                 client_key=(key + REPLY_SUFFIX) if key else None,
                 meta={"tokens": c.assistant_tokens},
-            )
-            self.states.save(
+            ),
+        ]
+        with storage_errors():
+            done = self.storage.commit_turn(
                 c.tenant_id,
                 c.session_id,
+                messages,
                 c.state,
                 fingerprint=c.fingerprint,
                 position=c.position,
                 expected_version=c.expected_version,
             )
+        user, reply = done.messages
         return _msg(user), _msg(reply)
 
     def _last_tier(self) -> str:

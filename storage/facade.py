@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -13,14 +15,28 @@ from storage.db import Database
 from storage.locks import LockManager
 from storage.metrics import StorageMetrics
 from storage.passages import PassageManager
-from storage.sessions import MessageManager, SessionManager
+from storage.sessions import (
+    MessageIn,
+    MessageInfo,
+    MessageManager,
+    SessionManager,
+    append_locked,
+)
 from storage.slot_manager import SlotManager
 from storage.snapshots import SnapshotManager
-from storage.states import StateStore
+from storage.states import StateStore, StoredState
 from storage.tenants import TenantManager
 from storage.vector_index import IndexParams
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TurnCommitted:
+    """What :meth:`Storage.commit_turn` wrote: the messages (in order) and the state."""
+
+    messages: list[MessageInfo]
+    state: StoredState
 
 
 class Storage:
@@ -93,6 +109,33 @@ class Storage:
             state_ttl_s=state_ttl_s,
             local_state_bytes=local_state_bytes,
         )
+
+    def commit_turn(
+        self,
+        tenant_id: str,
+        session_id: str,
+        messages: Sequence[MessageIn],
+        state_blob: bytes,
+        *,
+        fingerprint: str,
+        position: int,
+        expected_version: int,
+    ) -> TurnCommitted:
+        """A turn's messages and its new state in ONE SQL transaction, then the hot tier.
+
+        Compare-and-set on the session version first (it also locks the session row, so
+        the messages' ``seq`` stays gapless), then the messages in order (idempotent by
+        ``client_key``: one seen before is returned, not written again). A stale
+        ``expected_version`` raises :class:`StaleVersion` and writes nothing at all;
+        another tenant's session is :class:`NotFound`. Redis / the LRU is updated only
+        after the commit, as in :meth:`StateStore.save`.
+        """
+        state = self.states.prepare(session_id, state_blob, fingerprint, position, expected_version)
+        with self.db.write() as s:
+            self.states.compare_and_set(s, tenant_id, state)
+            infos = [append_locked(s, tenant_id, session_id, m) for m in messages]
+        self.states.committed(tenant_id, state)
+        return TurnCommitted(infos, state)
 
     def delete_session(self, tenant_id: str, session_id: str) -> bool:
         """Delete a session with its messages, state (both tiers) and session-scoped slots."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.errors import NotFound
@@ -62,6 +63,49 @@ def _message_info(r: Message, created: bool = True) -> MessageInfo:
         r.created_at,
         created,
     )
+
+
+@dataclass(frozen=True)
+class MessageIn:
+    """A message to append: role, content, optional idempotency key and metadata."""
+
+    role: str
+    content: str
+    client_key: str | None = None
+    meta: dict | None = None
+
+
+def append_locked(s: Session, tenant_id: str, session_id: str, msg: MessageIn) -> MessageInfo:
+    """Append ``msg`` inside ``s``, whose caller already holds the session row's lock.
+
+    (``SELECT ... FOR UPDATE`` or the ``UPDATE`` of a compare-and-set on Postgres;
+    SQLite's write lock.) With a ``client_key`` seen before in the session, the existing
+    message is returned (``created=False``) and nothing is written.
+    """
+    if msg.client_key is not None:
+        old = s.scalar(
+            select(Message).where(
+                Message.session_id == session_id,
+                Message.tenant_id == tenant_id,
+                Message.client_key == msg.client_key,
+            )
+        )
+        if old is not None:
+            return _message_info(old, created=False)
+    last = s.scalar(select(func.max(Message.seq)).where(Message.session_id == session_id))
+    row = Message(
+        tenant_id=tenant_id,
+        session_id=session_id,
+        seq=(last or 0) + 1,
+        role=msg.role,
+        content=msg.content,
+        client_key=msg.client_key,
+        meta=msg.meta or {},
+        created_at=utcnow(),
+    )
+    s.add(row)
+    s.flush()
+    return _message_info(row)
 
 
 class SessionManager:
@@ -157,28 +201,8 @@ class MessageManager:
             )
             if sess is None:
                 raise NotFound(f"session {session_id} not found")
-            if client_key is not None:
-                old = s.scalar(
-                    select(Message).where(
-                        Message.session_id == session_id, Message.client_key == client_key
-                    )
-                )
-                if old is not None:
-                    return _message_info(old, created=False)
-            last = s.scalar(select(func.max(Message.seq)).where(Message.session_id == session_id))
-            row = Message(
-                tenant_id=tenant_id,
-                session_id=session_id,
-                seq=(last or 0) + 1,
-                role=role,
-                content=content,
-                client_key=client_key,
-                meta=meta or {},
-                created_at=utcnow(),
-            )
-            s.add(row)
-            s.flush()
-            return _message_info(row)
+            msg = MessageIn(role, content, client_key=client_key, meta=meta)
+            return append_locked(s, tenant_id, session_id, msg)
 
     def list(
         self, tenant_id: str, session_id: str, *, after_seq: int = 0, limit: int = 1000

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from storage.cache import CacheUnavailable, HotCache, RedisCache
 from storage.db import Database
@@ -151,49 +152,72 @@ class StateStore:
         expected_version: int,
     ) -> StoredState:
         """Store ``blob`` as version ``expected_version + 1``; raises StaleVersion/NotFound."""
+        state = self.prepare(session_id, blob, fingerprint, position, expected_version)
+        with self.db.write() as s:
+            self.compare_and_set(s, tenant_id, state)
+        self.committed(tenant_id, state)
+        return state
+
+    @staticmethod
+    def prepare(
+        session_id: str, blob: bytes, fingerprint: str, position: int, expected_version: int
+    ) -> StoredState:
+        """The state to write as version ``expected_version + 1`` (checksum computed here)."""
         blob = bytes(blob)
-        state = StoredState(
+        return StoredState(
             session_id, expected_version + 1, blob, checksum(blob), fingerprint, position
         )
-        with self.db.write() as s:
-            res = s.execute(
-                update(ChatSession)
-                .where(ChatSession.id == session_id, ChatSession.tenant_id == tenant_id)
-                .where(ChatSession.version == expected_version)
-                .values(version=state.version, updated_at=utcnow())
-            )
-            if res.rowcount != 1:
-                current = s.scalar(
-                    select(ChatSession.version).where(
-                        ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
-                    )
+
+    def compare_and_set(self, s: Session, tenant_id: str, state: StoredState) -> None:
+        """Inside the caller's write transaction ``s``: bump the version, write the blob.
+
+        ``UPDATE sessions SET version = v+1 WHERE id AND tenant AND version = v`` (which
+        also takes the session row's lock until ``s`` commits), then the blob row. Zero
+        rows updated raises :class:`StaleVersion` (the hot copy is invalidated, so the
+        retry reads SQL) or :class:`NotFound`; the caller's transaction then rolls back.
+        Call :meth:`committed` after the commit.
+        """
+        session_id, expected_version = state.session_id, state.version - 1
+        res = s.execute(
+            update(ChatSession)
+            .where(ChatSession.id == session_id, ChatSession.tenant_id == tenant_id)
+            .where(ChatSession.version == expected_version)
+            .values(version=state.version, updated_at=utcnow())
+        )
+        if res.rowcount != 1:
+            current = s.scalar(
+                select(ChatSession.version).where(
+                    ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
                 )
-                if current is None:
-                    raise NotFound(f"session {session_id} not found")
-                self.metrics.conflicts.labels("stale_version").inc()
-                self._invalidate(tenant_id, session_id)  # a stale hot copy may be why
-                raise StaleVersion(session_id, expected_version, current)
-            # never read the old blob back: UPDATE, or INSERT when there is none yet (the
-            # session row lock / SQLite's write lock keeps this race-free)
-            values = {
-                "tenant_id": tenant_id,
-                "version": state.version,
-                "blob": blob,
-                "checksum": state.checksum,
-                "fingerprint": fingerprint,
-                "position": position,
-                "size": len(blob),
-                "updated_at": utcnow(),
-            }
-            res = s.execute(
-                update(SessionState).where(SessionState.session_id == session_id).values(values)
             )
-            if res.rowcount == 0:
-                s.execute(insert(SessionState).values(session_id=session_id, **values))
+            if current is None:
+                raise NotFound(f"session {session_id} not found")
+            self.metrics.conflicts.labels("stale_version").inc()
+            self._invalidate(tenant_id, session_id)  # a stale hot copy may be why
+            raise StaleVersion(session_id, expected_version, current)
+        # never read the old blob back: UPDATE, or INSERT when there is none yet (the
+        # session row lock / SQLite's write lock keeps this race-free)
+        values = {
+            "tenant_id": tenant_id,
+            "version": state.version,
+            "blob": state.blob,
+            "checksum": state.checksum,
+            "fingerprint": state.fingerprint,
+            "position": state.position,
+            "size": len(state.blob),
+            "updated_at": utcnow(),
+        }
+        res = s.execute(
+            update(SessionState).where(SessionState.session_id == session_id).values(values)
+        )
+        if res.rowcount == 0:
+            s.execute(insert(SessionState).values(session_id=session_id, **values))
+
+    def committed(self, tenant_id: str, state: StoredState) -> None:
+        """After the commit of :meth:`compare_and_set`: count it, update the hot tiers."""
         self.metrics.state_writes.inc()
         self._remember(tenant_id, state)
         self._put_hot(tenant_id, state)
-        return state
 
     def load(
         self, tenant_id: str, session_id: str, *, fingerprint: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 
+import pytest
 import redis
 from conftest import REDIS_URL, Backend, Client
 from server_util import sse_events
@@ -185,3 +186,39 @@ def test_concurrent_sessions_share_decode_steps(api: Client, http) -> None:
         if _multi_session_steps(http) > before:
             return
     raise AssertionError("six concurrent turns never shared a decode step")
+
+
+def test_a_lost_compare_and_set_commits_no_messages(backend: Backend) -> None:
+    """A turn's messages and its state are one transaction: a stale writer leaves neither."""
+    from prometheus_client import CollectorRegistry
+
+    from memsvc.api.errors import Conflict
+    from memsvc.storage_adapter import StorageStore
+    from memsvc.store import TurnCommit
+    from storage import migrate
+
+    migrate.upgrade(backend.database_url)  # as the server does on start (idempotent)
+    st = StorageStore(
+        backend.database_url,
+        backend.env.get("MEMSVC_REDIS_URL"),
+        CollectorRegistry(),
+        backend.redis_prefix or "memsvc:",
+    )
+    try:
+        tenant, _ = st.create_tenant("cas")
+        sid = st.create_session(tenant, None, None, "session", None).id
+
+        def commit(key: str, version: int, blob: bytes) -> tuple:
+            c = TurnCommit(tenant, sid, version, f"q {key}", f"a {key}", key, blob, "fp", 5, 1, 1)
+            return st.commit_turn(c)
+
+        user, reply = commit("k1", 0, b"one")
+        with pytest.raises(Conflict):
+            commit("k2", 0, b"stale")
+        msgs = st.list_messages(tenant, sid, 100)
+        assert [m.id for m in msgs] == [user.id, reply.id]
+        assert st.find_turn(tenant, sid, "k2") is None
+        loaded = st.load_state(tenant, sid)
+        assert (loaded.data, loaded.version) == (b"one", 1)
+    finally:
+        st.close()
