@@ -25,6 +25,11 @@ Two paths share the parameters:
 - inference: slots live in any :class:`~retnet_core.slots.SlotStore`; the read is
   exact over ``bank.all()`` or top-k through ``bank.search``; writes with g below
   ``write_threshold`` are skipped (see :mod:`retnet_core.memory_write`).
+
+Known gap (docs/experiments, ``drift``): training's soft gate (log g in the logits) and
+inference's hard threshold disagree for 0 < g < 0.5 — a gate trained only from the task
+loss plus a write cost learns g ≈ 0.3 for useful slots that inference then drops. A gate
+trained with feedback labels does not.
 """
 
 from __future__ import annotations
