@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from typing import Any
 
 from sqlalchemy import text
@@ -33,7 +32,6 @@ from storage.sessions import MessageIn
 
 log = logging.getLogger("memsvc.store")
 REPLY_SUFFIX = ":reply"
-TIERS = ("local", "redis", "lru", "sql")  # storage's state tiers, hottest first
 
 
 @contextlib.contextmanager
@@ -72,7 +70,6 @@ class StorageStore(SlotAdmin, Store):
         self.tenants, self.sessions, self.messages = st.tenants, st.sessions, st.messages
         self.states, self.locks = st.states, st.locks
         self.slots, self.passages, self.snapshots = st.slots, st.passages, st.snapshots
-        self._tier_lock = threading.Lock()
 
     # ------------------------------------------------------------------ tenants
     def authenticate(self, key: str) -> str | None:
@@ -115,8 +112,9 @@ class StorageStore(SlotAdmin, Store):
         )
 
     def _position(self, tenant_id: str, session_id: str) -> int:
-        state = self.states.load(tenant_id, session_id)
-        return 0 if state is None else int(state.position)
+        """The state's token position: metadata only, neither the blob nor a tier read."""
+        meta = self.states.meta(tenant_id, session_id)
+        return 0 if meta is None else meta.position
 
     def create_session(self, tenant_id, user_id, system_prompt, memory_scope, metadata):
         internal = self.tenants.ensure_user(tenant_id, user_id) if user_id else None
@@ -132,10 +130,9 @@ class StorageStore(SlotAdmin, Store):
     def get_session(
         self, tenant_id: str | None, session_id: str, with_position: bool = True
     ) -> SessionRec:
-        """The session; ``with_position`` also reads its state for ``token_count``.
+        """The session; ``with_position`` also reads its state's position for ``token_count``.
 
-        Turns pass False: they load the state themselves, and an extra load here would
-        both cost a read and make the next load look like a hot-tier hit.
+        Turns pass False: they load the state themselves and need no extra read.
         """
         with storage_errors():
             if tenant_id is None:
@@ -198,10 +195,12 @@ class StorageStore(SlotAdmin, Store):
         return [_msg(m) for m in self.messages.list(tenant_id, session_id, limit=limit)]
 
     def find_turn(self, tenant_id, session_id, key):
-        msgs = self.messages.list(tenant_id, session_id, limit=1_000_000)
-        by_key = {m.client_key: m for m in msgs if m.client_key}
-        user, reply = by_key.get(key), by_key.get(key + REPLY_SUFFIX)
-        if user is None or reply is None:
+        """The committed turn of idempotency ``key``: two probes of the client-key index."""
+        user = self.messages.by_client_key(tenant_id, session_id, key)
+        if user is None:
+            return None
+        reply = self.messages.by_client_key(tenant_id, session_id, key + REPLY_SUFFIX)
+        if reply is None:
             return None
         return _msg(user), _msg(reply)
 
@@ -219,13 +218,11 @@ class StorageStore(SlotAdmin, Store):
             yield lock
 
     def load_state(self, tenant_id: str, session_id: str) -> LoadedState:
-        with storage_errors(), self._tier_lock:
+        with storage_errors():
             state = self.states.load(tenant_id, session_id)
-            tier = self._last_tier()
-            version = self.states.version(tenant_id, session_id)
-        if state is None:
-            return LoadedState(None, version, "miss")
-        return LoadedState(state.blob, state.version, tier, int(state.position))
+            if state is None:  # no state yet: the session's version is still the base
+                return LoadedState(None, self.states.version(tenant_id, session_id), "miss")
+        return LoadedState(state.blob, state.version, state.tier, int(state.position))
 
     def commit_turn(self, c: TurnCommit) -> tuple[MessageRec, MessageRec]:
         """Both messages and the state in one transaction (compare-and-set on the version).
@@ -255,16 +252,6 @@ class StorageStore(SlotAdmin, Store):
         user, reply = done.messages
         return _msg(user), _msg(reply)
 
-    def _last_tier(self) -> str:
-        """Which tier answered the last load: read off storage's per-tier counters.
-
-        Called under ``_tier_lock`` right after the load, so no other load interleaves.
-        """
-        now = {t: self.metrics.value("state_reads", tier=t) for t in TIERS}
-        before, self._tier_counts = getattr(self, "_tier_counts", {}), now
-        changed = [t for t in now if now[t] > before.get(t, 0.0)]
-        return changed[0] if changed else "sql"
-
     # ------------------------------------------------------------------ documents
     def add_document(self, tenant_id, user_id, scope, title, passages, embeddings, tokens):
         meta = {"scope": scope, "user": user_id, "title": title, "tokens": tokens}
@@ -283,8 +270,8 @@ class StorageStore(SlotAdmin, Store):
             raise NotFound(f"document {document_id} not found")
 
     def has_passages(self, tenant_id: str) -> bool:
-        """Whether the tenant ever indexed a passage (cheap: no embedding needed)."""
-        return self.passages._bank(tenant_id, None) is not None
+        """Whether the tenant has a passage now (cheap: no embedding, no index opened)."""
+        return self.passages.has_passages(tenant_id)
 
     def search_passages(self, tenant_id, user_id, query, k):
         """Top-k over the tenant's passages; user-scoped documents only for their user."""

@@ -210,8 +210,14 @@ class PassageManager:
         ]
 
     def has_passages(self, tenant_id: str) -> bool:
-        """Whether the tenant ever stored a passage (its passage bank exists)."""
-        return self._bank(tenant_id, None) is not None
+        """Whether the tenant has at least one passage now (one indexed probe in SQL).
+
+        Opens no index: a cheap guard before embedding a query. False again once every
+        document is deleted (the passage bank itself stays).
+        """
+        with self.db.read() as s:
+            hit = s.scalar(select(Passage.id).where(Passage.tenant_id == tenant_id).limit(1))
+        return hit is not None
 
     def get_passages(self, tenant_id: str, ids: Sequence[int]) -> list[PassageInfo]:
         """The tenant's passages by id, in id order (others' ids are left out)."""

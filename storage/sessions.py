@@ -218,6 +218,20 @@ class MessageManager:
         with self.db.read() as s:
             return [_message_info(r) for r in s.scalars(q).all()]
 
+    def by_client_key(self, tenant_id: str, session_id: str, client_key: str) -> MessageInfo | None:
+        """The session's message with ``client_key``, or None (also for another tenant's).
+
+        One probe of the unique ``(session_id, client_key)`` index.
+        """
+        q = select(Message).where(
+            Message.session_id == session_id,
+            Message.client_key == client_key,
+            Message.tenant_id == tenant_id,
+        )
+        with self.db.read() as s:
+            r = s.scalar(q)
+            return None if r is None else _message_info(r, created=False)
+
     def get(self, tenant_id: str, message_id: int) -> MessageInfo:
         """One message by id, or :class:`NotFound`."""
         with self.db.read() as s:

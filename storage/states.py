@@ -26,7 +26,8 @@ import logging
 import struct
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -56,6 +57,19 @@ class StoredState:
     checksum: str
     fingerprint: str
     position: int
+    tier: str = ""  # which tier answered a load: local | redis | lru | sql ("" when saved)
+
+
+@dataclass(frozen=True)
+class StateMeta:
+    """A stored state's metadata, read without its blob."""
+
+    session_id: str
+    version: int
+    fingerprint: str
+    position: int
+    size: int
+    updated_at: datetime
 
 
 def encode_hot(state: StoredState) -> bytes:
@@ -222,27 +236,56 @@ class StateStore:
     def load(
         self, tenant_id: str, session_id: str, *, fingerprint: str | None = None
     ) -> StoredState | None:
-        """The newest state, or None when the session has none; NotFound for no session."""
+        """The newest state, or None when the session has none; NotFound for no session.
+
+        ``tier`` of the result names the tier that answered: ``local`` (the in-process
+        copy in front of Redis), ``redis``, ``lru`` (no Redis configured) or ``sql``.
+        """
         self._flush_pending()
+        tier = "local"
         state = self._get_local(tenant_id, session_id)
-        if state is not None:
-            self.metrics.state_reads.labels("local").inc()
-        else:
+        if state is None:
+            tier = self.cache.name
             state = self._get_hot(tenant_id, session_id)
             if state is not None:
-                self.metrics.state_reads.labels(self.cache.name).inc()
                 self._remember(tenant_id, state)
         if state is None:
+            tier = "sql"
             state = self._get_sql(tenant_id, session_id)
             if state is None:
                 self.metrics.state_reads.labels("miss").inc()
                 return None
-            self.metrics.state_reads.labels("sql").inc()
             self._remember(tenant_id, state)
             self._put_hot(tenant_id, state)
+        self.metrics.state_reads.labels(tier).inc()
         if fingerprint is not None and state.fingerprint != fingerprint:
             raise FingerprintMismatch(session_id, state.fingerprint, fingerprint)
-        return state
+        return replace(state, tier=tier)
+
+    def meta(self, tenant_id: str, session_id: str) -> StateMeta | None:
+        """Version, position, fingerprint and size of the stored state, without the blob.
+
+        One SQL row read (the blob column is not selected); None when the session has no
+        state yet; NotFound for an unknown or another tenant's session. Not a state load:
+        no ``state_reads`` counter moves.
+        """
+        cols = (
+            SessionState.version,
+            SessionState.fingerprint,
+            SessionState.position,
+            SessionState.size,
+            SessionState.updated_at,
+        )
+        with self.db.read() as s:
+            row = s.execute(
+                select(*cols).where(
+                    SessionState.session_id == session_id, SessionState.tenant_id == tenant_id
+                )
+            ).one_or_none()
+            if row is None:
+                self.version(tenant_id, session_id)  # NotFound for no such session
+                return None
+        return StateMeta(session_id, int(row[0]), row[1], int(row[2]), int(row[3]), row[4])
 
     def version(self, tenant_id: str, session_id: str) -> int:
         """The session's current version from SQL; NotFound for another tenant's session."""

@@ -220,5 +220,13 @@ def test_a_lost_compare_and_set_commits_no_messages(backend: Backend) -> None:
         assert st.find_turn(tenant, sid, "k2") is None
         loaded = st.load_state(tenant, sid)
         assert (loaded.data, loaded.version) == (b"one", 1)
+        # storage says which tier answered: the stale writer dropped the hot copy, so SQL,
+        # which refills the hot tier for the next load
+        assert loaded.tier == "sql"
+        hot = "local" if backend.redis_prefix else "lru"
+        assert st.load_state(tenant, sid).tier == hot
+        assert [m.id for m in st.find_turn(tenant, sid, "k1")] == [user.id, reply.id]
+        assert st.get_session(tenant, sid).token_count == 5  # position, from metadata
+        assert not st.has_passages(tenant)
     finally:
         st.close()
