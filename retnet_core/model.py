@@ -273,7 +273,7 @@ class RetNetLM(nn.Module):
         b = tokens.shape[0]
         fp = self.check_state(state, b)
         if self._fast_ok():
-            return self._fast_step(tokens, state, fp)
+            return self._fast_step(tokens, state, fp, memory)
         ctx = self._context(state.position[:, None], "step")
         hidden, layers = self._run(tokens[:, None], ctx, state, memory, None)
         return self.head(hidden[:, 0]), self._pack(layers, state.position + 1, fp)
@@ -283,7 +283,6 @@ class RetNetLM(nn.Module):
         c = self.config
         return (
             self.device.type == "cpu"  # CUDA keeps the fla_ops seam of the generic path
-            and not c.memory_layers
             and c.retention_norm != "torchscale"
             and (c.dropout == 0.0 or not self.training)
         )
@@ -310,7 +309,7 @@ class RetNetLM(nn.Module):
         return both.to(torch.complex128 if self.state_dtype == torch.float64 else torch.complex64)
 
     def _fast_step(
-        self, tokens: Tensor, state: RecurrentState, fingerprint: Any
+        self, tokens: Tensor, state: RecurrentState, fingerprint: Any, memory: Memory = None
     ) -> tuple[Tensor, RecurrentState]:
         """:meth:`step` in a few ops per layer (see ``layers`` for the equations).
 
@@ -322,20 +321,21 @@ class RetNetLM(nn.Module):
         """
         rot = self._step_rotation(state.position)
         x = self._embed(tokens)  # (B, d)
-        if self._compiled_layers is None:
-            logits, new_s = self._step_layers(x, rot, self._step_gamma(), list(state.S))
+        if self._compiled_layers is None or self.config.memory_layers:  # banks: eager
+            logits, new_s = self._step_layers(x, rot, self._step_gamma(), list(state.S), memory)
         else:  # rot as (..., 2) real pairs: inductor generates no code for complex ops
             rot = torch.view_as_real(rot)
             logits, new_s = self._compiled_layers(x, rot, self._step_gamma(), list(state.S))
         return logits, RecurrentState(new_s, None, state.position + 1, fingerprint)
 
     def _step_layers(
-        self, x: Tensor, rot: Tensor, gamma: Tensor, states: list[Tensor]
+        self, x: Tensor, rot: Tensor, gamma: Tensor, states: list[Tensor], memory: Memory = None
     ) -> tuple[Tensor, list[Tensor]]:
         """The blocks and head of :meth:`_fast_step`: x (B, d), rot of
         :meth:`_step_rotation` (complex, or its ``view_as_real``), γ (H, 1, 1), S per
-        layer -> logits (B, V), new S per layer. A pure function of its tensors (what
-        :meth:`compile_step` compiles)."""
+        layer -> logits (B, V), new S per layer; ``memory`` as in :meth:`step`. Without
+        memory layers, a pure function of its tensors (what :meth:`compile_step` compiles;
+        models with memory layers step eagerly)."""
         c = self.config
         h, dk, dv = c.n_heads, c.key_dim, c.head_value_dim
         d, vd = c.d_model, c.value_dim
@@ -358,6 +358,9 @@ class RetNetLM(nn.Module):
             o = F.silu(p[:, 2 * d + vd :].to(x.dtype)) * o
             x = _linear_add(x, o, attn.out_proj)
             new_s.append(s)
+            if block.memory is not None:  # (B, 1, d) through the memory layer's read
+                bank = None if memory is None else memory.get(block.layer_idx)
+                x = x + block.memory(block.memory_norm(x)[:, None], bank)[:, 0]
             ffn = block.ffn
             a = F.linear(block.ffn_norm(x), ffn.w_in.weight, ffn.w_in.bias)
             a, gate = a.chunk(2, dim=-1)

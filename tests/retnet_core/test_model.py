@@ -206,7 +206,8 @@ def test_model_built_under_inference_mode_steps():
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"retention_norm": "none"}, {"head_norm": "layer", "bias": True},
-     {"value_factor": 1.0, "embed_norm": True, "tie_embeddings": True}],
+     {"value_factor": 1.0, "embed_norm": True, "tie_embeddings": True},
+     {"memory_layers": [1], "memory_d_key": 8, "memory_d_value": 8}],
 )  # fmt: skip
 def test_fast_step_equals_generic_step(overrides):
     """The fused decode path (RetNetLM._fast_step) and the per-module path agree."""
