@@ -2,8 +2,9 @@
 
 A mixin of :class:`memsvc.storage_adapter.StorageStore` (it uses ``self.slots``,
 ``self.tenants``, ``self.passages``, ``self.metrics``). Slot ids are global integers, so
-an admin can address a slot without naming its tenant; filters that storage does not
-offer (gate, reads, age) are applied here on the listed records.
+an admin can address a slot without naming its tenant. Every filter is storage's
+(:class:`storage.slot_manager.SlotQuery`, applied in SQL across tenants): nothing here
+loops over tenants.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 from memsvc.api.errors import NotFound
 from memsvc.store import SlotFilter, SlotRec
 from storage import errors as serr
-
-SCAN_LIMIT = 1_000_000
+from storage import namespace
+from storage.slot_manager import SlotQuery
 
 
 def split_namespace(ns: str) -> tuple[str, str | None]:
@@ -43,19 +44,22 @@ def slot_rec(tenant_id: str, r: Any) -> SlotRec:
     )
 
 
-def _matches(rec: SlotRec, f: SlotFilter, now: datetime) -> bool:
-    checks = [
-        f.user_id is None or rec.user_id == f.user_id,
-        f.session_id is None or rec.session_id == f.session_id,
-        f.min_gate is None or rec.gate >= f.min_gate,
-        f.max_gate is None or rec.gate <= f.max_gate,
-        f.min_reads is None or rec.reads >= f.min_reads,
-        f.max_reads is None or rec.reads <= f.max_reads,
-    ]
-    if f.older_than_s is not None and rec.created_at is not None:
-        created = rec.created_at if rec.created_at.tzinfo else rec.created_at.replace(tzinfo=UTC)
-        checks.append(created <= now - timedelta(seconds=f.older_than_s))
-    return all(checks)
+def slot_query(f: SlotFilter, now: datetime | None = None) -> SlotQuery:
+    """memsvc's admin filter as storage's (every condition is applied in SQL)."""
+    created_before = None
+    if f.older_than_s is not None:
+        created_before = (now or datetime.now(UTC)) - timedelta(seconds=f.older_than_s)
+    return SlotQuery(
+        tenant_id=f.tenant_id,
+        namespace=None if f.user_id is None else namespace("user", f.user_id),
+        session_id=f.session_id,
+        layer=f.layer,
+        min_gate=f.min_gate,
+        max_gate=f.max_gate,
+        min_reads=f.min_reads,
+        max_reads=f.max_reads,
+        created_before=created_before,
+    )
 
 
 class SlotAdmin:
@@ -66,78 +70,52 @@ class SlotAdmin:
     passages: Any
     metrics: Any
 
-    def _tenant_ids(self, tenant_id: str | None) -> list[str]:
-        if tenant_id is not None:
-            return [tenant_id]
-        return [t.id for t in self.tenants.list()]
-
-    def _matching(self, f: SlotFilter, limit: int) -> list[SlotRec]:
-        now = datetime.now(UTC)
-        out: list[SlotRec] = []
-        for tid in self._tenant_ids(f.tenant_id):
-            for r in self.slots.list(tid, layer=f.layer, limit=SCAN_LIMIT):
-                rec = slot_rec(tid, r)
-                if _matches(rec, f, now):
-                    out.append(rec)
-                    if len(out) >= limit:
-                        return out
-        return out
-
     def list_slots(self, f: SlotFilter) -> list[SlotRec]:
-        return self._matching(f, f.limit)
+        return [
+            slot_rec(r.tenant_id, r) for r in self.slots.admin_list(slot_query(f), limit=f.limit)
+        ]
 
-    def _find_slot(self, slot_id: str) -> tuple[str, Any]:
+    def _find_slot(self, slot_id: str) -> Any:
         try:
             sid = int(slot_id)
         except ValueError:
             raise NotFound(f"slot {slot_id} not found") from None
-        for tid in self._tenant_ids(None):
-            try:
-                return tid, self.slots.get(tid, sid)
-            except serr.NotFound:
-                continue
-        raise NotFound(f"slot {slot_id} not found")
+        if not 0 < sid < 2**63:  # ids are positive BIGINTs: anything else is no slot
+            raise NotFound(f"slot {slot_id} not found")
+        try:
+            return self.slots.admin_get(sid)
+        except serr.NotFound:
+            raise NotFound(f"slot {slot_id} not found") from None
 
     def get_slot(self, slot_id: str) -> SlotRec:
-        tid, r = self._find_slot(slot_id)
-        return slot_rec(tid, r)
+        r = self._find_slot(slot_id)
+        return slot_rec(r.tenant_id, r)
 
     def delete_slot(self, slot_id: str) -> None:
-        tid, r = self._find_slot(slot_id)
-        self.slots.evict(tid, [r.id])
+        r = self._find_slot(slot_id)
+        self.slots.evict(r.tenant_id, [r.id])
 
     def evict_slots(self, f: SlotFilter) -> list[str]:
-        recs = self._matching(f, SCAN_LIMIT)
-        by_tenant: dict[str, list[int]] = {}
-        for rec in recs:
-            by_tenant.setdefault(rec.tenant_id, []).append(int(rec.id))
-        for tid, ids in by_tenant.items():
-            self.slots.evict(tid, ids)
-        return [rec.id for rec in recs]
+        return [str(i) for i in self.slots.admin_evict(slot_query(f))]
 
     def stats(self) -> dict[str, Any]:
-        tenants = self._tenant_ids(None)
-        banks = []
-        for tid in tenants:
-            for b in self.slots.banks(tid):
-                banks.append(
-                    {
-                        "tenant_id": tid,
-                        "namespace": b.namespace,
-                        "layer": b.layer,
-                        "size": b.size,
-                        "capacity": b.capacity,
-                    }
-                )
-        passages = sum(
-            len(d.passage_ids) for tid in tenants for d in self.passages.list_documents(tid)
-        )
+        banks = [
+            {
+                "tenant_id": b.tenant_id,
+                "namespace": b.namespace,
+                "layer": b.layer,
+                "size": b.size,
+                "capacity": b.capacity,
+            }
+            for b in self.slots.admin_banks()
+        ]
+        passages = self.passages.count()
         names = ("local", "redis", "lru", "sql", "miss")
         tiers = {t: self.metrics.value("state_reads", tier=t) for t in names}
         loads = sum(tiers.values())
         hot = tiers["local"] + tiers["redis"] + tiers["lru"]
         return {
-            "tenants": len(tenants),
+            "tenants": len(self.tenants.list()),
             "slots": sum(b["size"] for b in banks),
             "slot_banks": banks,
             "passages": passages,
@@ -147,9 +125,7 @@ class SlotAdmin:
 
     def reindex(self) -> dict[str, Any]:
         """Rebuild every slot bank's index from SQL."""
-        rebuilt = 0
-        for tid in self._tenant_ids(None):
-            for b in self.slots.banks(tid):
-                self.slots.open_bank(tid, b.namespace, b.layer).rebuild()
-                rebuilt += 1
-        return {"slot_banks_rebuilt": rebuilt}
+        banks = self.slots.admin_banks()
+        for b in banks:
+            self.slots.open_bank(b.tenant_id, b.namespace, b.layer).rebuild()
+        return {"slot_banks_rebuilt": len(banks)}

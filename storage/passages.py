@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -218,6 +218,14 @@ class PassageManager:
         with self.db.read() as s:
             hit = s.scalar(select(Passage.id).where(Passage.tenant_id == tenant_id).limit(1))
         return hit is not None
+
+    def count(self, tenant_id: str | None = None) -> int:
+        """How many passages the tenant has; every tenant's together for None (admin)."""
+        q = select(func.count(Passage.id))
+        if tenant_id is not None:
+            q = q.where(Passage.tenant_id == tenant_id)
+        with self.db.read() as s:
+            return int(s.scalar(q) or 0)
 
     def get_passages(self, tenant_id: str, ids: Sequence[int]) -> list[PassageInfo]:
         """The tenant's passages by id, in id order (others' ids are left out)."""

@@ -6,9 +6,10 @@ import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
@@ -27,6 +28,53 @@ class BankInfo:
     d_value: int
     capacity: int | None
     size: int
+    tenant_id: str = ""
+
+
+@dataclass(frozen=True)
+class SlotQuery:
+    """An admin filter over every tenant's slots (None: no condition), applied in SQL.
+
+    ``session_id`` matches a slot's provenance session, or, for a slot without one, a
+    bank of namespace ``session:<id>``. ``created_before`` is an aware datetime.
+    """
+
+    tenant_id: str | None = None
+    namespace: str | None = None
+    session_id: str | None = None
+    layer: int | None = None
+    min_gate: float | None = None
+    max_gate: float | None = None
+    min_reads: int | None = None
+    max_reads: int | None = None
+    created_before: datetime | None = None
+
+    def where(self) -> list:
+        """The SQL conditions (over MemorySlot joined with VectorBank)."""
+        conds: list = []
+        if self.tenant_id is not None:
+            conds.append(MemorySlot.tenant_id == self.tenant_id)
+        if self.namespace is not None:
+            conds.append(VectorBank.namespace == self.namespace)
+        if self.session_id is not None:
+            by_ns = and_(
+                MemorySlot.session_id.is_(None),
+                VectorBank.namespace == f"session:{self.session_id}",
+            )
+            conds.append(or_(MemorySlot.session_id == self.session_id, by_ns))
+        if self.layer is not None:
+            conds.append(VectorBank.layer == self.layer)
+        if self.min_gate is not None:
+            conds.append(MemorySlot.gate >= self.min_gate)
+        if self.max_gate is not None:
+            conds.append(MemorySlot.gate <= self.max_gate)
+        if self.min_reads is not None:
+            conds.append(MemorySlot.reads >= self.min_reads)
+        if self.max_reads is not None:
+            conds.append(MemorySlot.reads <= self.max_reads)
+        if self.created_before is not None:
+            conds.append(MemorySlot.created_at <= self.created_before)
+        return conds
 
 
 class SlotManager:
@@ -130,17 +178,75 @@ class SlotManager:
     # ---- admin ---------------------------------------------------------------------
     def banks(self, tenant_id: str) -> list[BankInfo]:
         """The tenant's slot banks with their sizes."""
+        return self.admin_banks(tenant_id)
+
+    def admin_banks(self, tenant_id: str | None = None) -> list[BankInfo]:
+        """Slot banks with their sizes: one tenant's, or every tenant's for None (admin).
+
+        Ordered by tenant, namespace, layer; each names its ``tenant_id``.
+        """
+        q = (
+            select(VectorBank, func.count(MemorySlot.id))
+            .outerjoin(MemorySlot, MemorySlot.bank_id == VectorBank.id)
+            .where(VectorBank.kind == "slot")
+        )
+        if tenant_id is not None:
+            q = q.where(VectorBank.tenant_id == tenant_id)
+        q = q.group_by(VectorBank.id).order_by(
+            VectorBank.tenant_id, VectorBank.namespace, VectorBank.layer
+        )
+        with self.db.read() as s:
+            return [
+                BankInfo(b.namespace, b.layer, b.dim, b.d_value, b.capacity, n, b.tenant_id)
+                for b, n in s.execute(q).all()
+            ]
+
+    def admin_list(
+        self, query: SlotQuery, *, limit: int | None = 100, offset: int = 0
+    ) -> list[SlotRecord]:
+        """Slots of every tenant (or ``query.tenant_id``'s) matching ``query``, by id.
+
+        For the operator's admin API only: tenant-facing reads use :meth:`list`.
+        """
+        q = (
+            select(MemorySlot, VectorBank.namespace, VectorBank.layer)
+            .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
+            .where(*query.where())
+            .order_by(MemorySlot.id)
+            .offset(offset)
+        )
+        if limit is not None:
+            q = q.limit(limit)
+        with self.db.read() as s:
+            return [_record(r, ns, ly) for r, ns, ly in s.execute(q).all()]
+
+    def admin_get(self, slot_id: int) -> SlotRecord:
+        """Any tenant's slot by its (globally unique) id, or :class:`NotFound` (admin)."""
+        with self.db.read() as s:
+            got = s.execute(
+                select(MemorySlot, VectorBank.namespace, VectorBank.layer)
+                .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
+                .where(MemorySlot.id == int(slot_id))
+            ).first()
+        if got is None:
+            raise NotFound(f"slot {slot_id} not found")
+        return _record(*got)
+
+    def admin_evict(self, query: SlotQuery) -> list[int]:
+        """Evict every slot matching ``query`` (all tenants); returns the evicted ids."""
         with self.db.read() as s:
             rows = s.execute(
-                select(VectorBank, func.count(MemorySlot.id))
-                .outerjoin(MemorySlot, MemorySlot.bank_id == VectorBank.id)
-                .where(VectorBank.tenant_id == tenant_id, VectorBank.kind == "slot")
-                .group_by(VectorBank.id)
-                .order_by(VectorBank.namespace, VectorBank.layer)
+                select(MemorySlot.id, MemorySlot.tenant_id)
+                .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
+                .where(*query.where())
+                .order_by(MemorySlot.id)
             ).all()
-            return [
-                BankInfo(b.namespace, b.layer, b.dim, b.d_value, b.capacity, n) for b, n in rows
-            ]
+        by_tenant: dict[str, list[int]] = defaultdict(list)
+        for item, tenant_id in rows:
+            by_tenant[tenant_id].append(item)
+        for tenant_id, ids in by_tenant.items():
+            self.evict(tenant_id, ids)
+        return [item for item, _ in rows]
 
     def list(
         self,

@@ -66,6 +66,7 @@ class SlotRecord:
     text: str | None
     created_at: datetime
     last_read_at: datetime | None
+    tenant_id: str = ""
 
 
 def _blob(v: np.ndarray) -> bytes:
@@ -350,4 +351,5 @@ def _record(r: MemorySlot, ns: str, layer: int) -> SlotRecord:
         r.text,
         r.created_at,
         r.last_read_at,
+        r.tenant_id,
     )

@@ -31,6 +31,13 @@ def test_slots_carry_provenance_and_filter(api: Client, admin: Client) -> None:
         "data"
     ] == [s for s in slots if s["gate"] >= 1.0]
     assert admin("GET", "/admin/memory/slots", params={"layer": 99}).json()["data"] == []
+    # every filter is applied in SQL across tenants, tenant and age included
+    tid = slot["tenant_id"]
+    in_tenant = {"tenant_id": tid, "session_id": sid, "older_than_s": 0}
+    assert admin("GET", "/admin/memory/slots", params=in_tenant).json()["data"] == slots
+    old = {"session_id": sid, "older_than_s": 3600}
+    assert admin("GET", "/admin/memory/slots", params=old).json()["data"] == []
+    assert admin("GET", "/admin/memory/slots", params={"tenant_id": "nope"}).json()["data"] == []
     # a memory written in one session of carol's is read in her next session
     other = new_session(api, user_id="carol")
     turn(api, other, "What is my favourite colour?")
