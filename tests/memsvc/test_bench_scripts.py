@@ -1,0 +1,69 @@
+"""The service benchmarks run end to end at a toy size and write what they promise.
+
+Each bench starts its own live server(s) with the tiny test checkpoint; the resume bench
+uses the real PostgreSQL and Redis of the other service tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import PG_ADMIN, REDIS_URL
+
+from memsvc.bench import resume, service
+
+FAST = {"MEMSVC_RAG_ENABLED": "false"}
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def test_service_bench_toy(checkpoint: Path, tmp_path: Path) -> None:
+    report = service.run(
+        tmp_path, levels=(1, 2), max_tokens=4, min_samples=2, max_rounds=2,
+        model_dir=checkpoint, extra_env=FAST,
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "service.json").read_text())
+    assert saved["levels"] == json.loads(json.dumps(report["levels"]))
+    assert [lv["n"] for lv in saved["levels"]] == [1, 2]
+    for lv in saved["levels"]:
+        assert lv["turns"] == lv["n"] * lv["rounds"] == len(lv["samples"])
+        assert lv["turns"] >= 2
+        for key in ("ttft_p50_ms", "ttft_p99_ms", "tokens_per_s", "per_token_p50_ms"):
+            assert _finite(lv[key]) and lv[key] > 0, (key, lv[key])
+        assert lv["ttft_p50_ms"] <= lv["ttft_p99_ms"] <= lv["ttft_max_ms"]
+        assert all(s["completion_tokens"] <= 4 for s in lv["samples"])
+        # the first round starts from an empty state, later rounds resume the session
+        assert {s["state_source"] for s in lv["samples"] if s["round"] == 0} == {"new"}
+    assert saved["target"] == {"n": 50, "measured": False}
+    assert saved["machine_before"]["cpus"] >= 1
+    assert len(saved["machine_before"]["loadavg_1_5_15"]) == 3
+    md = (tmp_path / "service.md").read_text()
+    assert "| N | turns |" in md
+    assert (tmp_path / "service.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("lengths", [(64,)])
+def test_resume_bench_toy(checkpoint: Path, tmp_path: Path, lengths: tuple[int, ...]) -> None:
+    service_dir = tmp_path / "out"
+    resume.run(
+        service_dir, lengths=lengths, reps=2, replays=1, model_dir=checkpoint,
+        pg_admin_url=PG_ADMIN, redis_url=REDIS_URL, extra_env=FAST,
+    )  # fmt: skip
+    saved = json.loads((service_dir / "resume.json").read_text())
+    (row,) = saved["rows"]
+    assert row["history_tokens"] == 64
+    # the resumed turns really were served from the saved history (not replayed)
+    assert row["cached_tokens"] >= 64
+    assert row["replay_prompt_tokens"] >= 60
+    assert len(row["samples"]["redis"]) == len(row["samples"]["sql"]) == 2
+    for key in ("ttft_replay_ms", "ttft_redis_ms", "ttft_postgres_ms", "speedup_redis"):
+        assert _finite(row[key]) and row[key] > 0, (key, row[key])
+    assert row["component_state_bytes"] > 0 and _finite(row["component_state_load_ms"])
+    assert saved["target"]["measured"] is False
+    assert "| history tokens |" in (service_dir / "resume.md").read_text()
+    assert (service_dir / "resume.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
