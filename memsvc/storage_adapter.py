@@ -142,25 +142,16 @@ class StorageStore(SlotAdmin, Store):
             return self._rec(info, position)
 
     def _owner(self, session_id: str) -> str:
-        """Tenant of a session (admin lookups across tenants)."""
-        for t in self.tenants.list():
-            try:
-                self.sessions.get(t.id, session_id)
-                return t.id
-            except serr.NotFound:
-                continue
-        raise serr.NotFound(f"session {session_id} not found")
+        """Tenant of a session (admin lookups across tenants): one indexed read."""
+        tenant_id = self.sessions.owner(session_id)
+        if tenant_id is None:
+            raise serr.NotFound(f"session {session_id} not found")
+        return tenant_id
 
     def list_sessions(self, tenant_id, user_id, limit):
-        tenants = [tenant_id] if tenant_id else [t.id for t in self.tenants.list()]
-        out: list[SessionRec] = []
-        for tid in tenants:
-            for info in self.sessions.list(tid, limit=limit):
-                rec = self._rec(info)
-                if user_id is None or rec.user_id == user_id:
-                    out.append(rec)
-        out.sort(key=lambda r: r.created_at, reverse=True)
-        return out[:limit]
+        """Newest first; the user filter is applied in SQL, before the limit."""
+        infos = self.sessions.admin_list(tenant_id=tenant_id, external_user_id=user_id, limit=limit)
+        return [self._rec(info) for info in infos]
 
     def delete_session(self, tenant_id: str, session_id: str) -> None:
         """Messages, states (both tiers) and session-scoped slots go with the session."""

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.errors import NotFound
-from storage.models import ChatSession, Message, new_id, utcnow
+from storage.models import ChatSession, Message, User, new_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,35 @@ class SessionManager:
         q = select(ChatSession).where(ChatSession.tenant_id == tenant_id)
         if user_id is not None:
             q = q.where(ChatSession.user_id == user_id)
+        q = q.order_by(ChatSession.created_at.desc(), ChatSession.id).limit(limit).offset(offset)
+        with self.db.read() as s:
+            return [_session_info(r) for r in s.scalars(q).all()]
+
+    def owner(self, session_id: str) -> str | None:
+        """The tenant of a session, or None (operator lookups by a bare session id)."""
+        with self.db.read() as s:
+            return s.scalar(select(ChatSession.tenant_id).where(ChatSession.id == session_id))
+
+    def admin_list(
+        self,
+        *,
+        tenant_id: str | None = None,
+        external_user_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[SessionInfo]:
+        """Sessions of one tenant, or of every tenant for None, newest first.
+
+        ``external_user_id`` keeps the sessions of users with that external id (in every
+        tenant, unless ``tenant_id`` is given); all filters apply before ``limit``.
+        """
+        q = select(ChatSession)
+        if tenant_id is not None:
+            q = q.where(ChatSession.tenant_id == tenant_id)
+        if external_user_id is not None:
+            q = q.join(User, User.id == ChatSession.user_id).where(
+                User.external_id == external_user_id
+            )
         q = q.order_by(ChatSession.created_at.desc(), ChatSession.id).limit(limit).offset(offset)
         with self.db.read() as s:
             return [_session_info(r) for r in s.scalars(q).all()]

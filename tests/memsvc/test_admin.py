@@ -119,3 +119,13 @@ def test_admin_sessions_and_stats(api: Client, admin: Client) -> None:
     assert [s["id"] for s in listed] == [sid]
     stats = admin("GET", "/admin/stats").json()["data"]
     assert {"slots", "slot_banks", "passages", "state_loads", "snapshot_cache"} <= set(stats)
+
+
+def test_session_lists_filter_by_user_before_the_limit(api: Client, admin: Client) -> None:
+    mine = new_session(api, user_id="frank")
+    others = [new_session(api, user_id="gina") for _ in range(3)]
+    got = api("GET", "/v1/sessions", params={"user_id": "frank", "limit": 2}).json()["data"]
+    assert [s["id"] for s in got] == [mine]
+    tid = admin("GET", f"/admin/sessions/{mine}").json()["tenant_id"]
+    by_admin = admin("GET", "/admin/sessions", params={"tenant_id": tid, "limit": 2}).json()
+    assert [s["id"] for s in by_admin["data"]] == others[::-1][:2]  # newest first

@@ -93,3 +93,22 @@ def test_users_are_per_tenant(store: Storage, tenant: str) -> None:
     assert store.tenants.ensure_user(other, "alice") != u1
     sid = store.sessions.create(tenant, user_id=u1).id
     assert [s.id for s in store.sessions.list(tenant, user_id=u1)] == [sid]
+
+
+def test_admin_session_reads_across_tenants(store: Storage) -> None:
+    a, b = store.tenants.create("a").id, store.tenants.create("b").id
+    carol_a = store.tenants.ensure_user(a, "carol")
+    carol_b = store.tenants.ensure_user(b, "carol")
+    s1 = store.sessions.create(a, user_id=carol_a).id
+    s2 = store.sessions.create(a).id
+    s3 = store.sessions.create(b, user_id=carol_b).id
+    assert store.sessions.owner(s3) == b and store.sessions.owner(s1) == a
+    assert store.sessions.owner("nope") is None
+    newest_first = [s3, s2, s1]
+    assert [x.id for x in store.sessions.admin_list()] == newest_first
+    assert [x.id for x in store.sessions.admin_list(tenant_id=a)] == [s2, s1]
+    assert [x.id for x in store.sessions.admin_list(external_user_id="carol")] == [s3, s1]
+    assert [x.id for x in store.sessions.admin_list(tenant_id=a, external_user_id="carol")] == [s1]
+    # the user filter is applied before the limit, not after it
+    assert [x.id for x in store.sessions.admin_list(external_user_id="carol", limit=1)] == [s3]
+    assert [x.id for x in store.sessions.admin_list(limit=2, offset=1)] == [s2, s1]
