@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Client
+from service_testkit import Client
 from test_chat import new_session, turn
 
 BIG = "x" * 2001  # over MEMSVC_MAX_MESSAGE_CHARS=2000

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import PG_ADMIN, REDIS_URL
+from service_testkit import PG_ADMIN, REDIS_URL
 
 from memsvc.bench import resume, service
 

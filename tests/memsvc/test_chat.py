@@ -6,8 +6,8 @@ import concurrent.futures as cf
 
 import pytest
 import redis
-from conftest import REDIS_URL, Backend, Client
 from server_util import sse_events
+from service_testkit import REDIS_URL, Backend, Client
 from sqlalchemy import create_engine, text
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Backend, Client
+from service_testkit import Backend, Client
 from test_chat import new_session, turn
 from test_rag import FACT_DOC, QUESTION
 

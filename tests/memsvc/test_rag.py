@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Client
+from service_testkit import Client
 from test_chat import new_session, turn
 
 FACT_DOC = (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import redis
-from conftest import REDIS_URL, Backend
 from server_util import Server
+from service_testkit import REDIS_URL, Backend
 
 
 def _chat(http: httpx.Client, key: str, sid: str, content: str) -> dict:

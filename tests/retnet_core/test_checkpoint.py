@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from retnet_factory import tiny_model
 
 from retnet_core.checkpoint import CheckpointError, load_pretrained, tokenizer_path
 from retnet_core.model import RetNetLM

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
+from retnet_factory import tiny_config, tiny_model
 
 from retnet_core.config import ConfigError, RetNetConfig
 from retnet_core.model import RetNetLM

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from retnet_factory import tiny_model
 
 from retnet_core.state import RecurrentState, StateCorruptError, StateMismatchError
 
