@@ -6,6 +6,10 @@ model, on 127.0.0.1:8000. Postgres and Redis are one setting each away::
 
     MEMSVC_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/memsvc
     MEMSVC_REDIS_URL=redis://127.0.0.1:6379/0
+
+``MEMSVC_THREADS`` sets the model's CPU threads (``torch.set_num_threads``, applied
+when the model is loaded); unset keeps torch's default (usually one per core). On a
+shared machine, or with several server processes on one host, set it lower.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="memsvc:", description="key prefix for everything in Redis")
     model_dir: Path | None = Field(default=None, description="checkpoint dir; default: shipped")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads (set at model load); None: default"
+    )
     data_dir: Path = Field(default_factory=_default_data_dir)
     run_migrations: bool = Field(default=True, description="apply migrations at start")
 
@@ -73,7 +80,9 @@ class Settings(BaseSettings):
     # memory slots
     memory_enabled: bool = True
 
-    @field_validator("database_url", "redis_url", "model_dir", "admin_key", mode="before")
+    @field_validator(
+        "database_url", "redis_url", "model_dir", "admin_key", "threads", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         """``MEMSVC_REDIS_URL=`` in a ``.env`` means "not configured", not an empty URL."""

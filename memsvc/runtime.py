@@ -46,9 +46,15 @@ class ModelRuntime:
         self.fingerprint: str = str(model.fingerprint())
 
     @classmethod
-    def load(cls, model_dir: Path, device: str) -> ModelRuntime:
-        """Load the checkpoint and ``tokenizer.json`` from ``model_dir`` onto ``device``."""
+    def load(cls, model_dir: Path, device: str, threads: int | None = None) -> ModelRuntime:
+        """Load the checkpoint and ``tokenizer.json`` from ``model_dir`` onto ``device``.
+
+        ``threads``: ``torch.set_num_threads`` for this process (None: torch's default).
+        """
         from retnet_core.model import RetNetLM
+
+        if threads is not None:
+            torch.set_num_threads(threads)
 
         if not Path(model_dir).is_dir():
             raise ModelUnavailable(f"model directory {model_dir} does not exist")

@@ -81,7 +81,9 @@ class Services:
             migrate(settings)
         metrics = Metrics()
         store = open_store(settings, metrics.registry)
-        runtime = ModelRuntime.load(settings.resolved_model_dir(), settings.resolved_device())
+        runtime = ModelRuntime.load(
+            settings.resolved_model_dir(), settings.resolved_device(), settings.threads
+        )
         scheduler = Scheduler(runtime, metrics, settings.max_batch)
         embedder = Embedder(settings.embedder_device)
         snapshots = SnapshotCache(settings.snapshot_cache_size, backing=store)

@@ -69,6 +69,23 @@ def runtime(checkpoint: Path) -> ModelRuntime:
     return ModelRuntime.load(checkpoint, "cpu")
 
 
+def test_threads_setting_applied_at_model_load(checkpoint: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEMSVC_THREADS", "")
+    assert Settings().threads is None  # blank: torch's default
+    monkeypatch.setenv("MEMSVC_THREADS", "2")
+    s = Settings()
+    assert s.threads == 2
+    before = torch.get_num_threads()
+    want = 3 if before == 2 else 2
+    try:
+        ModelRuntime.load(checkpoint, "cpu", threads=want)
+        assert torch.get_num_threads() == want
+        ModelRuntime.load(checkpoint, "cpu", threads=None)
+        assert torch.get_num_threads() == want  # None leaves the setting alone
+    finally:
+        torch.set_num_threads(before)
+
+
 def _decode(sched: Scheduler, rt: ModelRuntime, prompts: list[str], **kw) -> list[DoneEvent]:
     """Submit all prompts at once (they share decode steps); wait for every DoneEvent."""
     events: queue.Queue = queue.Queue()
