@@ -79,6 +79,7 @@ class RetNetConfig:
     memory_write_threshold: float = 0.5
     memory_touch_threshold: float = 0.05
     memory_gate: bool = True
+    memory_pool: str = "attention"  # span compression: learned attention pooling, or "mean"
 
     def __post_init__(self) -> None:
         self.memory_layers = sorted(int(i) for i in self.memory_layers)
@@ -112,6 +113,7 @@ class RetNetConfig:
             (self.chunk_size > 0, "chunk_size must be positive"),
             (all(0 <= i < self.n_layers for i in self.memory_layers), "memory_layers range"),
             (len(set(self.memory_layers)) == len(self.memory_layers), "memory_layers repeat"),
+            (self.memory_pool in ("attention", "mean"), "memory_pool: 'attention' or 'mean'"),
         ]
         for ok, msg in checks:
             if not ok:

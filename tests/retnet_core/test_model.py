@@ -148,6 +148,9 @@ def test_config_json_round_trip_and_errors():
         RetNetConfig.from_dict({**cfg.to_dict(), "format_version": 99})
     with pytest.raises(ConfigError):
         tiny_config(n_heads=3)
+    with pytest.raises(ConfigError, match="memory_pool"):
+        tiny_config(memory_layers=[0], memory_pool="max")
+    assert tiny_config(memory_pool="mean").memory_pool == "mean"
 
 
 def test_value_factor_and_tied_head():
