@@ -4,7 +4,9 @@ Every runner owns a model with random weights at the benchmark's shape and expos
 `prefill(prompt) -> last logits`, `step(token) -> logits`, `state_bytes()` and `reset()`.
 Each model is driven the way its own API intends for serving a long prompt:
 
-- ours: `prefill` (chunkwise form) once, then `step` (recurrent form);
+- ours: `prefill` (chunkwise form, 4096-token slices cut into `PREFILL_CHUNK` chunks),
+  then `step` (recurrent form); variants: `ours-vf1` (value_factor 1), `ours-compiled`
+  (the opt-in `compile_step()`), `ours-matched` (yar's weight count);
 - yet-another-retnet: `forward_chunkwise` slice by slice with its `start_idx` and states
   (one call on a whole 32k prompt would build a 32k x 32k decay mask per head), then
   `forward_recurrent`; the LM head runs on the last prompt token only;
@@ -58,13 +60,20 @@ def _weight_bytes(model: nn.Module, embedding: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
 
 
+# Chunk of our chunkwise prefill (the model's config default is 256); chosen by
+# measuring 256/512/1024/4096 at L=8192 (docs/bench/decode.md).
+PREFILL_CHUNK = 512
+
+
 class OursRunner:
     """retnet_core's model: chunkwise prefill, recurrent step."""
 
     name = "ours"
     overrides: ClassVar[dict[str, float | int]] = {}
 
-    def __init__(self, shape: Shape, prefill_slice: int = 4096) -> None:
+    def __init__(
+        self, shape: Shape, prefill_slice: int = 4096, prefill_chunk: int | None = None
+    ) -> None:
         from retnet_core.config import RetNetConfig
         from retnet_core.model import RetNetLM
 
@@ -80,13 +89,16 @@ class OursRunner:
         self.model = RetNetLM(cfg).eval()
         # Prefill in slices so the (slice, vocab) logits stay small; the state carries over.
         self.prefill_slice = prefill_slice
+        self.prefill_chunk = prefill_chunk or PREFILL_CHUNK
         self.state = None
 
     def prefill(self, prompt: Tensor) -> Tensor:
         state = None
         for start in range(0, prompt.shape[1], self.prefill_slice):
             piece = prompt[:, start : start + self.prefill_slice]
-            logits, state = self.model.prefill(piece, state, last_only=True)
+            logits, state = self.model.prefill(
+                piece, state, last_only=True, chunk_size=self.prefill_chunk
+            )
         self.state = state
         return logits
 
@@ -111,6 +123,40 @@ class OursMatchedRunner(OursRunner):
 
     name = "ours-matched"
     overrides: ClassVar[dict[str, float | int]] = {"value_factor": 1.0, "ffn_dim": 1365}
+
+
+class Vf1Runner(OursRunner):
+    """Ours with value_factor 1: values and output gate d_model wide, as yar's; SwiGLU
+    2048 kept. The issue's "same shape" (d 512, 6 layers, 8 heads, FFN 2048)."""
+
+    name = "ours-vf1"
+    overrides: ClassVar[dict[str, float | int]] = {"value_factor": 1.0}
+
+
+class CompiledRunner(OursRunner):
+    """Ours (default config) with the opt-in `compile_step()` (torch.compile, inductor).
+
+    Compiles on its first step; `compile()` does that on a short prompt and returns the
+    seconds it took, so the benchmark can compile before timing and report it apart."""
+
+    name = "ours-compiled"
+
+    def __init__(self, shape: Shape, **kw) -> None:
+        super().__init__(shape, **kw)
+        self.model.compile_step()
+
+    def compile(self) -> float:
+        import time
+
+        import torch
+
+        with torch.inference_mode():
+            token = self.prefill(torch.zeros(1, 8, dtype=torch.long)).argmax(-1)
+            t0 = time.perf_counter()
+            self.step(token)
+            seconds = time.perf_counter() - t0
+        self.reset()
+        return seconds
 
 
 class YarRunner:
@@ -214,6 +260,8 @@ class LlamaRunner:
 
 RUNNERS: dict[str, Callable[[Shape], Runner]] = {
     "ours": OursRunner,
+    "ours-vf1": Vf1Runner,
+    "ours-compiled": CompiledRunner,
     "ours-matched": OursMatchedRunner,
     "yar": YarRunner,
     "llama": LlamaRunner,
