@@ -5,7 +5,13 @@ Continuous batching: every loop iteration the scheduler
 1. runs the work that arrived since the last step (prefills of new turns, debug probes,
    memory writes), each a function executed on this thread, so the model never sees
    two callers at once;
-2. advances every active turn by one token in as few ``model.step`` calls as possible:
+2. feeds the prompts of every turn that became ready in step 1 as ONE batched prefill
+   (a function may return a :class:`PromptPrefill` instead of a finished DecodeJob:
+   right-padded rows with their lengths, stacked states; see
+   ``ModelRuntime.prefill_rows``), samples each turn's first token from its row's
+   logits and emits it at once, so time-to-first-token does not grow with the number of
+   turns prefilled one after another;
+3. advances every active turn by one token in as few ``model.step`` calls as possible:
    turns are grouped by their memory bank (same bank → one batched step), states are
    stacked to (B, ...), stepped, and unbound again.
 
@@ -81,6 +87,20 @@ class DecodeJob:
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     generator: Any = None
+    pending: int | None = None  # sampled right after the prefill, fed by the next step
+
+
+@dataclass
+class PromptPrefill:
+    """A turn whose last prompt (``ids`` after ``state``, None: new session) can be fed
+    batched with other turns' prompts (no memory read, no capture, no boundaries).
+
+    ``finish`` builds the turn's DecodeJob from its row's :class:`Prefilled`.
+    """
+
+    ids: list[int]
+    state: Any
+    finish: Callable[[Any], DecodeJob]
 
 
 class Scheduler:
@@ -92,6 +112,8 @@ class Scheduler:
         self.max_batch = max_batch
         self._work: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._active: list[DecodeJob] = []
+        self._ready: list[tuple[PromptPrefill, Future]] = []  # prompts of this round
+        self.prefill_batches: list[int] = []  # rows of each batched prefill (recent)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memsvc-scheduler", daemon=True)
 
@@ -123,6 +145,8 @@ class Scheduler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._drain_work(block=not self._active)
+            if self._ready:
+                self._prefill_ready()
             if self._active:
                 try:
                     self._step_all()
@@ -140,7 +164,7 @@ class Scheduler:
             return
         while True:
             self._run_one(*item)
-            if len(self._active) >= self.max_batch:
+            if len(self._active) + len(self._ready) >= self.max_batch:
                 return
             try:
                 item = self._work.get_nowait()
@@ -155,10 +179,35 @@ class Scheduler:
         except BaseException as exc:
             fut.set_exception(exc)
             return
+        if isinstance(result, PromptPrefill):
+            self._ready.append((result, fut))  # answered by _prefill_ready
+            return
         if isinstance(result, DecodeJob):
             result.generator = result.params.generator()
             self._active.append(result)
         fut.set_result(result)
+
+    def _prefill_ready(self) -> None:
+        """One batched prefill of every ready prompt; first tokens are sampled and sent."""
+        ready, self._ready = self._ready, []
+        try:
+            outs = self.runtime.prefill_rows([p.ids for p, _ in ready], [p.state for p, _ in ready])
+        except BaseException as exc:  # the turns fail, the thread goes on
+            log.exception("batched prefill failed")
+            for _, fut in ready:
+                fut.set_exception(exc)
+            return
+        self.prefill_batches = [*self.prefill_batches[-999:], len(ready)]
+        for (prompt, fut), out in zip(ready, outs, strict=True):
+            try:
+                job = prompt.finish(out)
+                job.generator = job.params.generator()
+                job.pending = self._next_input(job)  # first token now, not after a step
+            except BaseException as exc:
+                fut.set_exception(exc)
+                continue
+            self._active.append(job)
+            fut.set_result(job)
 
     def _step_all(self) -> None:
         """Advance every active turn by one token; finished turns leave the batch."""
@@ -185,6 +234,9 @@ class Scheduler:
     def _next_input(self, job: DecodeJob) -> int:
         """The token to feed for ``job``: a new sample, or ``<|end|>`` when it is closing."""
         end_id = self.runtime.tokenizer.end_id
+        if job.pending is not None:
+            tok, job.pending = job.pending, None
+            return tok
         if job.closing:
             return end_id
         tok = sample(job.logits, job.params, job.generator, banned=(self.runtime.tokenizer.pad_id,))

@@ -120,6 +120,43 @@ class ModelRuntime:
         return Prefilled(logits=logits.reshape(-1)[: logits.shape[-1]].float(), state=new_state)
 
     @torch.inference_mode()
+    def prefill_rows(self, rows: list[list[int]], states: list[Any | None]) -> list[Prefilled]:
+        """Feed one prompt per session in ONE batched call (no memory, no boundaries).
+
+        Rows are right-padded with ``<|pad|>`` and passed with their ``lengths``; states
+        (None: a new session) are stacked. Each row's result is bit-identical to the same
+        row fed alone through this method: there is always at least one padding column
+        (so the state is always the masked end-of-row formula), padding is masked out of
+        retention and the state, the linear layers see ≥ 2 rows (B·T) either way, and the
+        head is applied to each row's last valid hidden state on its own (one row).
+        """
+        if not rows or len(rows) != len(states) or any(not r for r in rows):
+            raise ValueError("prefill_rows needs one non-empty prompt per state")
+        # one padding column at least, so every row's state comes from the same masked
+        # formula (without padding the chunk recurrence computes it, in other bits)
+        width = max(len(r) for r in rows) + 1
+        pad = self.tokenizer.pad_id
+        tokens = torch.tensor(
+            [r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device
+        )
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long, device=self.device)
+        stacked = self.stack([s if s is not None else self.model.init_state(1) for s in states])
+        head = self.model.head
+        picked: list[Tensor] = []
+        hook = head.register_forward_hook(lambda _m, inp, _out: picked.append(inp[0]))
+        try:
+            _, new_state = self.model.prefill(
+                tokens, state=stacked, lengths=lengths, last_only=True
+            )
+        finally:
+            hook.remove()
+        hidden = picked[-1]  # (B, d_model): each row's last valid position
+        return [
+            Prefilled(logits=head(hidden[i : i + 1]).reshape(-1).float(), state=st)
+            for i, st in enumerate(self.unbind(new_state))
+        ]
+
+    @torch.inference_mode()
     def step(self, tokens: list[int], state: Any, memory: Any = None) -> tuple[Tensor, Any]:
         """One decode step for B sessions: tokens (B,) -> logits (B, V), new state."""
         t = torch.tensor(tokens, dtype=torch.long, device=self.device)

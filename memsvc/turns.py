@@ -29,11 +29,19 @@ from starlette.concurrency import run_in_threadpool
 from memsvc.api.errors import BadRequest, Conflict, SessionBusy, TooLarge, Unavailable
 from memsvc.api.schemas import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
 from memsvc.config import Settings
-from memsvc.engine import DecodeJob, DoneEvent, ErrorEvent, Scheduler, TokenEvent, async_emitter
+from memsvc.engine import (
+    DecodeJob,
+    DoneEvent,
+    ErrorEvent,
+    PromptPrefill,
+    Scheduler,
+    TokenEvent,
+    async_emitter,
+)
 from memsvc.memory import TurnCapture
 from memsvc.metrics import Metrics
 from memsvc.rag import PassageFeeder, RetrievedPassage
-from memsvc.runtime import ModelRuntime
+from memsvc.runtime import ModelRuntime, Prefilled
 from memsvc.sampling import SamplingParams
 from memsvc.store import Busy, LoadedState, SessionRec, Store, TurnCommit
 
@@ -173,7 +181,7 @@ class TurnManager:
         events: asyncio.Queue = asyncio.Queue()
         emit = async_emitter(loop, events)
 
-        def prefill() -> DecodeJob:
+        def prefill() -> DecodeJob | PromptPrefill:
             return self._prefill(session, loaded, passages, req, max_new, emit, prep, accepted)
 
         await self.scheduler.call(prefill)
@@ -240,8 +248,15 @@ class TurnManager:
             self.settings.rag_threshold,
         )
 
-    def _prefill(self, session, loaded, passages, req, max_new, emit, prep, accepted) -> DecodeJob:
-        """Scheduler thread: passages (snapshots), then the user turn and ``<|assistant|>``."""
+    def _prefill(
+        self, session, loaded, passages, req, max_new, emit, prep, accepted
+    ) -> DecodeJob | PromptPrefill:
+        """Scheduler thread: passages (snapshots), then the user turn and ``<|assistant|>``.
+
+        Without memory banks the last prompt is handed back as a :class:`PromptPrefill`:
+        the scheduler feeds it batched with the other turns that are ready in the same
+        round. With banks (read by the prompt, captured for the write) it is fed here.
+        """
         tok = self.runtime.tokenizer
         # empty banks read exactly zero: such turns decode with memory=None, so they can
         # share batched steps with every other session (a bank is per tenant and scope)
@@ -272,25 +287,31 @@ class TurnManager:
             ]
         user = tok.render_turn({"role": "user", "content": req.content})
         ids = user + tok.generation_prompt()
-        capture: dict = {} if prep.banks else None
+        prep.prompt_tokens = len(head) + prep.passage_tokens + len(ids)
+        prep.turn_tokens = len(head) + prep.passage_tokens + len(ids)
+        params = SamplingParams(req.temperature, req.top_p, req.top_k, req.seed)
+
+        def job(out: Prefilled) -> DecodeJob:
+            return DecodeJob(
+                state=out.state,
+                logits=out.logits,
+                params=params,
+                max_new=max_new,
+                stops=list(req.stop),
+                emit=emit,
+                group=self.memory.group_key(session) if reads else "",
+                memory=reads,
+                started=accepted,
+            )
+
+        if not prep.banks:  # nothing read, nothing captured: batched with other turns
+            return PromptPrefill(ids=ids, state=state, finish=job)
+        capture: dict = {}
         offset = 0 if state is None else int(state.position.reshape(-1)[0])
         out = self.runtime.prefill(ids, state, [len(user)], memory=reads, capture=capture)
         if capture:
             prep.capture = TurnCapture(hidden=capture, span=(1, len(user) - 1), offset=offset)
-        prep.prompt_tokens = len(head) + prep.passage_tokens + len(ids)
-        prep.turn_tokens = len(head) + prep.passage_tokens + len(ids)
-        params = SamplingParams(req.temperature, req.top_p, req.top_k, req.seed)
-        return DecodeJob(
-            state=out.state,
-            logits=out.logits,
-            params=params,
-            max_new=max_new,
-            stops=list(req.stop),
-            emit=emit,
-            group=self.memory.group_key(session) if reads else "",
-            memory=reads,
-            started=accepted,
-        )
+        return job(out)
 
     def _head_bytes(self, state: Any) -> bytes | None:
         return None if state is None else self.runtime.state_to_bytes(state)

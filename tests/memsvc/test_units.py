@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import queue
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from memsvc.config import Settings
-from memsvc.engine import DecodeJob, DoneEvent, Scheduler, TokenEvent
+from memsvc.engine import DecodeJob, DoneEvent, PromptPrefill, Scheduler, TokenEvent
 from memsvc.metrics import Metrics
 from memsvc.rag import split_passages
 from memsvc.runtime import ModelRuntime
@@ -136,6 +137,101 @@ def test_batched_decode_equals_one_at_a_time(runtime: ModelRuntime) -> None:
     assert metrics.registry.get_sample_value("memsvc_decode_batch_size_bucket", {"le": "2.0"}) < (
         metrics.value("memsvc_decode_batch_size_count")
     )  # some steps ran with three sessions at once
+
+
+def _prompts(rt: ModelRuntime) -> tuple[list[list[int]], list]:
+    """Prompts of different lengths after new (None) and existing states."""
+    tok = rt.tokenizer
+    texts = ["Hi", "I like tea and long walks on the beach " * 3, "Cats", "x " * 40, "Dogs bark"]
+    gen = tok.generation_prompt()
+    rows = [tok.render_turn({"role": "user", "content": t}) + gen for t in texts]
+    old = rt.prefill(tok.render_turn({"role": "user", "content": "old stuff here"}), None, [])
+    sys_ = rt.prefill(tok.render_turn({"role": "system", "content": "Be brief."}), None, [])
+    return rows, [None, old.state, None, sys_.state, old.state]
+
+
+def _greedy(rt: ModelRuntime, logits, state, n: int = 8) -> tuple[list[int], list]:
+    """Decode alone (batch of one) from a prefill: reply ids and the final state."""
+    ids: list[int] = []
+    for _ in range(n):
+        ids.append(int(logits.argmax()))
+        out, state = rt.step([ids[-1]], state)
+        logits = out[0]
+    out, state = rt.step([rt.tokenizer.end_id], state)
+    return ids, [state.position, *state.S, *(state.z or [])]
+
+
+def test_batched_prompt_prefill_is_bit_identical_to_alone(runtime: ModelRuntime) -> None:
+    rows, states = _prompts(runtime)
+    assert len({len(r) for r in rows}) == len(rows)  # every row padded differently
+    batched = runtime.prefill_rows(rows, states)
+    for row, st, b in zip(rows, states, batched, strict=True):
+        (alone,) = runtime.prefill_rows([row], [st])
+        assert torch.equal(alone.logits, b.logits)
+        assert torch.equal(alone.state.position, b.state.position)
+        assert int(b.state.position) == len(row) + (0 if st is None else int(st.position))
+        ours, theirs = alone.state, b.state
+        for x, y in zip(ours.S + (ours.z or []), theirs.S + (theirs.z or []), strict=True):
+            assert torch.equal(x, y)
+        # the reply and the saved state after decoding are the same bits too
+        ids, final = _greedy(runtime, alone.logits, alone.state)
+        ids_b, final_b = _greedy(runtime, b.logits, b.state)
+        assert ids == ids_b
+        assert all(torch.equal(x, y) for x, y in zip(final, final_b, strict=True))
+        # and the same numbers as the per-turn path (other chunk cuts: not the same bits)
+        ref = runtime.prefill(row, st, [len(row) - 1])
+        assert torch.allclose(ref.logits, b.logits, atol=1e-4)
+        assert torch.allclose(ref.state.S[-1], b.state.S[-1], atol=1e-4)
+
+
+def test_scheduler_prefills_ready_prompts_as_one_batch(runtime: ModelRuntime, monkeypatch) -> None:
+    rows, states = _prompts(runtime)
+    step_times: list[float] = []
+    real_step = runtime.step
+
+    def timed_step(*args, **kw):
+        step_times.append(time.perf_counter())
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(runtime, "step", timed_step)
+
+    def run(indices: list[int]) -> dict[int, tuple]:
+        sched = Scheduler(runtime, Metrics())
+        events: queue.Queue = queue.Queue()
+        prefilled: dict[int, object] = {}
+
+        def finish(out, i: int) -> DecodeJob:
+            prefilled[i] = out
+            emit = lambda e: events.put((i, e))  # noqa: E731
+            return DecodeJob(out.state, out.logits, SamplingParams(), 6, [], emit)
+
+        futures = [
+            sched.submit(lambda i=i: PromptPrefill(rows[i], states[i], lambda o, i=i: finish(o, i)))
+            for i in indices
+        ]  # all queued before the loop starts: one scheduling round
+        step_times.clear()
+        sched.start()
+        done: dict[int, DoneEvent] = {}
+        try:
+            while len(done) < len(indices):
+                i, e = events.get(timeout=60)
+                if isinstance(e, DoneEvent):
+                    done[i] = e
+        finally:
+            sched.stop()
+        assert all(isinstance(f.result(), DecodeJob) for f in futures)
+        # every first token was sampled from the prefill logits, before any decode step
+        assert max(f.result().first_token_at for f in futures) < min(step_times)
+        assert sched.prefill_batches == [len(indices)]
+        return {i: (prefilled[i], done[i]) for i in indices}
+
+    together = run(list(range(len(rows))))
+    for i in range(len(rows)):
+        (alone_out, alone_done), (out, done) = run([i])[i], together[i]
+        assert torch.equal(alone_out.logits, out.logits)
+        assert all(torch.equal(x, y) for x, y in zip(alone_out.state.S, out.state.S, strict=True))
+        assert alone_done.token_ids == done.token_ids and done.token_ids
+        assert torch.allclose(alone_done.state.S[0], done.state.S[0], atol=1e-5)
 
 
 def test_stop_sequence_cuts_and_is_never_streamed(runtime: ModelRuntime) -> None:
