@@ -62,7 +62,7 @@ def _weight_bytes(model: nn.Module, embedding: nn.Module) -> int:
 
 # Chunk of our chunkwise prefill (the model's config default is 256); chosen by
 # measuring 256/512/1024/4096 at L=8192 (docs/bench/decode.md).
-PREFILL_CHUNK = 512
+PREFILL_CHUNK = 256
 
 
 class OursRunner:
