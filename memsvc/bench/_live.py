@@ -150,6 +150,9 @@ class LiveServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    # what follows the interpreter: `memsvc.server`, or ("-m", "memsvc.cli", "serve") to start
+    # it exactly as users do
+    module_args: tuple[str, ...] = ("-m", "memsvc.server")
 
     @property
     def url(self) -> str:
@@ -174,7 +177,7 @@ class LiveServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "memsvc.server", "--log-level", "warning"],
+                [sys.executable, *self.module_args, "--log-level", "warning"],
                 env=env,
                 cwd=self.workdir,  # no stray .env
                 stdout=out,

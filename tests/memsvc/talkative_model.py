@@ -13,13 +13,8 @@ backend for all the integration modules (OpenAI client, LangChain, CLI).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 from server_util import Server
@@ -65,38 +60,15 @@ def make_talkative_checkpoint(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-class CliServer(Server):
+def cli_server(env: dict[str, str], workdir: Path) -> Server:
     """A live server started the way users start it: ``memsvc serve`` (the CLI command)."""
-
-    def start(self, timeout_s: float = 180.0) -> CliServer:
-        env = {**os.environ, **self.env, "MEMSVC_HOST": "127.0.0.1", "MEMSVC_PORT": str(self.port)}
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        argv = [sys.executable, "-m", "memsvc.cli", "serve", "--log-level", "warning"]
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                argv, env=env, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"memsvc serve exited early:\n{self.log.read_text()[-4000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(
-            f"memsvc serve not ready in {timeout_s}s:\n{self.log.read_text()[-4000:]}"
-        )
+    return Server(env, workdir, module_args=("-m", "memsvc.cli", "serve"))
 
 
-_SERVERS: dict[str, CliServer] = {}
+_SERVERS: dict[str, Server] = {}
 
 
-def talkative_server(backend, tmp_path_factory, config: pytest.Config) -> CliServer:
+def talkative_server(backend, tmp_path_factory, config: pytest.Config) -> Server:
     """One ``memsvc serve`` per backend for every module that asks, stopped at session end.
 
     It runs the talkative checkpoint on ``backend``'s databases, which it shares with
@@ -106,7 +78,7 @@ def talkative_server(backend, tmp_path_factory, config: pytest.Config) -> CliSer
     if srv is None or srv.proc is None or srv.proc.poll() is not None:
         ckpt = make_talkative_checkpoint(tmp_path_factory.mktemp("talkative"))
         env = {**backend.env, "MEMSVC_MODEL_DIR": str(ckpt)}
-        srv = CliServer(env, tmp_path_factory.mktemp("talkative-srv")).start()
+        srv = cli_server(env, tmp_path_factory.mktemp("talkative-srv")).start()
         config.add_cleanup(srv.stop)
         _SERVERS[backend.name] = srv
     return srv
