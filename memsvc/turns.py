@@ -153,15 +153,20 @@ class TurnManager:
     async def _run(self, turn: Turn, lock, session: SessionRec, req, max_new: int) -> None:
         accepted = time.perf_counter()
         try:
-            result = await self._run_locked(turn, session, req, max_new, accepted)
-            self.metrics.turns.labels("ok").inc()
-            await turn.queue.put(result)
+            try:
+                result: TurnOut | Exception = await self._run_locked(
+                    turn, session, req, max_new, accepted
+                )
+                self.metrics.turns.labels("ok").inc()
+            finally:
+                # released before the client hears the turn ended: a client that sends its
+                # next turn the moment this one returns must find the session free, not 409
+                await run_in_threadpool(_release_quietly, lock, session.id)
         except BaseException as exc:  # the client gets it as an event, never a lost turn
             self.metrics.turns.labels("error").inc()
             log.warning("turn on session %s failed: %r", session.id, exc)
-            await turn.queue.put(_as_api_error(exc))
-        finally:
-            await run_in_threadpool(lock.__exit__, None, None, None)
+            result = _as_api_error(exc)
+        await turn.queue.put(result)
 
     async def _run_locked(self, turn, session, req, max_new, accepted) -> TurnOut:
         if req.idempotency_key:  # committed while we waited for the lock: replay, not redo
@@ -350,6 +355,14 @@ class TurnManager:
             usage=usage,
             replayed=True,
         )
+
+
+def _release_quietly(lock: Any, session_id: str) -> None:
+    """Release the session's lock; a failure only logs, since the lease expires on its own."""
+    try:
+        lock.__exit__(None, None, None)
+    except Exception:
+        log.exception("releasing the lock of session %s failed; it will expire", session_id)
 
 
 def _as_api_error(exc: BaseException) -> Exception:
