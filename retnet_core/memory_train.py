@@ -33,11 +33,17 @@ from retnet_core.tokenizer import ChatTokenizer, Message
 
 
 def user_spans(tok: ChatTokenizer, messages: Sequence[Message]) -> list[tuple[int, int]]:
-    """Half-open token spans [start, end) of the user turns of a rendered session."""
+    """Half-open token spans [start, end) of the user turns' content in a rendered session.
+
+    The role token and ``<|end|>`` are left out: the serving engine writes a user
+    message's content tokens (``memsvc.memory``), and training must write the same span.
+    """
     r = tok.render(messages)
     starts = [0, *r.boundaries[:-1]]
     return [
-        (s, e) for s, e, m in zip(starts, r.boundaries, messages, strict=True) if m.role == "user"
+        (s + 1, e - 1)
+        for s, e, m in zip(starts, r.boundaries, messages, strict=True)
+        if m.role == "user"
     ]
 
 

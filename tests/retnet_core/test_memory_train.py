@@ -59,9 +59,10 @@ def test_user_spans(tok) -> None:
     spans = user_spans(tok, msgs)
     assert len(spans) == 2
     (s0, e0), (s1, e1) = spans
-    assert s0 == 0 and ids[s0] == tok.user_id and ids[e0 - 1] == tok.end_id
-    assert ids[s1] == tok.user_id and e1 == len(ids)
-    assert tok.decode(ids[s1 + 1 : e1 - 1]) == "My dog is Rex."
+    # content only, as the service writes it: no role token, no <|end|>
+    assert s0 == 1 and ids[s0 - 1] == tok.user_id and ids[e0] == tok.end_id
+    assert ids[s1 - 1] == tok.user_id and e1 == len(ids) - 1
+    assert tok.decode(ids[s1:e1]) == "My dog is Rex."
 
 
 def test_forget_masks_the_stated_slot(pools) -> None:
