@@ -105,7 +105,8 @@ class TensorBank:
     mask (B, N) bool (False = padding). ``write_spans`` (B, S, T) bool, when set,
     asks the next :meth:`MemoryLayer.forward` to write one slot per span of its input
     into this bank (after reading it), so a session's writes reach a later session
-    without leaving the graph.
+    without leaving the graph. ``reads``, when a list, collects the attention of every
+    read (what a forget request points at is trained from it).
     """
 
     keys: Tensor
@@ -114,6 +115,7 @@ class TensorBank:
     mask: Tensor
     write_spans: Tensor | None = None
     written: list[Tensor] = field(default_factory=list)  # gates (B, S) of each write
+    reads: list[Tensor] | None = None  # when a list: each read appends its probs (B, T, N)
 
     @classmethod
     def empty(cls, batch: int, d_key: int, d_value: int, device=None) -> TensorBank:
@@ -258,8 +260,22 @@ class MemoryLayer(nn.Module):
         if len(bank) == 0:
             return torch.zeros_like(h)
         bias = bank.log_gate.masked_fill(~bank.mask, float("-inf"))
-        out, _ = memory_attention(self.q_proj(h), bank.keys, bank.values, self.null_key, bias)
+        out, probs = memory_attention(self.q_proj(h), bank.keys, bank.values, self.null_key, bias)
+        if bank.reads is not None:
+            bank.reads.append(probs)
         return self.o_proj(out)
+
+    @torch.no_grad()
+    def read_probs(self, h: Tensor, keys: Tensor) -> Tensor:
+        """How much each token reads each slot: h (T, d), keys (N, d_k) -> probs (T, N).
+
+        The exact read's attention (:func:`memory_attention`); the "no slot" entry takes
+        1 − Σ_n p_n. A forget request removes the slot its last token reads most.
+        """
+        q = self.q_proj(h.reshape(1, -1, h.shape[-1]))
+        k = keys.to(q).unsqueeze(0)
+        _, probs = memory_attention(q, k, k.new_zeros(k.shape[:2] + (1,)), self.null_key)
+        return probs[0]
 
     def read_exact(self, h: Tensor, bank: SlotStore) -> Tensor:
         """Exact read over every slot of ``bank``; h (B, T, d) -> (B, T, d)."""

@@ -7,9 +7,11 @@ For a batch of :class:`~retnet_core.dialogues.MemoryExample` with two or more se
    :class:`~retnet_core.memory.TensorBank` per memory layer whose ``write_spans`` are
    the session's **user turns** (``<|user|> … <|end|>``, one slot each, the convention
    the serving engine follows);
-2. for ``forget`` examples the slot of the forgotten fact is masked out, which is what
-   the engine's forget does to a bank (the forget request itself is ordinary
-   single-session text, trained by the LM loss);
+2. for ``forget`` examples the forget request (session 2's user turn) is fed reading
+   those banks, and the attention of its last token is trained onto the slot of the
+   fact it names (−log p); the service removes the slot that token reads most. Then
+   that slot is masked out, which is what the removal does to a bank (the request's
+   acknowledgement is ordinary text, trained by the LM loss);
 3. the last session runs from an empty state reading the banks; the loss is the
    cross-entropy of its final assistant turn (the answer, or "I don't know ...").
 
@@ -20,6 +22,7 @@ the pooling and the projections of session 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -67,23 +70,83 @@ def _banks(model: nn.Module, batch: int, device: torch.device) -> dict[int, Tens
     }
 
 
-def write_and_ask(
+@dataclass
+class CrossSession:
+    """What one cross-session pass gives: the answers, and where forget requests point.
+
+    logits (B, T, V) and labels (B, T) of the last session (final turn only);
+    pointer_logp (F,) log attention of each forget request's ``<|end|>`` token on the
+    slot of the fact it asks to drop, pointer_hit (F,) bool whether that slot is the one
+    it reads most (F = forget examples in the batch; empty when there are none).
+    """
+
+    logits: Tensor
+    labels: Tensor
+    pointer_logp: Tensor
+    pointer_hit: Tensor
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
+    x = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.int64)
+    for b, row in enumerate(rows):
+        x[b, : len(row)] = torch.tensor(row)
+    return x
+
+
+def _stated_slot(example: MemoryExample) -> int:
+    """Index of the slot (user turn of session 1) that stated the forgotten value."""
+    users = [m for m in example.sessions[0] if m.role == "user"]
+    return next(i for i, m in enumerate(users) if example.forgotten in m.content)
+
+
+def _point_forgotten(
+    model: nn.Module,
+    tok: ChatTokenizer,
+    examples: Sequence[MemoryExample],
+    banks: dict[int, TensorBank],
+    device: torch.device | str,
+) -> tuple[Tensor, Tensor]:
+    """Feed each forget request (session 2's user turn) reading the banks of session 1.
+
+    The attention of its last token (``<|end|>``) over the slots is what the service
+    uses to pick the slot to remove; returns (log p of the stated slot, argmax hit),
+    averaged over memory layers, for the forget examples only.
+    """
+    rows = [b for b, ex in enumerate(examples) if ex.forgotten]
+    if not rows:
+        empty = torch.zeros(0, device=device)
+        return empty, empty.bool()
+    asks = [tok.render_turn(examples[b].sessions[1][0]) for b in rows]
+    last = torch.tensor([len(a) - 1 for a in asks], device=device)
+    sub = {
+        i: TensorBank(
+            bank.keys[rows], bank.values[rows], bank.log_gate[rows], bank.mask[rows], reads=[]
+        )
+        for i, bank in banks.items()
+    }
+    model(_pad(asks, tok.pad_id).to(device), memory=sub)
+    target = torch.tensor([_stated_slot(examples[b]) for b in rows], device=device)
+    picked = torch.arange(len(rows), device=device)
+    logp, hit = [], []
+    for bank in sub.values():
+        probs = bank.reads[0][picked, last]  # (F, N): the request's last token
+        logp.append(torch.log(probs[picked, target].clamp_min(1e-9)))
+        hit.append(probs.argmax(-1) == target)
+    return torch.stack(logp).mean(0), torch.stack(hit).all(0)
+
+
+def cross_session(
     model: nn.Module,
     tok: ChatTokenizer,
     examples: Sequence[MemoryExample],
     device: torch.device | str,
     seq_len: int = 256,
-) -> tuple[Tensor, Tensor]:
-    """Run session 1 (writing) then the last session (reading) for each example.
-
-    Returns the last session's logits (B, T, V) and labels (B, T) (final turn only).
-    """
+) -> CrossSession:
+    """Run session 1 (writing), any forget request (pointing), then the last session
+    (reading) for each example; see :class:`CrossSession`."""
     first = [ex.sessions[0] for ex in examples]
     # session 1 is never cut: its spans index the full rendering, and no loss is taken
-    ids = [tok.render_ids(s) for s in first]
-    x1 = torch.full((len(ids), max(map(len, ids))), tok.pad_id, dtype=torch.int64)
-    for b, row in enumerate(ids):
-        x1[b, : len(row)] = torch.tensor(row)
+    x1 = _pad([tok.render_ids(s) for s in first], tok.pad_id)
     spans = [user_spans(tok, s) for s in first]
     banks = _banks(model, len(examples), torch.device(device))
     write = _span_mask(spans, x1.shape[1]).to(device)
@@ -92,13 +155,28 @@ def write_and_ask(
     model(x1.to(device), memory=banks)
     for bank in banks.values():
         bank.write_spans = None
+    pointer_logp, pointer_hit = _point_forgotten(model, tok, examples, banks, device)
+    for bank in banks.values():
         _mask_forgotten(bank, examples, first, spans_count=write.shape[1])
     x2, y2 = pad_examples(
         [render_supervised(tok, ex.sessions[-1], last_only=True) for ex in examples],
         seq_len,
         tok.pad_id,
     )
-    return model(x2.to(device), memory=banks), y2.to(device)
+    logits = model(x2.to(device), memory=banks)
+    return CrossSession(logits, y2.to(device), pointer_logp, pointer_hit)
+
+
+def write_and_ask(
+    model: nn.Module,
+    tok: ChatTokenizer,
+    examples: Sequence[MemoryExample],
+    device: torch.device | str,
+    seq_len: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """The last session's logits (B, T, V) and labels (B, T) of :func:`cross_session`."""
+    out = cross_session(model, tok, examples, device, seq_len)
+    return out.logits, out.labels
 
 
 def _mask_forgotten(
@@ -123,16 +201,20 @@ def cross_session_loss(
     device: torch.device | str,
     seq_len: int = 256,
 ) -> Tensor:
-    """Mean cross-entropy of the final answers, read from memory across a state reset."""
+    """Mean cross-entropy of the final answers, read from memory across a state reset,
+    plus −log p(stated slot) of each forget request's read (what the service removes)."""
     examples = [ex for ex in examples if len(ex.sessions) >= 2]
     if not examples:
         return torch.zeros((), device=device)
-    logits, labels = write_and_ask(model, tok, examples, device, seq_len)
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
+    out = cross_session(model, tok, examples, device, seq_len)
+    answers = F.cross_entropy(
+        out.logits.float().reshape(-1, out.logits.shape[-1]),
+        out.labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
     )
+    if out.pointer_logp.numel() == 0:
+        return answers
+    return answers - out.pointer_logp.mean()
 
 
 @torch.no_grad()
@@ -154,13 +236,17 @@ def cross_session_eval(
         exs = [ex for ex in exs if len(ex.sessions) >= 2]
         if not exs:
             continue
-        hits, right, total = 0, 0, 0
+        hits, right, total, pointed = 0, 0, 0, []
         for i in range(0, len(exs), batch_size):
-            logits, labels = write_and_ask(model, tok, exs[i : i + batch_size], device, seq_len)
+            run = cross_session(model, tok, exs[i : i + batch_size], device, seq_len)
+            logits, labels = run.logits, run.labels
+            pointed.extend(run.pointer_hit.tolist())
             scored = labels != IGNORE_INDEX
             correct = logits.argmax(-1) == labels
             hits += int(((correct | ~scored).all(1) & scored.any(1)).sum())
             right, total = right + int((correct & scored).sum()), total + int(scored.sum())
         out[f"memory_{kind}_tokens"] = right / max(total, 1)
         out[f"memory_{kind}"] = hits / len(exs)
+        if pointed:  # forget requests that point at the slot of the fact they name
+            out[f"memory_{kind}_pointer"] = sum(pointed) / len(pointed)
     return out

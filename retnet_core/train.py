@@ -125,8 +125,9 @@ class Trainer:
             self.tok,
             cfg.seq_len,
             cfg.memory_weight,
+            compile=cfg.compile,
         )
-        self.objective: nn.Module = torch.compile(self.lm) if cfg.compile else self.lm
+        self.objective: nn.Module = self.lm
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # memory layers sit idle in batches without a memory objective

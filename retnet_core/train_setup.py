@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
@@ -248,6 +249,7 @@ class LMObjective(nn.Module):
         tok: ChatTokenizer | None = None,
         seq_len: int = 256,
         memory_weight: float = 1.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -257,6 +259,9 @@ class LMObjective(nn.Module):
         self.seq_len = seq_len
         self.memory_weight = memory_weight
         self.parts: dict[str, float] = {}  # last micro-batch's loss terms, for the log
+        # only the LM term is compiled: its shape is fixed (batch × seq_len), while the
+        # memory objective's sessions differ in length every step and would recompile
+        self._lm_loss = torch.compile(self.lm_loss) if compile else self.lm_loss
 
     def logits(self, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> logits (B, T, V), chunkwise when ``chunk_size`` < T."""
@@ -266,17 +271,21 @@ class LMObjective(nn.Module):
             return logits
         return self.model(tokens)
 
-    def forward(
-        self, tokens: Tensor, labels: Tensor, memory_examples: list[MemoryExample] | None = None
-    ) -> Tensor:
-        """Mean next-token loss (fp32) plus ``memory_weight`` × the memory objective."""
+    def lm_loss(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        """Mean next-token cross-entropy of tokens (B, T) against labels (B, T)."""
         logits = self.logits(tokens)
         # fp32 cross-entropy even under bf16 autocast: the softmax over 4k ids needs it
-        loss = F.cross_entropy(
+        return F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
             ignore_index=IGNORE_INDEX,
         )
+
+    def forward(
+        self, tokens: Tensor, labels: Tensor, memory_examples: list[MemoryExample] | None = None
+    ) -> Tensor:
+        """Mean next-token loss (fp32) plus ``memory_weight`` × the memory objective."""
+        loss = self._lm_loss(tokens, labels)
         self.parts = {}
         if memory_examples and self.memory_fn is not None:
             mem = self.memory_fn(

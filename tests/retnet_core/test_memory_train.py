@@ -14,6 +14,7 @@ from retnet_core.dialogues import DialogueGenerator, ValuePools
 from retnet_core.memory import TensorBank
 from retnet_core.memory_train import (
     _mask_forgotten,
+    cross_session,
     cross_session_eval,
     cross_session_loss,
     user_spans,
@@ -135,3 +136,30 @@ def test_train_with_memory_hooks(tmp_path) -> None:
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert all(r["loss"] == r["loss"] for r in log if "loss" in r)  # no NaN
     assert RetNetLM.from_pretrained(tmp_path / "checkpoint").config.memory_layers == [1]
+
+
+def test_forget_request_learns_to_point_at_the_stated_slot(tok, pools) -> None:
+    """Training the pointer term alone moves a forget request's read onto the slot of
+    the fact it names (what the service then removes), above the 1/N of chance."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = _model(tok)
+    gen = DialogueGenerator(pools, "train", seed=4)
+    held = DialogueGenerator(pools, "heldout", seed=1).sample(24, kinds=("forget",))
+    with torch.no_grad():
+        before = cross_session(model.eval(), tok, held, "cpu", seq_len=64)
+    assert before.pointer_logp.shape == (24,) and before.pointer_hit.shape == (24,)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        run = cross_session(model, tok, gen.sample(8, kinds=("forget",)), "cpu", seq_len=64)
+        loss = -run.pointer_logp.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = cross_session(model.eval(), tok, held, "cpu", seq_len=64)
+    assert float(after.pointer_logp.mean()) > float(before.pointer_logp.mean()) + 0.3
+    stated = [len([m for m in ex.sessions[0] if m.role == "user"]) for ex in held]
+    chance = sum(1 / n for n in stated) / len(stated)
+    assert float(after.pointer_hit.float().mean()) > chance + 0.1
