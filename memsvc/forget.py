@@ -1,36 +1,30 @@
-"""Forget requests said in chat: "Please forget my dog's name." evicts that memory.
+"""Forget requests said in chat: "Please forget my dog's name." removes that memory.
 
 A user who tells the assistant to forget something expects it gone from every later
-session, not only that the reply says so. The feedback endpoint already removes slots
-by message or text; this module does the same for a request made in plain chat:
+session, not only a reply that says so. The feedback endpoint removes slots by message
+or text; a request made in plain chat goes through :func:`parse_forget`, which
+recognises it and says what it names:
 
-1. :func:`parse_forget` recognises the request and extracts its topic ("my dog's
-   name"), or ``everything`` / the last thing said ("forget that");
-2. :func:`pick_forgotten` chooses the slots: for a topic, the slot whose provenance
-   text is nearest to the request in sentence-embedding space (all-MiniLM-L6-v2, the
-   embedder RAG already loads), if it is near enough; for "that", the newest slot.
+- ``topic`` ("my dog's name"): the service removes the slot that the request's own
+  last token reads most. The model is trained for exactly that pointer
+  (``retnet_core.memory_train``), so the choice is the model's, made with the same
+  read attention that answers "What's my dog called?";
+- ``last`` ("forget that", "forget what I just said"): the newest slot;
+- ``all`` ("forget everything"): every slot of the session's memory.
 
-The turn then runs on the bank without those slots, so the model's own reply already
-reads a memory that no longer holds them, and nothing of the request is written.
+The request itself is not written as a memory.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
 
 # "forget", but not "don't forget" / "never forget" / "I forgot"
-_VERB = re.compile(r"(?<!n't )(?<!not )(?<!never )\b(forget|erase|delete)\b", re.IGNORECASE)
-_ALL = re.compile(r"^(everything|all|all of (it|that)|all (my|about me)|everything about me)\b")
+_VERB = re.compile(r"(?<!n't )(?<!not )(?<!never )\b(forget|erase)\b", re.IGNORECASE)
+_ALL = re.compile(r"^(everything|all|all of (it|that)|all about me|everything about me)\b")
 _LAST = re.compile(r"^(that|it|this|what i (just )?(said|told you))$")
-_FILLER = re.compile(r"^(about|the fact that|that)\s+", re.IGNORECASE)
-
-#: A topic matches a slot only above this cosine (MiniLM); below it nothing is removed.
-MIN_SIMILARITY = 0.2
+_FILLER = re.compile(r"^(about|the fact that)\s+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,6 +40,8 @@ def parse_forget(text: str) -> ForgetRequest | None:
 
     >>> parse_forget("Please forget my dog's name.")
     ForgetRequest(scope='topic', topic="my dog's name")
+    >>> parse_forget("Forget that!")
+    ForgetRequest(scope='last', topic='')
     >>> parse_forget("Don't forget my dog's name.") is None
     True
     """
@@ -60,31 +56,3 @@ def parse_forget(text: str) -> ForgetRequest | None:
     if _ALL.match(low):
         return ForgetRequest("all")
     return ForgetRequest("topic", rest)
-
-
-def pick_forgotten(
-    request: ForgetRequest,
-    records: Sequence[Any],
-    embed: Callable[[Sequence[str]], np.ndarray] | None,
-    min_similarity: float = MIN_SIMILARITY,
-) -> list[Any]:
-    """The slot records ``request`` removes, out of ``records`` (with ``.text``).
-
-    topic: the one nearest slot by cosine of MiniLM embeddings, and any slot with the
-    same text (a fact said twice is one memory); last: the newest slot; all: every one.
-    """
-    if not records:
-        return []
-    if request.scope == "all":
-        return list(records)
-    if request.scope == "last":
-        return [max(records, key=lambda r: r.created_tick)]
-    texts = [r.text or "" for r in records]
-    if embed is None or not any(texts):
-        return []
-    vectors = np.asarray(embed([request.topic, *texts]), dtype=np.float32)
-    sims = vectors[1:] @ vectors[0]  # the embedder's vectors are unit length
-    best = int(np.argmax(sims))
-    if sims[best] < min_similarity:
-        return []
-    return [r for r in records if (r.text or "") == texts[best]]

@@ -8,7 +8,9 @@ own namespace), ``session`` → ``session:<id>``, ``tenant`` → ``tenant:<id>``
 Writes go through the Retention Layer's own gate (:meth:`MemoryLayer.write`): at the end
 of a turn the user message's span is encoded from the hidden states captured during
 its prefill and written with provenance (session, message, token span, text). Feedback
-forces (remember), vetoes and removes (forget), or scales (rating) that gate.
+forces (remember), vetoes and removes (forget), or scales (rating) that gate. A forget
+request said in chat ("Please forget my dog's name.") removes the slot the request
+itself reads most (:meth:`MemoryManager.forget_request`, see ``memsvc.forget``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from starlette.concurrency import run_in_threadpool
 
 from memsvc.api.errors import Unprocessable
 from memsvc.api.schemas import FeedbackIn, FeedbackOut
+from memsvc.forget import ForgetRequest
 from memsvc.store import SessionRec
+
+#: A topic forget removes the slot its request reads most only above this share.
+FORGET_MIN_ATTENTION = 0.3
 
 
 @dataclass
@@ -168,6 +174,52 @@ class MemoryManager:
 
         ids = await self.scheduler.call(write)
         return FeedbackOut(kind=body.kind, applied=bool(ids), slots_written=ids)
+
+    # ------------------------------------------------------------------ chat forget
+    def forget_request(
+        self, banks, request: ForgetRequest, hidden: dict[int, Any], position: int
+    ) -> list[str]:
+        """Scheduler thread: remove what a forget request said in chat names.
+
+        ``topic``: the slot that the request's token at ``position`` (its ``<|end|>``)
+        reads most, if it takes at least ``FORGET_MIN_ATTENTION`` of the read (the model
+        was trained to point there); ``last``: the newest slot; ``all``: every slot.
+        Every slot written from the same message goes with it, in every layer's bank.
+        Returns the removed slot ids.
+        """
+        layer = min(banks)
+        bank = banks[layer]
+        if len(bank) == 0:
+            return []
+        if request.scope == "all":
+            return self._evict_where(banks, lambda r: True)
+        if request.scope == "last":
+            newest = max(bank.records(), key=lambda r: r.created_tick)
+            return self._evict_like(banks, newest)
+        ids, keys, _ = bank.all()
+        h = hidden[layer].reshape(-1, hidden[layer].shape[-1])[position : position + 1]
+        probs = self.runtime.model.blocks[layer].memory.read_probs(h, keys)[0]
+        best = int(probs.argmax())
+        if float(probs[best]) < FORGET_MIN_ATTENTION:
+            return []
+        (record,) = bank.records([int(ids[best])])
+        return self._evict_like(banks, record)
+
+    def _evict_like(self, banks, record: Any) -> list[str]:
+        """Evict ``record`` and every slot written from the same message."""
+        if record.message_id is None:
+            return self._evict_where(banks, lambda r: r.id == record.id)
+        return self._evict_where(banks, lambda r: r.message_id == record.message_id)
+
+    @staticmethod
+    def _evict_where(banks, keep_out: Any) -> list[str]:
+        gone: list[str] = []
+        for bank in banks.values():
+            ids = [r.id for r in bank.records() if keep_out(r)]
+            if ids:
+                bank.evict(ids)
+                gone.extend(str(i) for i in ids)
+        return gone
 
     def _forget(self, banks, message, text: str | None) -> list[str]:
         """Remove slots written from ``message`` or whose text contains ``text``."""

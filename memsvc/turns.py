@@ -38,6 +38,7 @@ from memsvc.engine import (
     TokenEvent,
     async_emitter,
 )
+from memsvc.forget import parse_forget
 from memsvc.memory import TurnCapture
 from memsvc.metrics import Metrics
 from memsvc.rag import PassageFeeder, RetrievedPassage
@@ -60,6 +61,7 @@ class Prepared:
     turn_tokens: int = 0  # tokens this turn adds to the session's history
     banks: Any = None  # memory-layer index -> slot bank read by this turn
     capture: Any = None  # memsvc.memory.TurnCapture for the end-of-turn write
+    forgotten: list[str] = field(default_factory=list)  # slots a forget request removed
 
 
 @dataclass
@@ -218,6 +220,7 @@ class TurnManager:
             snapshot_hits=prep.snapshot_hits,
             snapshot_misses=prep.snapshot_misses,
             memory_writes=writes,
+            memory_forgotten=len(prep.forgotten),
         )
         return TurnOut(
             session_id=session.id,
@@ -314,7 +317,10 @@ class TurnManager:
         capture: dict = {}
         offset = 0 if state is None else int(state.position.reshape(-1)[0])
         out = self.runtime.prefill(ids, state, [len(user)], memory=reads, capture=capture)
-        if capture:
+        request = parse_forget(req.content) if capture else None
+        if request is not None:  # removed before the reply decodes; not itself a memory
+            prep.forgotten = self.memory.forget_request(prep.banks, request, capture, len(user) - 1)
+        elif capture:
             prep.capture = TurnCapture(hidden=capture, span=(1, len(user) - 1), offset=offset)
         return job(out)
 

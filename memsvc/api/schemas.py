@@ -112,6 +112,7 @@ class Usage(BaseModel):
     snapshot_hits: int = 0
     snapshot_misses: int = 0
     memory_writes: int = 0
+    memory_forgotten: int = Field(0, description="slots a forget request in chat removed")
 
 
 class PassageRef(BaseModel):

@@ -129,3 +129,27 @@ def test_session_lists_filter_by_user_before_the_limit(api: Client, admin: Clien
     tid = admin("GET", f"/admin/sessions/{mine}").json()["tenant_id"]
     by_admin = admin("GET", "/admin/sessions", params={"tenant_id": tid, "limit": 2}).json()
     assert [s["id"] for s in by_admin["data"]] == others[::-1][:2]  # newest first
+
+
+def test_forget_said_in_chat_removes_the_memory(api: Client, admin: Client) -> None:
+    """'Forget that.' removes the newest slot, 'Forget everything.' the rest; the
+    requests themselves are never written, and later sessions of the user read none."""
+    sid = new_session(api, user_id="gina")
+    turn(api, sid, "My locker code is 4711.")
+    turn(api, sid, "I live in Tarnwick.")
+    by_user = {"user_id": "gina"}
+    slots = admin("GET", "/admin/memory/slots", params=by_user).json()["data"]
+    assert {s["text"] for s in slots} == {"My locker code is 4711.", "I live in Tarnwick."}
+
+    out = turn(api, sid, "Forget that.")
+    assert out["usage"]["memory_forgotten"] == 1 and out["usage"]["memory_writes"] == 0
+    left = admin("GET", "/admin/memory/slots", params=by_user).json()["data"]
+    assert [s["text"] for s in left] == ["My locker code is 4711."]
+
+    later = new_session(api, user_id="gina")  # the user's memory, not the session's
+    out = turn(api, later, "Please forget everything about me!")
+    assert out["usage"]["memory_forgotten"] == 1
+    assert admin("GET", "/admin/memory/slots", params=by_user).json()["data"] == []
+    # "don't forget" is no forget request: it is written like any message
+    out = turn(api, later, "Don't forget my locker code is 4711.")
+    assert out["usage"]["memory_forgotten"] == 0 and out["usage"]["memory_writes"] >= 1

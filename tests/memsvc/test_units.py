@@ -11,6 +11,7 @@ import torch
 
 from memsvc.config import Settings
 from memsvc.engine import DecodeJob, DoneEvent, PromptPrefill, Scheduler, TokenEvent
+from memsvc.forget import ForgetRequest, parse_forget
 from memsvc.metrics import Metrics
 from memsvc.rag import split_passages
 from memsvc.runtime import ModelRuntime
@@ -247,3 +248,28 @@ def test_stop_sequence_cuts_and_is_never_streamed(runtime: ModelRuntime) -> None
         sched.stop()
     assert cut.finish_reason == "stop_sequence"
     assert cut.text == free.text[: free.text.index(stop)]
+
+
+@pytest.mark.parametrize(
+    ("text", "scope", "topic"),
+    [
+        ("Please forget my dog's name.", "topic", "my dog's name"),
+        ("Can you forget where I live?", "topic", "where I live"),
+        ("forget about my sister", "topic", "my sister"),
+        ("Forget that!", "last", ""),
+        ("Please forget what I just said.", "last", ""),
+        ("Erase it", "last", ""),
+        ("Forget everything.", "all", ""),
+        ("Could you forget everything about me?", "all", ""),
+    ],
+)
+def test_forget_requests_are_recognised(text: str, scope: str, topic: str) -> None:
+    assert parse_forget(text) == ForgetRequest(scope, topic)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Don't forget my dog's name.", "I never forget a face.", "Hello there", "I forgot my keys"],
+)
+def test_non_requests_are_not_forget_requests(text: str) -> None:
+    assert parse_forget(text) is None
