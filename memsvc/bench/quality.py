@@ -1,0 +1,121 @@
+"""Language-model quality: the RetNet against the same-size Transformer, same data.
+
+`memsvc bench quality --retnet DIR --baseline DIR --out OUT` scores both checkpoints
+(``configs/default.yaml`` and ``configs/baseline.yaml`` train them with one recipe on the
+same tokens) on the **whole held-out test split** of chit-chat — conversations neither
+training nor checkpoint selection saw — with :func:`retnet_core.evaluation.evaluate_checkpoint`:
+perplexity per token and bits per character (tokenizer-independent), plus held-out
+memory-dialogue answer rates without slots (in-context recall, passage answers).
+
+Targets (issue 7): RetNet ≤ 1.40 bits per character, and within 5% of the Transformer's.
+Writes ``quality.json``, ``quality.md`` and, from the runs' ``log.jsonl`` next to the
+checkpoints, ``loss.png`` (training and validation loss of both runs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from memsvc.bench._live import machine_info
+
+TARGET_BPC, TARGET_GAP = 1.40, 0.05
+
+
+def _log_of(checkpoint: Path) -> Path | None:
+    """The run's log.jsonl: beside ``checkpoint`` (run/best) or inside it."""
+    for p in (checkpoint.parent / "log.jsonl", checkpoint / "log.jsonl"):
+        if p.exists():
+            return p
+    return None
+
+
+def _curves(logs: dict[str, Path], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, log) in enumerate(logs.items()):
+        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        train = [(r["step"], r.get("lm_loss", r["loss"])) for r in rows if "loss" in r]
+        val = [(r["step"], r["eval"]["loss"]) for r in rows if "eval" in r]
+        if train:
+            ax.plot(*zip(*train, strict=True), color=f"C{i}", alpha=0.35, linewidth=1)
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", color=f"C{i}", label=f"{name} validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token); faint: training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def _markdown(res: dict[str, dict], meta: dict) -> str:
+    r, b = res["retnet"], res["transformer"]
+    gap = r["bits_per_char"] / b["bits_per_char"] - 1.0
+    bpc_ok, gap_ok = r["bits_per_char"] <= TARGET_BPC, gap <= TARGET_GAP
+    rows = [
+        ("parameters", f"{r['params'] / 1e6:.2f}M", f"{b['params'] / 1e6:.2f}M"),
+        ("test tokens scored", f"{r['tokens']:.0f}", f"{b['tokens']:.0f}"),
+        ("perplexity / token", f"{r['ppl']:.2f}", f"{b['ppl']:.2f}"),
+        ("bits / character", f"{r['bits_per_char']:.4f}", f"{b['bits_per_char']:.4f}"),
+        ("in-context recall (held-out values)", f"{r['in_context']:.3f}", f"{b['in_context']:.3f}"),
+        ("passage answers (held-out values)", f"{r['passage']:.3f}", f"{b['passage']:.3f}"),
+        ("cross-session, no memory (floor)", f"{r['recall_no_memory']:.3f}", "—"),
+    ]
+    lines = [
+        "# RetNet vs same-size Transformer on held-out chit-chat",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        "| | RetNet (shipped) | Transformer |",
+        "|---|---|---|",
+        *[f"| {a} | {x} | {y} |" for a, x, y in rows],
+        "",
+        f"- RetNet ≤ {TARGET_BPC:.2f} bits/char: "
+        f"{'met' if bpc_ok else '**missed**'} ({r['bits_per_char']:.4f}"
+        + ("" if bpc_ok else f", gap {r['bits_per_char'] - TARGET_BPC:+.4f}")
+        + ")",
+        f"- RetNet within {TARGET_GAP:.0%} of the Transformer: "
+        f"{'met' if gap_ok else '**missed**'} (RetNet/Transformer − 1 = {gap:+.2%})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cli(
+    retnet: Annotated[Path, typer.Option(help="the RetNet checkpoint (e.g. runs/default/best)")],
+    baseline: Annotated[Path, typer.Option(help="the Transformer (e.g. runs/baseline/best)")],
+    out: Annotated[Path, typer.Option(help="folder for quality.json / .md and loss.png")],
+    split: Annotated[str, typer.Option(help="chit-chat split")] = "test",
+    examples: Annotated[int, typer.Option(min=1, help="held-out dialogues per kind")] = 200,
+) -> None:
+    """Held-out perplexity and bits/char of the RetNet vs the same-size Transformer."""
+    from retnet_core.evaluation import evaluate_checkpoint
+
+    res: dict[str, Any] = {
+        "retnet": evaluate_checkpoint(retnet, split, examples=examples),
+        "transformer": evaluate_checkpoint(baseline, split, examples=examples),
+    }
+    meta = {
+        "command": (
+            f"memsvc bench quality --retnet {retnet} --baseline {baseline} --out {out}"
+            + (f" --split {split}" if split != "test" else "")
+        ),
+        "machine": machine_info(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps({"results": res, "meta": meta}, indent=2))
+    (out / "quality.md").write_text(_markdown(res, meta))
+    logs = {n: _log_of(p) for n, p in (("RetNet", retnet), ("Transformer", baseline))}
+    found = {n: p for n, p in logs.items() if p is not None}
+    if found:
+        _curves(found, out / "loss.png")
+    typer.echo((out / "quality.md").read_text())
