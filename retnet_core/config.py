@@ -80,6 +80,9 @@ class RetNetConfig:
     memory_touch_threshold: float = 0.05
     memory_gate: bool = True
     memory_pool: str = "attention"  # span compression: learned attention pooling, or "mean"
+    # what one slot holds: a whole span compressed ("span"), or one token of it ("token":
+    # key from its context, value from the token after it, so a read continues the text)
+    memory_unit: str = "span"
 
     def __post_init__(self) -> None:
         self.memory_layers = sorted(int(i) for i in self.memory_layers)
@@ -114,6 +117,7 @@ class RetNetConfig:
             (all(0 <= i < self.n_layers for i in self.memory_layers), "memory_layers range"),
             (len(set(self.memory_layers)) == len(self.memory_layers), "memory_layers repeat"),
             (self.memory_pool in ("attention", "mean"), "memory_pool: 'attention' or 'mean'"),
+            (self.memory_unit in ("span", "token"), "memory_unit: 'span' or 'token'"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -16,6 +16,15 @@ queries: one for what the slot is *about*, one for what it *says*) into
     value = W_V u_val
     gate  = σ(w_g · [u_key; u_val] + b_g)
 
+With ``unit="token"`` a span [s, e) is written as e − s slots, one per token t, with
+
+    key_t = normalize(W_K h_t),   value_t = W_V h_{t+1},   gate_t = σ(w_g · [h_t; h_{t+1}] + b_g)
+
+(h_e is the token after the span, e.g. ``<|end|>``): a slot says what came *next* in a
+context like t's, so a query whose context matches t's continues the stored text one
+token at a time. That is an induction head whose other half lives in the bank: exact
+recall of a multi-token name needs no decoder of a compressed vector.
+
 Two paths share the parameters:
 
 - training (differentiable): slots live in a :class:`TensorBank` built in the same
@@ -52,6 +61,8 @@ __all__ = [
     "WriteRecord",
     "forget_span",
     "memory_attention",
+    "token_span_mask",
+    "token_spans",
 ]
 
 
@@ -76,6 +87,7 @@ class MemoryConfig:
     touch_threshold: float = 0.05
     use_gate: bool = True
     pool: str = "attention"  # "attention" | "mean" (the paper's u = mean(X), an ablation)
+    unit: str = "span"  # "span": one slot per span | "token": one slot per token of it
 
     @classmethod
     def from_model(cls, config: object) -> MemoryConfig:
@@ -94,6 +106,7 @@ class MemoryConfig:
             touch_threshold=float(getattr(config, "memory_touch_threshold", 0.05)),
             use_gate=bool(getattr(config, "memory_gate", True)),
             pool=str(getattr(config, "memory_pool", "attention")),
+            unit=str(getattr(config, "memory_unit", "span")),
         )
 
 
@@ -136,6 +149,30 @@ class TensorBank:
         self.values = torch.cat([self.values, values], dim=1)
         self.log_gate = torch.cat([self.log_gate, log_gate], dim=1)
         self.mask = torch.cat([self.mask, mask], dim=1)
+
+
+def token_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """[(s, e), ...] -> [(t, t + 1) for every t of every span]: unit="token" slots."""
+    return [(t, t + 1) for s, e in spans for t in range(s, e)]
+
+
+def token_span_mask(spans: Tensor) -> tuple[Tensor, Tensor]:
+    """Split span masks (B, S, T) into one-position masks (B, S', T) for unit="token".
+
+    Returns the masks and owner (B, S') long: the span each token slot came from
+    (−1 for padding rows), so a caller can still find "the slots of span i".
+    """
+    b, _, t = spans.shape
+    counts = spans.sum(dim=(1, 2))
+    width = max(int(counts.max()) if b else 0, 1)
+    out = torch.zeros(b, width, t, dtype=torch.bool, device=spans.device)
+    owner = torch.full((b, width), -1, dtype=torch.long, device=spans.device)
+    for row in range(b):
+        span_idx, pos = spans[row].nonzero(as_tuple=True)  # sorted by span, then position
+        n = int(pos.numel())
+        out[row, torch.arange(n, device=spans.device), pos] = True
+        owner[row, :n] = span_idx
+    return out, owner
 
 
 def memory_attention(
@@ -185,8 +222,12 @@ class MemoryLayer(nn.Module):
 
         Returns keys (B, S, d_k) unit norm, values (B, S, d_v), gate logits (B, S).
         Pooling: a_{s,t}^j = softmax_t over the span of w_j·LN(h_t), u_s^j = Σ_t a h_t
-        (pool="mean": a uniform over the span, the paper's u = mean(X)).
+        (pool="mean": a uniform over the span, the paper's u = mean(X)). With
+        unit="token" every span is one position t (see :func:`token_spans`) and
+        u_key = h_t, u_val = h_{t+1}.
         """
+        if self.cfg.unit == "token":
+            return self._encode_tokens(h, spans)
         logits = self.pool(self.pool_norm(h)).transpose(1, 2)  # (B, 2, T)
         if self.cfg.pool == "mean":
             logits = torch.zeros_like(logits)  # uniform weights: u = mean of the span
@@ -200,6 +241,18 @@ class MemoryLayer(nn.Module):
         if not self.cfg.use_gate:
             gate_logit = torch.full_like(gate_logit, 30.0)  # σ = 1: everything is written
         return keys, values, gate_logit
+
+    def _encode_tokens(self, h: Tensor, spans: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """unit="token": spans (B, S, T) mark one position t each; value from h_{t+1}."""
+        after = torch.zeros_like(spans)
+        after[..., 1:] = spans[..., :-1]  # the position right after each marked token
+        u_key = torch.einsum("bst,btd->bsd", spans.to(h.dtype), h)
+        u_val = torch.einsum("bst,btd->bsd", after.to(h.dtype), h)
+        keys = F.normalize(self.k_proj(u_key), dim=-1)
+        gate_logit = self.gate(torch.cat([u_key, u_val], dim=-1)).squeeze(-1)
+        if not self.cfg.use_gate:
+            gate_logit = torch.full_like(gate_logit, 30.0)
+        return keys, self.v_proj(u_val), gate_logit
 
     def write_tensors(self, bank: TensorBank, h: Tensor, spans: Tensor) -> Tensor:
         """Differentiable write of one slot per span into ``bank``; returns gates (B, S)."""
@@ -226,6 +279,12 @@ class MemoryLayer(nn.Module):
         :class:`WriteRecord` per span (op 'append', 'blend' or 'skip').
         """
         h = h.reshape(1, -1, h.shape[-1])
+        if self.cfg.unit == "token":  # one slot per token; feedback applies to each
+            fb = feedback or [None] * len(spans)
+            feedback = [f for (s, e), f in zip(spans, fb, strict=True) for _ in range(s, e)]
+            spans = token_spans(spans)
+            if spans and spans[-1][1] >= h.shape[1]:
+                raise ValueError("unit='token' needs the token after each span in h")
         if not spans:
             return []
         mask = torch.zeros(1, len(spans), h.shape[1], dtype=torch.bool, device=h.device)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from retnet_core.data import IGNORE_INDEX, pad_examples
 from retnet_core.dialogues import MemoryExample
 from retnet_core.evaluation import render_supervised
-from retnet_core.memory import TensorBank
+from retnet_core.memory import TensorBank, token_span_mask
 from retnet_core.tokenizer import ChatTokenizer, Message
 
 
@@ -99,18 +99,32 @@ def _stated_slot(example: MemoryExample) -> int:
     return next(i for i, m in enumerate(users) if example.forgotten in m.content)
 
 
+def _slot_owners(model: nn.Module, write: Tensor) -> tuple[Tensor, Tensor]:
+    """The write masks to use and each slot's user turn (B, S'), −1 for padding.
+
+    unit="span": one slot per user turn; unit="token": one per token of each turn.
+    """
+    if getattr(model.config, "memory_unit", "span") == "token":
+        return token_span_mask(write)
+    s = write.shape[1]
+    owner = torch.arange(s, device=write.device).expand(write.shape[0], s).clone()
+    return write, owner.masked_fill(~write.any(-1), -1)
+
+
 def _point_forgotten(
     model: nn.Module,
     tok: ChatTokenizer,
     examples: Sequence[MemoryExample],
     banks: dict[int, TensorBank],
+    owner: Tensor,
     device: torch.device | str,
 ) -> tuple[Tensor, Tensor]:
     """Feed each forget request (session 2's user turn) reading the banks of session 1.
 
     The attention of its last token (``<|end|>``) over the slots is what the service
-    uses to pick the slot to remove; returns (log p of the stated slot, argmax hit),
-    averaged over memory layers, for the forget examples only.
+    uses to pick the slot to remove; returns (log p of the stated turn's slots, whether
+    the slot it reads most is one of them), averaged over memory layers, for the forget
+    examples only.
     """
     rows = [b for b, ex in enumerate(examples) if ex.forgotten]
     if not rows:
@@ -126,12 +140,13 @@ def _point_forgotten(
     }
     model(_pad(asks, tok.pad_id).to(device), memory=sub)
     target = torch.tensor([_stated_slot(examples[b]) for b in rows], device=device)
+    stated = owner[rows] == target.unsqueeze(1)  # (F, N): slots of the named fact
     picked = torch.arange(len(rows), device=device)
     logp, hit = [], []
     for bank in sub.values():
         probs = bank.reads[0][picked, last]  # (F, N): the request's last token
-        logp.append(torch.log(probs[picked, target].clamp_min(1e-9)))
-        hit.append(probs.argmax(-1) == target)
+        logp.append(torch.log((probs * stated).sum(-1).clamp_min(1e-9)))
+        hit.append(stated[picked, probs.argmax(-1)])
     return torch.stack(logp).mean(0), torch.stack(hit).all(0)
 
 
@@ -149,15 +164,15 @@ def cross_session(
     x1 = _pad([tok.render_ids(s) for s in first], tok.pad_id)
     spans = [user_spans(tok, s) for s in first]
     banks = _banks(model, len(examples), torch.device(device))
-    write = _span_mask(spans, x1.shape[1]).to(device)
+    write, owner = _slot_owners(model, _span_mask(spans, x1.shape[1]).to(device))
     for bank in banks.values():
         bank.write_spans = write
     model(x1.to(device), memory=banks)
     for bank in banks.values():
         bank.write_spans = None
-    pointer_logp, pointer_hit = _point_forgotten(model, tok, examples, banks, device)
+    pointer_logp, pointer_hit = _point_forgotten(model, tok, examples, banks, owner, device)
     for bank in banks.values():
-        _mask_forgotten(bank, examples, first, spans_count=write.shape[1])
+        _mask_forgotten(bank, examples, owner)
     x2, y2 = pad_examples(
         [render_supervised(tok, ex.sessions[-1], last_only=True) for ex in examples],
         seq_len,
@@ -179,18 +194,15 @@ def write_and_ask(
     return out.logits, out.labels
 
 
-def _mask_forgotten(
-    bank: TensorBank, examples: Sequence[MemoryExample], first: list, spans_count: int
-) -> None:
-    """Drop the slot whose user turn stated a forgotten value (what forget does)."""
+def _mask_forgotten(bank: TensorBank, examples: Sequence[MemoryExample], owner: Tensor) -> None:
+    """Drop the slots written from the user turn that stated a forgotten value.
+
+    ``owner`` (B, N) names each slot's user turn; the bank holds exactly those slots.
+    """
     mask = bank.mask.clone()
     for b, ex in enumerate(examples):
-        if not ex.forgotten:
-            continue
-        users = [m for m in first[b] if m.role == "user"]
-        for i, m in enumerate(users):
-            if ex.forgotten in m.content:
-                mask[b, mask.shape[1] - spans_count + i] = False
+        if ex.forgotten:
+            mask[b] &= owner[b] != _stated_slot(ex)
     bank.mask = mask
 
 

@@ -77,7 +77,7 @@ def test_forget_masks_the_stated_slot(pools) -> None:
         torch.zeros(1, len(users)),
         torch.ones(1, len(users), dtype=torch.bool),
     )
-    _mask_forgotten(bank, [ex], [ex.sessions[0]], spans_count=len(users))
+    _mask_forgotten(bank, [ex], torch.arange(len(users)).unsqueeze(0))
     dropped = [m.content for m, keep in zip(users, bank.mask[0].tolist(), strict=True) if not keep]
     assert len(dropped) == 1 and ex.forgotten in dropped[0]
 
