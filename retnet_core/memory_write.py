@@ -132,7 +132,11 @@ def write_slots(
     """Write S encoded slots in order. keys (S, d_k) unit norm, values (S, d_v), gates (S,).
 
     Sequential on purpose: a later span of the same call can blend into an earlier one.
+    Appends into a bank without a capacity cannot interact, so they go in one ``add``
+    (one storage transaction for a whole message of token slots).
     """
+    if cfg.write_mode == "append" and bank.capacity is None:
+        return _append_all(bank, keys, values, gates, spans, feedback, cfg.write_threshold)
     records = []
     for i, span in enumerate(spans):
         raw = float(gates[i])
@@ -152,6 +156,32 @@ def write_slots(
         new_id, evicted = _append(bank, keys[i], values[i], g, cfg.eviction)
         records.append(WriteRecord("append", (new_id,), span, g, raw, tuple(evicted.tolist())))
     return records
+
+
+def _append_all(
+    bank: SlotStore,
+    keys: Tensor,
+    values: Tensor,
+    gates: Tensor,
+    spans: list[tuple[int, int]],
+    feedback: list[Feedback | None],
+    threshold: float,
+) -> list[WriteRecord]:
+    """Every slot whose gate passes, in one ``bank.add``; the same records as one by one."""
+    raw = [float(g) for g in gates]
+    eff = [effective_gate(g, f) for g, f in zip(raw, feedback, strict=True)]
+    keep = [i for i, g in enumerate(eff) if g > 0.0 and g >= threshold]
+    ids: list[int] = []
+    if keep:
+        sel = torch.tensor(keep)
+        ids = bank.add(keys[sel], values[sel], torch.tensor([eff[i] for i in keep])).tolist()
+    new_id = dict(zip(keep, ids, strict=True))
+    return [
+        WriteRecord("append", (new_id[i],), span, eff[i], raw[i])
+        if i in new_id
+        else WriteRecord("skip", (), span, eff[i], raw[i])
+        for i, span in enumerate(spans)
+    ]
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:

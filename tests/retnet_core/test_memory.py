@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from retnet_core.eviction import select_victims, utility_scores
-from retnet_core.memory import Feedback, MemoryConfig, MemoryLayer, TensorBank
+from retnet_core.memory import (
+    Feedback,
+    MemoryConfig,
+    MemoryLayer,
+    TensorBank,
+    token_span_mask,
+    token_spans,
+)
 from retnet_core.slots import ExactSlotStore, SlotStats
 
 D, DK = 16, 8
@@ -299,3 +306,111 @@ def test_tiny_cross_session_run_learns_above_chance():
     chance = 1.0 / n_vals
     assert with_mem > 3 * chance, (with_mem, without)
     assert without < 2 * chance, (with_mem, without)
+
+
+# ---- token slots ------------------------------------------------------------------------
+def test_token_spans_split_every_span_into_positions():
+    assert token_spans([(1, 4), (6, 7)]) == [(1, 2), (2, 3), (3, 4), (6, 7)]
+    spans = torch.zeros(2, 2, 8, dtype=torch.bool)
+    spans[0, 0, 1:3] = True
+    spans[0, 1, 5:8] = True
+    spans[1, 1, 2:4] = True  # row 1: its first span is empty
+    masks, owner = token_span_mask(spans)
+    assert masks.shape == (2, 5, 8) and (masks.sum(-1) <= 1).all()
+    assert owner.tolist() == [[0, 0, 1, 1, 1], [1, 1, -1, -1, -1]]
+    assert masks[0].nonzero()[:, 1].tolist() == [1, 2, 5, 6, 7]
+
+
+def test_token_slot_keys_its_context_and_holds_the_next_token():
+    """Slot t: key from h_t, value from h_{t+1}, in training and inference alike."""
+    layer = _layer(unit="token")
+    h = torch.randn(1, 6, D)
+    spans = torch.zeros(1, 1, 6, dtype=torch.bool)
+    spans[0, 0, 2:5] = True
+    masks, _ = token_span_mask(spans)
+    keys, values, _ = layer.encode(h, masks)
+    assert keys.shape == (1, 3, DK)
+    for i, t in enumerate((2, 3, 4)):
+        torch.testing.assert_close(keys[0, i], F.normalize(layer.k_proj(h[0, t]), dim=-1))
+        torch.testing.assert_close(values[0, i], layer.v_proj(h[0, t + 1]))
+    bank = ExactSlotStore(DK, DK)
+    recs = layer.write(bank, h, [(2, 5)])
+    assert [r.span for r in recs] == [(2, 3), (3, 4), (4, 5)] and len(bank) == 3
+    _, stored_keys, stored_values = bank.all()
+    torch.testing.assert_close(stored_keys, keys[0])
+    torch.testing.assert_close(stored_values, values[0])
+
+
+def test_token_write_needs_the_token_after_the_span():
+    layer = _layer(unit="token")
+    try:
+        layer.write(ExactSlotStore(DK, DK), torch.randn(1, 5, D), [(1, 5)])
+    except ValueError as exc:
+        assert "token after" in str(exc)
+    else:
+        raise AssertionError("a span ending at the last position was accepted")
+
+
+def test_token_slots_copy_a_stored_sequence_across_sessions():
+    """Session A holds random 3-token strings keyed by a name token; session B gives the
+    name and must emit the string token by token, reading only the bank."""
+    from retnet_core.config import RetNetConfig
+    from retnet_core.model import RetNetLM
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n_names, n_vals, facts, b = 8, 24, 3, 32
+    cfg = RetNetConfig(
+        vocab_size=n_names + n_vals + 1,
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        ffn_dim=64,
+        memory_layers=[0],
+        memory_d_key=16,
+        memory_d_value=16,
+        memory_unit="token",
+        memory_gate=False,
+    )
+    model = RetNetLM(cfg)
+    end = n_names + n_vals
+
+    def batch(n: int):
+        names = torch.stack([torch.randperm(n_names, generator=g)[:facts] for _ in range(n)])
+        vals = torch.randint(n_vals, (n, facts, 3), generator=g) + n_names
+        a = torch.cat([names.unsqueeze(-1), vals, torch.full((n, facts, 1), end)], -1)
+        spans = torch.zeros(n, facts, 5 * facts, dtype=torch.bool)
+        for i in range(facts):
+            spans[:, i, 5 * i : 5 * i + 4] = True  # name and value; the end token follows
+        ask = torch.randint(facts, (n,), generator=g)
+        rows = torch.arange(n)
+        target = vals[rows, ask]  # (n, 3)
+        query = torch.cat([names[rows, ask].unsqueeze(1), target[:, :2]], 1)
+        return a.reshape(n, -1), spans, query, target
+
+    def logits(data, memory: bool):
+        a, spans, query, _ = data
+        if not memory:
+            return model(query)
+        write, _ = token_span_mask(spans)
+        bank = TensorBank.empty(a.shape[0], 16, 16)
+        bank.write_spans = write
+        model(a, memory={0: bank})
+        bank.write_spans = None
+        return model(query, memory={0: bank})
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        data = batch(b)
+        out = logits(data, True)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), data[3].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        test = batch(256)
+        exact = (logits(test, True).argmax(-1) == test[3]).all(-1).float().mean()
+        without = (logits(test, False).argmax(-1) == test[3]).all(-1).float().mean()
+    assert exact > 0.5, exact  # chance: 1 / 24**3
+    assert without < 0.01, without
