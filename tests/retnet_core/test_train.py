@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,3 +166,36 @@ def test_plot_log(tiny_run, tmp_path) -> None:
     _, out, _ = tiny_run
     png = plot_log(out / "log.jsonl", tmp_path / "loss.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_runs_unchanged_under_torchrun_ddp(tmp_path) -> None:
+    """Two gloo ranks on the CPU: the same command, one log, twice the tokens per step."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "retnet_core.train",
+        str(TINY),
+        "--out-dir",
+        str(out),
+        "--max-steps",
+        "4",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert steps[-1]["step"] == 4
+    tiny = load_config(TINY)
+    per_rank = tiny.batch_size * tiny.grad_accum * tiny.seq_len
+    assert steps[-1]["tokens"] == 4 * 2 * per_rank  # both ranks' rows count
+    assert RetNetLM.from_pretrained(out / "checkpoint").config.n_layers == 2
