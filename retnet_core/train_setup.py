@@ -47,6 +47,7 @@ class TrainConfig:
     match_params: bool = True
     # tokenizer
     tokenizer: str | None = None  # path of a tokenizer.json to reuse; None: train one
+    init_from: str | None = None  # RetNet checkpoint dir to start from (a later stage)
     vocab_size: int = 4096
     # data
     seq_len: int = 256
@@ -134,6 +135,8 @@ def prepare_tokenizer(
         return ChatTokenizer.load(saved)
     if cfg.tokenizer:
         return ChatTokenizer.load(cfg.tokenizer)
+    if cfg.init_from:  # the weights' own vocabulary
+        return ChatTokenizer.load(Path(cfg.init_from) / TOKENIZER_FILE)
     staged = out / TOKENIZER_FILE
     if main:
         splits = _splits(cfg)
@@ -229,6 +232,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, resume_dir: Path | None = Non
 
     if resume_dir is not None and cfg.resume and (resume_dir / "config.json").exists():
         return RetNetLM.from_pretrained(resume_dir)
+    if cfg.init_from:  # a second stage: start from trained weights, with a fresh optimiser
+        return RetNetLM.from_pretrained(cfg.init_from)
     return RetNetLM(retnet_config(cfg, vocab_size))
 
 

@@ -199,3 +199,23 @@ def test_runs_unchanged_under_torchrun_ddp(tmp_path) -> None:
     per_rank = tiny.batch_size * tiny.grad_accum * tiny.seq_len
     assert steps[-1]["tokens"] == 4 * 2 * per_rank  # both ranks' rows count
     assert RetNetLM.from_pretrained(out / "checkpoint").config.n_layers == 2
+
+
+def test_a_second_stage_starts_from_trained_weights(tiny_run, tmp_path) -> None:
+    """init_from loads the weights and their tokenizer; lr 0 leaves them untouched."""
+    first = tiny_run[1] / "checkpoint"
+    cfg = replace(
+        load_config(TINY),
+        out_dir=str(tmp_path),
+        init_from=str(first),
+        max_steps=1,
+        lr=0.0,
+        eval_interval=0,
+    )
+    train(cfg)
+    a = RetNetLM.from_pretrained(first).state_dict()
+    b = RetNetLM.from_pretrained(tmp_path / "checkpoint").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "checkpoint" / "tokenizer.json").read_text() == (
+        first / "tokenizer.json"
+    ).read_text()
