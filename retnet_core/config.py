@@ -83,6 +83,7 @@ class RetNetConfig:
     # what one slot holds: a whole span compressed ("span"), or one token of it ("token":
     # key from its context, value from the token after it, so a read continues the text)
     memory_unit: str = "span"
+    memory_read_scale: float | None = None  # None: q·k/√d_k; s: s·cos(q, k) (no weights)
 
     def __post_init__(self) -> None:
         self.memory_layers = sorted(int(i) for i in self.memory_layers)

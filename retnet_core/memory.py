@@ -88,6 +88,7 @@ class MemoryConfig:
     use_gate: bool = True
     pool: str = "attention"  # "attention" | "mean" (the paper's u = mean(X), an ablation)
     unit: str = "span"  # "span": one slot per span | "token": one slot per token of it
+    read_scale: float | None = None  # None: q·k/√d_k; s: s·cos(q, k) (sharp reads at once)
 
     @classmethod
     def from_model(cls, config: object) -> MemoryConfig:
@@ -107,6 +108,7 @@ class MemoryConfig:
             use_gate=bool(getattr(config, "memory_gate", True)),
             pool=str(getattr(config, "memory_pool", "attention")),
             unit=str(getattr(config, "memory_unit", "span")),
+            read_scale=getattr(config, "memory_read_scale", None),
         )
 
 
@@ -216,6 +218,19 @@ class MemoryLayer(nn.Module):
         self.gate = nn.Linear(2 * c.d_model, 1)
         nn.init.constant_(self.gate.bias, 2.0)  # start open (σ(2) ≈ 0.88): write, then learn
 
+    def query(self, h: Tensor) -> Tensor:
+        """Read queries q (…, d_k) = W_Q h; with ``read_scale`` s, √d_k · s · q/|q|, so
+        the read logits are s · cos(q, k) (keys are unit norm).
+
+        Why: a token-slot read must pick one slot of many, and a dot product only gets
+        that sharp once |W_Q h| has grown — slowly, on a small budget. A fixed s gives
+        sharp reads from the first step, and adds no weights.
+        """
+        q = self.q_proj(h)
+        if self.cfg.read_scale is None:
+            return q
+        return F.normalize(q, dim=-1) * (self.cfg.read_scale * math.sqrt(q.shape[-1]))
+
     # ---- write side: span -> (key, value, gate) ------------------------------------
     def encode(self, h: Tensor, spans: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Compress spans of h into slots. h (B, T, d), spans (B, S, T) bool.
@@ -319,7 +334,7 @@ class MemoryLayer(nn.Module):
         if len(bank) == 0:
             return torch.zeros_like(h)
         bias = bank.log_gate.masked_fill(~bank.mask, float("-inf"))
-        out, probs = memory_attention(self.q_proj(h), bank.keys, bank.values, self.null_key, bias)
+        out, probs = memory_attention(self.query(h), bank.keys, bank.values, self.null_key, bias)
         if bank.reads is not None:
             bank.reads.append(probs)
         return self.o_proj(out)
@@ -331,7 +346,7 @@ class MemoryLayer(nn.Module):
         The exact read's attention (:func:`memory_attention`); the "no slot" entry takes
         1 − Σ_n p_n. A forget request removes the slot its last token reads most.
         """
-        q = self.q_proj(h.reshape(1, -1, h.shape[-1]))
+        q = self.query(h.reshape(1, -1, h.shape[-1]))
         k = keys.to(q).unsqueeze(0)
         _, probs = memory_attention(q, k, k.new_zeros(k.shape[:2] + (1,)), self.null_key)
         return probs[0]
@@ -342,7 +357,7 @@ class MemoryLayer(nn.Module):
         b = h.shape[0]
         keys = keys.to(h).unsqueeze(0).expand(b, -1, -1)
         values = values.to(h).unsqueeze(0).expand(b, -1, -1)
-        out, probs = memory_attention(self.q_proj(h), keys, values, self.null_key)
+        out, probs = memory_attention(self.query(h), keys, values, self.null_key)
         self._touch(bank, ids.unsqueeze(0).expand(b, -1).unsqueeze(1), probs)
         return self.o_proj(out)
 
@@ -353,7 +368,7 @@ class MemoryLayer(nn.Module):
         approximate scores); padding ids (-1) are masked out.
         """
         b, t, _ = h.shape
-        q = self.q_proj(h).reshape(b * t, 1, -1)  # each token is its own "batch" row
+        q = self.query(h).reshape(b * t, 1, -1)  # each token is its own "batch" row
         _, ids = bank.search(q.reshape(b * t, -1).detach().float().cpu(), k)  # (BT, k)
         valid = ids >= 0
         if not valid.any():

@@ -232,9 +232,23 @@ def build_model(cfg: TrainConfig, vocab_size: int, resume_dir: Path | None = Non
 
     if resume_dir is not None and cfg.resume and (resume_dir / "config.json").exists():
         return RetNetLM.from_pretrained(resume_dir)
-    if cfg.init_from:  # a second stage: start from trained weights, with a fresh optimiser
-        return RetNetLM.from_pretrained(cfg.init_from)
+    if cfg.init_from:  # a later stage: trained weights, a fresh optimiser
+        return _init_from(cfg, vocab_size)
     return RetNetLM(retnet_config(cfg, vocab_size))
+
+
+def _init_from(cfg: TrainConfig, vocab_size: int) -> nn.Module:
+    """The model the ``model`` section describes, with the weights of ``init_from``.
+
+    The section may change settings that add no weights (dropout, memory_read_scale);
+    anything that changes a weight's shape fails the strict load, naming it.
+    """
+    from retnet_core.model import RetNetLM
+
+    trained = RetNetLM.from_pretrained(cfg.init_from)
+    model = RetNetLM(retnet_config(cfg, vocab_size))
+    model.load_state_dict(trained.state_dict(), strict=True)  # copies into tied weights too
+    return model
 
 
 class LMObjective(nn.Module):

@@ -414,3 +414,17 @@ def test_token_slots_copy_a_stored_sequence_across_sessions():
         without = (logits(test, False).argmax(-1) == test[3]).all(-1).float().mean()
     assert exact > 0.5, exact  # chance: 1 / 24**3
     assert without < 0.01, without
+
+
+def test_read_scale_makes_logits_a_scaled_cosine():
+    """read_scale s: the read logit of slot k is s · cos(q, k), whatever |W_Q h| is."""
+    layer = _layer(unit="token", read_scale=16.0)
+    h = torch.randn(1, 3, D)
+    keys = F.normalize(torch.randn(5, DK), dim=-1)
+    probs = layer.read_probs(h[0], keys)
+    q = F.normalize(layer.q_proj(h[0]), dim=-1)
+    logits = 16.0 * torch.cat([q @ layer.null_key.unsqueeze(1), q @ keys.T], dim=-1)
+    torch.testing.assert_close(probs, torch.softmax(logits, -1)[:, 1:])
+    with torch.no_grad():
+        layer.q_proj.weight.mul_(50.0)  # a larger query changes nothing
+    torch.testing.assert_close(layer.read_probs(h[0], keys), probs)
