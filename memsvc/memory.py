@@ -102,13 +102,16 @@ class MemoryManager:
     # ------------------------------------------------------------------ writes
     def _write(self, banks, hidden, span, provenance, feedback=None) -> list[str]:
         """Scheduler thread: write one span into every memory layer's bank."""
+        from retnet_core.layers import EMBEDS
         from retnet_core.memory import Feedback
 
         fb = [Feedback(**feedback)] if feedback else None
         written: list[str] = []
+        embeds = hidden.get(EMBEDS)
         for layer, bank in banks.items():
             mem = self.runtime.model.blocks[layer].memory
-            records = mem.write(ProvenanceBank(bank, provenance), hidden[layer], [span], fb)
+            target = ProvenanceBank(bank, provenance)
+            records = mem.write(target, hidden[layer], [span], fb, embeds=embeds)
             for rec in records:
                 if rec.op != "skip":
                     written.extend(str(i) for i in rec.slot_ids)

@@ -84,6 +84,7 @@ class RetNetConfig:
     # key from its context, value from the token after it, so a read continues the text)
     memory_unit: str = "span"
     memory_read_scale: float | None = None  # None: q·k/√d_k; s: s·cos(q, k) (no weights)
+    memory_value: str = "hidden"  # token slots: the next token's "hidden" state or "embedding"
 
     def __post_init__(self) -> None:
         self.memory_layers = sorted(int(i) for i in self.memory_layers)
@@ -119,6 +120,7 @@ class RetNetConfig:
             (len(set(self.memory_layers)) == len(self.memory_layers), "memory_layers repeat"),
             (self.memory_pool in ("attention", "mean"), "memory_pool: 'attention' or 'mean'"),
             (self.memory_unit in ("span", "token"), "memory_unit: 'span' or 'token'"),
+            (self.memory_value in ("hidden", "embedding"), "memory_value: 'hidden' or 'embedding'"),
         ]
         for ok, msg in checks:
             if not ok:

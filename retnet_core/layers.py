@@ -71,6 +71,9 @@ def rotate_pairs(x: Tensor, rot: Tensor) -> Tensor:
     return torch.view_as_real(pairs * rot).flatten(-2)
 
 
+EMBEDS = -1  # key of the embedded input tokens in a ``capture`` dict (layers are ≥ 0)
+
+
 @dataclass
 class RetentionContext:
     """What every layer of one model call shares (computed once per call).
@@ -78,7 +81,8 @@ class RetentionContext:
     positions (B, T) absolute token positions; rot (B, 1, T, D_k/2) complex rotation
     table (:func:`rotation_tables`); log_decay (H,);
     decay_norm (B, H, T) = c_p of :func:`retention_denominator`, or None (mode "none");
-    lengths (B,) or None; mode "parallel" | "chunkwise" | "step"; chunking for chunkwise.
+    lengths (B,) or None; mode "parallel" | "chunkwise" | "step"; chunking for chunkwise;
+    embeds (B, T, d_model) the embedded input tokens (what token slots may store).
     """
 
     positions: Tensor
@@ -89,6 +93,7 @@ class RetentionContext:
     lengths: Tensor | None = None
     chunk_size: int | None = None
     boundaries: list[int] | None = None
+    embeds: Tensor | None = None  # (B, T, d_model) the call's embedded tokens (memory values)
 
 
 # ---- modules ----------------------------------------------------------------------------
@@ -237,6 +242,6 @@ class RetNetBlock(nn.Module):
             h = self.memory_norm(x)
             if capture is not None:  # the memory layer's input, for later writes
                 capture[self.layer_idx] = h
-            x = x + self.memory(h, bank)
+            x = x + self.memory(h, bank, ctx.embeds)
         x = x + F.dropout(self.ffn(self.ffn_norm(x)), self.dropout, self.training)
         return x, new_state

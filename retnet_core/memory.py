@@ -89,6 +89,7 @@ class MemoryConfig:
     pool: str = "attention"  # "attention" | "mean" (the paper's u = mean(X), an ablation)
     unit: str = "span"  # "span": one slot per span | "token": one slot per token of it
     read_scale: float | None = None  # None: q·k/√d_k; s: s·cos(q, k) (sharp reads at once)
+    value: str = "hidden"  # unit="token": the next token's "hidden" state or "embedding"
 
     @classmethod
     def from_model(cls, config: object) -> MemoryConfig:
@@ -109,6 +110,7 @@ class MemoryConfig:
             pool=str(getattr(config, "memory_pool", "attention")),
             unit=str(getattr(config, "memory_unit", "span")),
             read_scale=getattr(config, "memory_read_scale", None),
+            value=str(getattr(config, "memory_value", "hidden")),
         )
 
 
@@ -232,17 +234,20 @@ class MemoryLayer(nn.Module):
         return F.normalize(q, dim=-1) * (self.cfg.read_scale * math.sqrt(q.shape[-1]))
 
     # ---- write side: span -> (key, value, gate) ------------------------------------
-    def encode(self, h: Tensor, spans: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def encode(
+        self, h: Tensor, spans: Tensor, embeds: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Compress spans of h into slots. h (B, T, d), spans (B, S, T) bool.
 
         Returns keys (B, S, d_k) unit norm, values (B, S, d_v), gate logits (B, S).
         Pooling: a_{s,t}^j = softmax_t over the span of w_j·LN(h_t), u_s^j = Σ_t a h_t
         (pool="mean": a uniform over the span, the paper's u = mean(X)). With
         unit="token" every span is one position t (see :func:`token_spans`) and
-        u_key = h_t, u_val = h_{t+1}.
+        u_key = h_t, u_val = h_{t+1} — or e_{t+1}, the next token's embedding
+        (``embeds`` (B, T, d_model)), with value="embedding".
         """
         if self.cfg.unit == "token":
-            return self._encode_tokens(h, spans)
+            return self._encode_tokens(h, spans, embeds)
         logits = self.pool(self.pool_norm(h)).transpose(1, 2)  # (B, 2, T)
         if self.cfg.pool == "mean":
             logits = torch.zeros_like(logits)  # uniform weights: u = mean of the span
@@ -257,21 +262,31 @@ class MemoryLayer(nn.Module):
             gate_logit = torch.full_like(gate_logit, 30.0)  # σ = 1: everything is written
         return keys, values, gate_logit
 
-    def _encode_tokens(self, h: Tensor, spans: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """unit="token": spans (B, S, T) mark one position t each; value from h_{t+1}."""
+    def _encode_tokens(
+        self, h: Tensor, spans: Tensor, embeds: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """unit="token": spans (B, S, T) mark one position t each; value from h_{t+1}
+        (value="hidden") or from the embedding e_{t+1} (value="embedding")."""
         after = torch.zeros_like(spans)
         after[..., 1:] = spans[..., :-1]  # the position right after each marked token
+        source = h
+        if self.cfg.value == "embedding":
+            if embeds is None:
+                raise ValueError("value='embedding' token slots need the embedded tokens")
+            source = embeds.to(h.dtype)
         u_key = torch.einsum("bst,btd->bsd", spans.to(h.dtype), h)
-        u_val = torch.einsum("bst,btd->bsd", after.to(h.dtype), h)
+        u_val = torch.einsum("bst,btd->bsd", after.to(h.dtype), source)
         keys = F.normalize(self.k_proj(u_key), dim=-1)
         gate_logit = self.gate(torch.cat([u_key, u_val], dim=-1)).squeeze(-1)
         if not self.cfg.use_gate:
             gate_logit = torch.full_like(gate_logit, 30.0)
         return keys, self.v_proj(u_val), gate_logit
 
-    def write_tensors(self, bank: TensorBank, h: Tensor, spans: Tensor) -> Tensor:
+    def write_tensors(
+        self, bank: TensorBank, h: Tensor, spans: Tensor, embeds: Tensor | None = None
+    ) -> Tensor:
         """Differentiable write of one slot per span into ``bank``; returns gates (B, S)."""
-        keys, values, gate_logit = self.encode(h, spans)
+        keys, values, gate_logit = self.encode(h, spans, embeds)
         present = spans.any(dim=-1)
         bank.append(keys, values, F.logsigmoid(gate_logit), present)
         gates = torch.sigmoid(gate_logit)
@@ -286,6 +301,7 @@ class MemoryLayer(nn.Module):
         spans: list[tuple[int, int]],
         feedback: list[Feedback | None] | None = None,
         offset: int = 0,
+        embeds: Tensor | None = None,
     ) -> list[WriteRecord]:
         """Write one slot per half-open span [s, e) of h (T, d) or (1, T, d) into ``bank``.
 
@@ -305,7 +321,9 @@ class MemoryLayer(nn.Module):
         mask = torch.zeros(1, len(spans), h.shape[1], dtype=torch.bool, device=h.device)
         for i, (s, e) in enumerate(spans):
             mask[0, i, s:e] = True
-        keys, values, gate_logit = self.encode(h, mask)
+        if embeds is not None:
+            embeds = embeds.reshape(1, -1, embeds.shape[-1])
+        keys, values, gate_logit = self.encode(h, mask, embeds)
         return write_slots(
             bank,
             keys[0].float().cpu(),
@@ -317,12 +335,17 @@ class MemoryLayer(nn.Module):
         )
 
     # ---- read side -----------------------------------------------------------------
-    def forward(self, h: Tensor, bank: TensorBank | SlotStore | None) -> Tensor:
-        """r (B, T, d_model) = W_O · read(h, bank); exactly zero for None or empty banks."""
+    def forward(
+        self, h: Tensor, bank: TensorBank | SlotStore | None, embeds: Tensor | None = None
+    ) -> Tensor:
+        """r (B, T, d_model) = W_O · read(h, bank); exactly zero for None or empty banks.
+
+        ``embeds`` (B, T, d_model): the call's embedded tokens, for writes of
+        embedding-valued token slots."""
         if isinstance(bank, TensorBank):
             r = self.read_tensors(h, bank)
             if bank.write_spans is not None:
-                self.write_tensors(bank, h, bank.write_spans)
+                self.write_tensors(bank, h, bank.write_spans, embeds)
             return r
         if bank is None or len(bank) == 0:
             return torch.zeros_like(h)

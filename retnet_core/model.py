@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from retnet_core.config import RetNetConfig
 from retnet_core.layers import (
+    EMBEDS,
     RetentionContext,
     RetNetBlock,
     RMSNorm,
@@ -188,6 +189,9 @@ class RetNetLM(nn.Module):
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor | None] | None]]:
         """Blocks over embedded tokens -> final hidden (B, T, d), per-layer new states."""
         x = self._embed(tokens)
+        ctx.embeds = x
+        if capture is not None:  # token slots with embedding values are written from these
+            capture[EMBEDS] = x
         new_states = []
         for i, block in enumerate(self.blocks):
             layer_state = None if state is None else state.layer(i)

@@ -60,6 +60,23 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def param_groups(model: nn.Module, weight_decay: float, memory_lr_mult: float = 1.0) -> list:
+    """AdamW groups: matrices decay, vectors do not; memory-layer weights learn at
+    ``memory_lr_mult`` × the schedule's rate (a later stage teaching a new read)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        memory = ".memory." in f".{name}"
+        groups.setdefault((p.dim() >= 2, memory), []).append(p)
+    return [
+        {
+            "params": params,
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr_mult": memory_lr_mult if memory else 1.0,
+        }
+        for (decays, memory), params in groups.items()
+    ]
+
+
 def _dist_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's variables; (0, 1, 0) otherwise."""
     return (
@@ -135,13 +152,8 @@ class Trainer:
             self.objective = nn.parallel.DistributedDataParallel(
                 self.objective, device_ids=ids, find_unused_parameters=unused
             )
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
+            param_groups(self.model, cfg.weight_decay, cfg.memory_lr_mult),
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
             fused=self.device.type == "cuda",
@@ -238,7 +250,7 @@ class Trainer:
         cfg = self.cfg
         lr = lr_at(self.step, cfg)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_mult"]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.rank * 7_919 + self.step)
         total = 0.0
         self.parts = {}

@@ -77,6 +77,7 @@ class TrainConfig:
     memory_eval: str | None = None
     memory_weight: float = 1.0
     memory_batch: int = 8
+    memory_lr_mult: float = 1.0  # learning-rate multiplier of the memory layers' weights
     session_kinds: list[str] = field(default_factory=lambda: ["recall", "forget", "unknown"])
     # bookkeeping
     eval_interval: int = 200

@@ -428,3 +428,20 @@ def test_read_scale_makes_logits_a_scaled_cosine():
     with torch.no_grad():
         layer.q_proj.weight.mul_(50.0)  # a larger query changes nothing
     torch.testing.assert_close(layer.read_probs(h[0], keys), probs)
+
+
+def test_embedding_valued_token_slots_hold_the_next_token_embedding():
+    layer = _layer(unit="token", value="embedding")
+    h, e = torch.randn(1, 6, D), torch.randn(1, 6, D)
+    bank = ExactSlotStore(DK, DK)
+    layer.write(bank, h, [(1, 4)], embeds=e)
+    _, keys, values = bank.all()
+    for i, t in enumerate((1, 2, 3)):
+        torch.testing.assert_close(keys[i], F.normalize(layer.k_proj(h[0, t]), dim=-1))
+        torch.testing.assert_close(values[i], layer.v_proj(e[0, t + 1]))
+    try:
+        layer.write(bank, h, [(1, 4)])
+    except ValueError as exc:
+        assert "embedded tokens" in str(exc)
+    else:
+        raise AssertionError("an embedding-valued write without embeddings was accepted")
