@@ -65,7 +65,9 @@ class MemoryManager:
         self.scheduler = scheduler
         cfg = runtime.model.config
         self.layers: list[int] = list(cfg.memory_layers)
-        self.dims = (cfg.memory_d_key, cfg.memory_d_value, cfg.memory_capacity)
+        # a copying layer stores each slot's token id as one more value column
+        d_value = cfg.memory_d_value + int(getattr(cfg, "memory_copy", False))
+        self.dims = (cfg.memory_d_key, d_value, cfg.memory_capacity)
 
     @property
     def enabled(self) -> bool:
@@ -102,16 +104,16 @@ class MemoryManager:
     # ------------------------------------------------------------------ writes
     def _write(self, banks, hidden, span, provenance, feedback=None) -> list[str]:
         """Scheduler thread: write one span into every memory layer's bank."""
-        from retnet_core.layers import EMBEDS
+        from retnet_core.layers import EMBEDS, TOKENS
         from retnet_core.memory import Feedback
 
         fb = [Feedback(**feedback)] if feedback else None
         written: list[str] = []
-        embeds = hidden.get(EMBEDS)
+        embeds, tokens = hidden.get(EMBEDS), hidden.get(TOKENS)
         for layer, bank in banks.items():
             mem = self.runtime.model.blocks[layer].memory
             target = ProvenanceBank(bank, provenance)
-            records = mem.write(target, hidden[layer], [span], fb, embeds=embeds)
+            records = mem.write(target, hidden[layer], [span], fb, embeds=embeds, tokens=tokens)
             for rec in records:
                 if rec.op != "skip":
                     written.extend(str(i) for i in rec.slot_ids)

@@ -85,6 +85,7 @@ class RetNetConfig:
     memory_unit: str = "span"
     memory_read_scale: float | None = None  # None: q·k/√d_k; s: s·cos(q, k) (no weights)
     memory_value: str = "hidden"  # token slots: the next token's "hidden" state or "embedding"
+    memory_copy: bool = False  # token slots hold the next id; the head mixes in a copy of it
 
     def __post_init__(self) -> None:
         self.memory_layers = sorted(int(i) for i in self.memory_layers)
@@ -121,6 +122,10 @@ class RetNetConfig:
             (self.memory_pool in ("attention", "mean"), "memory_pool: 'attention' or 'mean'"),
             (self.memory_unit in ("span", "token"), "memory_unit: 'span' or 'token'"),
             (self.memory_value in ("hidden", "embedding"), "memory_value: 'hidden' or 'embedding'"),
+            (
+                not self.memory_copy or self.memory_unit == "token",
+                "memory_copy needs memory_unit 'token'",
+            ),
         ]
         for ok, msg in checks:
             if not ok:

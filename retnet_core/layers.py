@@ -72,6 +72,7 @@ def rotate_pairs(x: Tensor, rot: Tensor) -> Tensor:
 
 
 EMBEDS = -1  # key of the embedded input tokens in a ``capture`` dict (layers are ≥ 0)
+TOKENS = -2  # key of the input token ids in a ``capture`` dict
 
 
 @dataclass
@@ -94,6 +95,8 @@ class RetentionContext:
     chunk_size: int | None = None
     boundaries: list[int] | None = None
     embeds: Tensor | None = None  # (B, T, d_model) the call's embedded tokens (memory values)
+    tokens: Tensor | None = None  # (B, T) the call's token ids (what copying slots store)
+    copies: list | None = None  # copy reads of memory layers, for the head (memory_copy)
 
 
 # ---- modules ----------------------------------------------------------------------------
@@ -242,6 +245,6 @@ class RetNetBlock(nn.Module):
             h = self.memory_norm(x)
             if capture is not None:  # the memory layer's input, for later writes
                 capture[self.layer_idx] = h
-            x = x + self.memory(h, bank, ctx.embeds)
+            x = x + self.memory(h, bank, ctx.embeds, ctx.tokens, ctx.copies)
         x = x + F.dropout(self.ffn(self.ffn_norm(x)), self.dropout, self.training)
         return x, new_state

@@ -25,6 +25,15 @@ context like t's, so a query whose context matches t's continues the stored text
 token at a time. That is an induction head whose other half lives in the bank: exact
 recall of a multi-token name needs no decoder of a compressed vector.
 
+With ``copy`` a token slot also stores the id of the token after t (as the last column
+of its value), and the layer hands its read attention a_n to the model's head, which
+mixes a copy distribution into the next-token distribution (a pointer-generator):
+
+    p(y) = (1 − λ Σ_n a_n) softmax(z)_y + λ Σ_n a_n [id_n = y],   λ = σ(w_λ · h_t + b_λ)
+
+so a read that finds the right slot emits its token directly — no layer above has to
+learn to decode it — and the "no slot" share falls back to the language model.
+
 Two paths share the parameters:
 
 - training (differentiable): slots live in a :class:`TensorBank` built in the same
@@ -59,6 +68,7 @@ __all__ = [
     "MemoryLayer",
     "TensorBank",
     "WriteRecord",
+    "copy_mix",
     "forget_span",
     "memory_attention",
     "token_span_mask",
@@ -90,6 +100,12 @@ class MemoryConfig:
     unit: str = "span"  # "span": one slot per span | "token": one slot per token of it
     read_scale: float | None = None  # None: q·k/√d_k; s: s·cos(q, k) (sharp reads at once)
     value: str = "hidden"  # unit="token": the next token's "hidden" state or "embedding"
+    copy: bool = False  # unit="token": slots also hold the next token's id; reads copy it
+
+    @property
+    def stored_value_dim(self) -> int:
+        """Width of a stored value: d_value, plus one column for the id when copying."""
+        return self.d_value + int(self.copy)
 
     @classmethod
     def from_model(cls, config: object) -> MemoryConfig:
@@ -111,6 +127,7 @@ class MemoryConfig:
             unit=str(getattr(config, "memory_unit", "span")),
             read_scale=getattr(config, "memory_read_scale", None),
             value=str(getattr(config, "memory_value", "hidden")),
+            copy=bool(getattr(config, "memory_copy", False)),
         )
 
 
@@ -179,6 +196,21 @@ def token_span_mask(spans: Tensor) -> tuple[Tensor, Tensor]:
     return out, owner
 
 
+def copy_mix(logits: Tensor, probs: Tensor, ids: Tensor, lam: Tensor) -> Tensor:
+    """Log of p = (1 − λ Σ_n a_n) softmax(z) + λ Σ_n a_n onehot(id_n) (in float32).
+
+    logits z (B, T, V); probs a (B, T, N) read attention over slots (the "no slot" share
+    is 1 − Σ a); ids (B, T, N) the token each slot copies; lam λ (B, T, 1). The result
+    is a log-distribution, so softmax, sampling and cross-entropy treat it as logits.
+    """
+    p_lm = torch.softmax(logits.float(), dim=-1)
+    a = probs.float()
+    copy = torch.zeros_like(p_lm).scatter_add_(-1, ids.clamp(0, p_lm.shape[-1] - 1), a)
+    lam = lam.float()
+    p = p_lm * (1.0 - lam * a.sum(-1, keepdim=True)) + lam * copy
+    return torch.log(p.clamp_min(1e-30))
+
+
 def memory_attention(
     q: Tensor, keys: Tensor, values: Tensor, null_key: Tensor, bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -219,6 +251,11 @@ class MemoryLayer(nn.Module):
         self.pool = nn.Linear(c.d_model, 2)  # logits of the key and value pooling queries
         self.gate = nn.Linear(2 * c.d_model, 1)
         nn.init.constant_(self.gate.bias, 2.0)  # start open (σ(2) ≈ 0.88): write, then learn
+        self._copies: list | None = None  # where a forward's copy reads go (see forward)
+        if c.copy:
+            if c.unit != "token":
+                raise ValueError("memory copy needs token slots (memory_unit='token')")
+            self.copy_gate = nn.Linear(c.d_model, 1)  # λ: how much of a read to copy
 
     def query(self, h: Tensor) -> Tensor:
         """Read queries q (…, d_k) = W_Q h; with ``read_scale`` s, √d_k · s · q/|q|, so
@@ -235,7 +272,11 @@ class MemoryLayer(nn.Module):
 
     # ---- write side: span -> (key, value, gate) ------------------------------------
     def encode(
-        self, h: Tensor, spans: Tensor, embeds: Tensor | None = None
+        self,
+        h: Tensor,
+        spans: Tensor,
+        embeds: Tensor | None = None,
+        tokens: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Compress spans of h into slots. h (B, T, d), spans (B, S, T) bool.
 
@@ -244,10 +285,11 @@ class MemoryLayer(nn.Module):
         (pool="mean": a uniform over the span, the paper's u = mean(X)). With
         unit="token" every span is one position t (see :func:`token_spans`) and
         u_key = h_t, u_val = h_{t+1} — or e_{t+1}, the next token's embedding
-        (``embeds`` (B, T, d_model)), with value="embedding".
+        (``embeds`` (B, T, d_model)), with value="embedding"; with ``copy`` the value
+        ends with the id of token t + 1 (``tokens`` (B, T)).
         """
         if self.cfg.unit == "token":
-            return self._encode_tokens(h, spans, embeds)
+            return self._encode_tokens(h, spans, embeds, tokens)
         logits = self.pool(self.pool_norm(h)).transpose(1, 2)  # (B, 2, T)
         if self.cfg.pool == "mean":
             logits = torch.zeros_like(logits)  # uniform weights: u = mean of the span
@@ -263,7 +305,7 @@ class MemoryLayer(nn.Module):
         return keys, values, gate_logit
 
     def _encode_tokens(
-        self, h: Tensor, spans: Tensor, embeds: Tensor | None
+        self, h: Tensor, spans: Tensor, embeds: Tensor | None, tokens: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """unit="token": spans (B, S, T) mark one position t each; value from h_{t+1}
         (value="hidden") or from the embedding e_{t+1} (value="embedding")."""
@@ -280,13 +322,24 @@ class MemoryLayer(nn.Module):
         gate_logit = self.gate(torch.cat([u_key, u_val], dim=-1)).squeeze(-1)
         if not self.cfg.use_gate:
             gate_logit = torch.full_like(gate_logit, 30.0)
-        return keys, self.v_proj(u_val), gate_logit
+        values = self.v_proj(u_val)
+        if self.cfg.copy:
+            if tokens is None:
+                raise ValueError("copying token slots need the token ids")
+            ids = torch.einsum("bst,bt->bs", after.to(torch.float64), tokens.to(torch.float64))
+            values = torch.cat([values, ids.to(values.dtype).unsqueeze(-1)], dim=-1)
+        return keys, values, gate_logit
 
     def write_tensors(
-        self, bank: TensorBank, h: Tensor, spans: Tensor, embeds: Tensor | None = None
+        self,
+        bank: TensorBank,
+        h: Tensor,
+        spans: Tensor,
+        embeds: Tensor | None = None,
+        tokens: Tensor | None = None,
     ) -> Tensor:
         """Differentiable write of one slot per span into ``bank``; returns gates (B, S)."""
-        keys, values, gate_logit = self.encode(h, spans, embeds)
+        keys, values, gate_logit = self.encode(h, spans, embeds, tokens)
         present = spans.any(dim=-1)
         bank.append(keys, values, F.logsigmoid(gate_logit), present)
         gates = torch.sigmoid(gate_logit)
@@ -302,6 +355,7 @@ class MemoryLayer(nn.Module):
         feedback: list[Feedback | None] | None = None,
         offset: int = 0,
         embeds: Tensor | None = None,
+        tokens: Tensor | None = None,
     ) -> list[WriteRecord]:
         """Write one slot per half-open span [s, e) of h (T, d) or (1, T, d) into ``bank``.
 
@@ -323,7 +377,9 @@ class MemoryLayer(nn.Module):
             mask[0, i, s:e] = True
         if embeds is not None:
             embeds = embeds.reshape(1, -1, embeds.shape[-1])
-        keys, values, gate_logit = self.encode(h, mask, embeds)
+        if tokens is not None:
+            tokens = torch.as_tensor(tokens, device=h.device).reshape(1, -1)
+        keys, values, gate_logit = self.encode(h, mask, embeds, tokens)
         return write_slots(
             bank,
             keys[0].float().cpu(),
@@ -336,21 +392,43 @@ class MemoryLayer(nn.Module):
 
     # ---- read side -----------------------------------------------------------------
     def forward(
-        self, h: Tensor, bank: TensorBank | SlotStore | None, embeds: Tensor | None = None
+        self,
+        h: Tensor,
+        bank: TensorBank | SlotStore | None,
+        embeds: Tensor | None = None,
+        tokens: Tensor | None = None,
+        copies: list | None = None,
     ) -> Tensor:
         """r (B, T, d_model) = W_O · read(h, bank); exactly zero for None or empty banks.
 
-        ``embeds`` (B, T, d_model): the call's embedded tokens, for writes of
-        embedding-valued token slots."""
+        ``embeds`` (B, T, d_model) and ``tokens`` (B, T): the call's embedded tokens and
+        ids, for writes of token slots. With ``copy``, each read appends
+        (probs (B, T, N), ids (B, T, N), λ (B, T, 1)) to ``copies`` for the head."""
+        self._copies = copies
         if isinstance(bank, TensorBank):
             r = self.read_tensors(h, bank)
             if bank.write_spans is not None:
-                self.write_tensors(bank, h, bank.write_spans, embeds)
+                self.write_tensors(bank, h, bank.write_spans, embeds, tokens)
             return r
         if bank is None or len(bank) == 0:
             return torch.zeros_like(h)
         k = self.cfg.top_k
         return self.read_topk(h, bank, k) if 0 < k < len(bank) else self.read_exact(h, bank)
+
+    def _read_out(self, h: Tensor, out: Tensor, probs: Tensor, values: Tensor) -> Tensor:
+        """W_O of the read; with ``copy`` the id column is split off and handed on.
+
+        values (B, N, d) or (B·T, k, d) aligned with probs (B, T, N) / (B·T, 1, k)."""
+        if not self.cfg.copy:
+            return self.o_proj(out)
+        ids = values[..., -1].round().long()
+        b, t = h.shape[:2]
+        probs = probs.reshape(b, t, -1)
+        ids = ids.reshape(b, -1, ids.shape[-1]).expand(b, t, -1) if ids.dim() == 2 else ids
+        if self._copies is not None:
+            lam = torch.sigmoid(self.copy_gate(h))
+            self._copies.append((probs, ids.reshape(b, t, -1), lam))
+        return self.o_proj(out[..., :-1])
 
     def read_tensors(self, h: Tensor, bank: TensorBank) -> Tensor:
         """Differentiable exact read of a TensorBank; h (B, T, d) -> (B, T, d)."""
@@ -360,7 +438,7 @@ class MemoryLayer(nn.Module):
         out, probs = memory_attention(self.query(h), bank.keys, bank.values, self.null_key, bias)
         if bank.reads is not None:
             bank.reads.append(probs)
-        return self.o_proj(out)
+        return self._read_out(h, out, probs, bank.values)
 
     @torch.no_grad()
     def read_probs(self, h: Tensor, keys: Tensor) -> Tensor:
@@ -382,7 +460,7 @@ class MemoryLayer(nn.Module):
         values = values.to(h).unsqueeze(0).expand(b, -1, -1)
         out, probs = memory_attention(self.query(h), keys, values, self.null_key)
         self._touch(bank, ids.unsqueeze(0).expand(b, -1).unsqueeze(1), probs)
-        return self.o_proj(out)
+        return self._read_out(h, out, probs, values)
 
     def read_topk(self, h: Tensor, bank: SlotStore, k: int) -> Tensor:
         """Read the top-k slots per token from ``bank.search``; h (B, T, d) -> (B, T, d).
@@ -407,7 +485,7 @@ class MemoryLayer(nn.Module):
         bias = bias.masked_fill(~dev_valid, float("-inf"))
         out, probs = memory_attention(q, keys, values, self.null_key, bias)
         self._touch(bank, ids.unsqueeze(1), probs)
-        return self.o_proj(out.reshape(b, t, -1))
+        return self._read_out(h, out.reshape(b, t, -1), probs, values)
 
     def _touch(self, bank: SlotStore, ids: Tensor, probs: Tensor) -> None:
         """Count a read for every slot with ≥ touch_threshold attention at some token.

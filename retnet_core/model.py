@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from retnet_core.config import RetNetConfig
 from retnet_core.layers import (
     EMBEDS,
+    TOKENS,
     RetentionContext,
     RetNetBlock,
     RMSNorm,
@@ -189,9 +190,10 @@ class RetNetLM(nn.Module):
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor | None] | None]]:
         """Blocks over embedded tokens -> final hidden (B, T, d), per-layer new states."""
         x = self._embed(tokens)
-        ctx.embeds = x
-        if capture is not None:  # token slots with embedding values are written from these
-            capture[EMBEDS] = x
+        ctx.embeds, ctx.tokens = x, tokens
+        ctx.copies = [] if self.config.memory_copy else None
+        if capture is not None:  # token slots are written from these too
+            capture[EMBEDS], capture[TOKENS] = x, tokens
         new_states = []
         for i, block in enumerate(self.blocks):
             layer_state = None if state is None else state.layer(i)
@@ -199,6 +201,16 @@ class RetNetLM(nn.Module):
             x, st = block(x, ctx, layer_state, bank, capture)
             new_states.append(st)
         return self.norm(x), new_states
+
+    def _logits(self, hidden: Tensor, copies: list | None) -> Tensor:
+        """head(hidden) (B, T, V), with the first memory layer's copy mixed in when it
+        read a bank (memory_copy: :func:`retnet_core.memory.copy_mix`, log-probs)."""
+        logits = self.head(hidden)
+        if not copies:
+            return logits
+        from retnet_core.memory import copy_mix
+
+        return copy_mix(logits, *copies[0])
 
     def forward(
         self,
@@ -216,7 +228,7 @@ class RetNetLM(nn.Module):
         positions = torch.arange(t, device=tokens.device).expand(b, t)
         ctx = self._context(positions, "parallel", lengths=lengths)
         hidden, _ = self._run(tokens, ctx, None, memory, capture)
-        return self.head(hidden)
+        return self._logits(hidden, ctx.copies)
 
     def prefill(
         self,
@@ -258,10 +270,12 @@ class RetNetLM(nn.Module):
         advanced = torch.full_like(start, t) if lengths is None else lengths
         new_state = self._pack(layers, start + advanced, fp)
         if not last_only:
-            return self.head(hidden), new_state
+            return self._logits(hidden, ctx.copies), new_state
         last = (advanced - 1).clamp(min=0)
-        picked = hidden[torch.arange(b, device=hidden.device), last]
-        logits = self.head(picked) * (advanced > 0)[:, None]
+        rows = torch.arange(b, device=hidden.device)
+        picked = hidden[rows, last][:, None]
+        copies = [tuple(c[rows, last][:, None] for c in cp) for cp in ctx.copies or []]
+        logits = self._logits(picked, copies)[:, 0] * (advanced > 0)[:, None]
         return logits, new_state
 
     def step(
@@ -280,7 +294,8 @@ class RetNetLM(nn.Module):
             return self._fast_step(tokens, state, fp, memory)
         ctx = self._context(state.position[:, None], "step")
         hidden, layers = self._run(tokens[:, None], ctx, state, memory, None)
-        return self.head(hidden[:, 0]), self._pack(layers, state.position + 1, fp)
+        logits = self._logits(hidden, ctx.copies)[:, 0]
+        return logits, self._pack(layers, state.position + 1, fp)
 
     # ---- the decode fast path ------------------------------------------------------------
     def _fast_ok(self) -> bool:
@@ -345,6 +360,7 @@ class RetNetLM(nn.Module):
         d, vd = c.d_model, c.value_dim
         sdt = gamma.dtype
         new_s = []
+        copies: list | None = [] if c.memory_copy else None
         for block, s_old in zip(self.blocks, states, strict=True):
             attn = block.retention
             p = F.linear(block.retention_norm(x), attn.in_proj.weight, attn.in_proj.bias)
@@ -364,12 +380,13 @@ class RetNetLM(nn.Module):
             new_s.append(s)
             if block.memory is not None:  # (B, 1, d) through the memory layer's read
                 bank = None if memory is None else memory.get(block.layer_idx)
-                x = x + block.memory(block.memory_norm(x)[:, None], bank)[:, 0]
+                read = block.memory(block.memory_norm(x)[:, None], bank, copies=copies)
+                x = x + read[:, 0]
             ffn = block.ffn
             a = F.linear(block.ffn_norm(x), ffn.w_in.weight, ffn.w_in.bias)
             a, gate = a.chunk(2, dim=-1)
             x = _linear_add(x, ffn.act(a) * gate, ffn.w_out)
-        return self.head(self.norm(x)), new_s
+        return self._logits(self.norm(x)[:, None], copies)[:, 0], new_s
 
     def compile_step(self, enable: bool = True, **options: Any) -> RetNetLM:
         """Opt in (or out) of ``torch.compile`` for the decode fast path (CPU, inductor).

@@ -241,14 +241,19 @@ def build_model(cfg: TrainConfig, vocab_size: int, resume_dir: Path | None = Non
 def _init_from(cfg: TrainConfig, vocab_size: int) -> nn.Module:
     """The model the ``model`` section describes, with the weights of ``init_from``.
 
-    The section may change settings that add no weights (dropout, memory_read_scale);
-    anything that changes a weight's shape fails the strict load, naming it.
+    The section may change settings that add no weights (dropout, memory_read_scale)
+    and turn on memory_copy (its gate starts fresh); anything else that changes the
+    weights fails, naming them.
     """
     from retnet_core.model import RetNetLM
 
     trained = RetNetLM.from_pretrained(cfg.init_from)
     model = RetNetLM(retnet_config(cfg, vocab_size))
-    model.load_state_dict(trained.state_dict(), strict=True)  # copies into tied weights too
+    # copies into tied weights too; a memory copy gate the stage adds starts fresh
+    missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)
+    new = [k for k in missing if ".memory.copy_gate." not in k]
+    if new or unexpected:
+        raise ValueError(f"{cfg.init_from}: missing {new}, unexpected {list(unexpected)}")
     return model
 
 

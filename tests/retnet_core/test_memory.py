@@ -11,6 +11,7 @@ from retnet_core.memory import (
     MemoryConfig,
     MemoryLayer,
     TensorBank,
+    copy_mix,
     token_span_mask,
     token_spans,
 )
@@ -445,3 +446,63 @@ def test_embedding_valued_token_slots_hold_the_next_token_embedding():
         assert "embedded tokens" in str(exc)
     else:
         raise AssertionError("an embedding-valued write without embeddings was accepted")
+
+
+def test_copy_mix_is_a_distribution_that_moves_mass_to_read_tokens():
+    logits = torch.randn(2, 3, 10)
+    probs = torch.tensor([[0.5, 0.3], [0.0, 0.0], [0.9, 0.05]]).expand(2, 3, 2)
+    ids = torch.tensor([4, 7]).expand(2, 3, 2)
+    lam = torch.full((2, 3, 1), 0.8)
+    out = copy_mix(logits, probs, ids, lam).exp()
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, 3))
+    lm = torch.softmax(logits, -1)
+    torch.testing.assert_close(out[:, 1], lm[:, 1])  # nothing read: the LM alone
+    expect = lm[:, 0, 4] * (1 - 0.8 * 0.8) + 0.8 * 0.5
+    torch.testing.assert_close(out[:, 0, 4], expect)
+
+
+def test_copying_slots_store_the_next_id_and_the_head_copies_it():
+    """A copying model emits the token a read slot stores, in every form alike."""
+    from retnet_core.config import RetNetConfig
+    from retnet_core.model import RetNetLM
+
+    torch.manual_seed(0)
+    cfg = RetNetConfig(
+        vocab_size=40,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        ffn_dim=32,
+        memory_layers=[1],
+        memory_d_key=8,
+        memory_d_value=8,
+        memory_unit="token",
+        memory_copy=True,
+        memory_read_scale=16.0,
+        memory_gate=False,
+    )
+    model = RetNetLM(cfg).eval()
+    mem = model.blocks[1].memory
+    with torch.no_grad():
+        mem.copy_gate.bias.fill_(10.0)  # λ ≈ 1: the output is the copy
+        mem.q_proj.weight.copy_(mem.k_proj.weight)  # the query of context t is slot t's key
+    a = torch.tensor([[5, 9, 13, 21, 2]])
+    capture: dict = {}
+    with torch.no_grad():
+        model(a, capture=capture)
+    bank = ExactSlotStore(8, 9)
+    mem.write(bank, capture[1], [(0, 4)], embeds=capture[-1], tokens=capture[-2])
+    _, keys, values = bank.all()
+    assert values[:, -1].tolist() == [9.0, 13.0, 21.0, 2.0]  # each slot: the next id
+    with torch.no_grad():
+        out = model(a[:, :4], memory={1: bank})
+        pre, _ = model.prefill(a[:, :4], memory={1: bank})
+        state, stepped = model.init_state(1), []
+        for t in range(4):
+            logits, state = model.step(a[:, t], state, memory={1: bank})
+            stepped.append(logits)
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(1, 4))
+    torch.testing.assert_close(pre, out, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.stack(stepped, 1), out, rtol=0, atol=1e-5)
+    # the same context as slot t: its read is sharp and copies the id slot t stores
+    assert out.argmax(-1).tolist() == [[9, 13, 21, 2]]

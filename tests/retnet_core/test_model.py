@@ -9,7 +9,7 @@ import torch
 from retnet_factory import tiny_config, tiny_model
 
 from retnet_core.config import ConfigError, RetNetConfig
-from retnet_core.layers import EMBEDS
+from retnet_core.layers import EMBEDS, TOKENS
 from retnet_core.model import RetNetLM
 from retnet_core.state import StateError, StateMismatchError
 
@@ -182,8 +182,9 @@ def test_memory_hook_reads_the_bank_in_every_form():
             logits, st0 = model.step(tok[:, t], st0, memory=memory)
             stepped.append(logits)
     # each memory layer's input, and the embedded tokens (token slots' values)
-    assert sorted(captured) == [EMBEDS, 1] and captured[1].shape == (2, 9, 16)
+    assert sorted(captured) == [TOKENS, EMBEDS, 1] and captured[1].shape == (2, 9, 16)
     torch.testing.assert_close(captured[EMBEDS], model.embed(tok))
+    assert torch.equal(captured[TOKENS], tok)
     assert (ref - without).abs().max() > 1e-6  # the bank changes the output
     torch.testing.assert_close(pre, ref, rtol=0, atol=ATOL)
     torch.testing.assert_close(torch.stack(stepped, 1), ref, rtol=0, atol=ATOL)
