@@ -64,8 +64,9 @@ def _banks(model: nn.Module, batch: int, device: torch.device) -> dict[int, Tens
     cfg = model.config
     if not cfg.memory_layers:
         raise ValueError("the memory objective needs a model with memory_layers")
+    d_value = cfg.memory_d_value + int(getattr(cfg, "memory_copy", False))  # + the id column
     return {
-        i: TensorBank.empty(batch, cfg.memory_d_key, cfg.memory_d_value, device=device)
+        i: TensorBank.empty(batch, cfg.memory_d_key, d_value, device=device)
         for i in cfg.memory_layers
     }
 
