@@ -12,6 +12,8 @@ Kinds
 ``unknown``     a later session asks for something never stated: "I don't know ...".
 ``in_context``  stated and asked in the same session (learnable without memory).
 ``passage``     a ``passage`` turn holds the facts; the answer must come from it.
+``document``    the same passage, fed and written in one session; the question comes in
+                the next (the passage reaches the answer through memory alone).
 
 Values (names, places, codes) are invented, so a model cannot know them in advance.
 Every value falls into the training pool or the held-out pool by a hash of its
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 
 from retnet_core.tokenizer import Message
 
-KINDS = ("recall", "forget", "unknown", "in_context", "passage")
+KINDS = ("recall", "forget", "unknown", "in_context", "passage", "document")
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,11 @@ class DialogueGenerator:
             Message("assistant", sentences[i]),
         )
         return MemoryExample("passage", (turns,), values[i])
+
+    def document(self) -> MemoryExample:
+        ex = self.passage()
+        passage, *asked = ex.sessions[0]
+        return MemoryExample("document", ((passage,), tuple(asked)), ex.answer)
 
     def example(self, kind: str) -> MemoryExample:
         """One example of ``kind`` (one of :data:`KINDS`)."""

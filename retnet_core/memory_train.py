@@ -35,18 +35,24 @@ from retnet_core.memory import TensorBank, token_span_mask
 from retnet_core.tokenizer import ChatTokenizer, Message
 
 
-def user_spans(tok: ChatTokenizer, messages: Sequence[Message]) -> list[tuple[int, int]]:
-    """Half-open token spans [start, end) of the user turns' content in a rendered session.
+WRITTEN_ROLES = ("user", "passage")  # the turns a session writes into memory
 
-    The role token and ``<|end|>`` are left out: the serving engine writes a user
-    message's content tokens (``memsvc.memory``), and training must write the same span.
+
+def user_spans(
+    tok: ChatTokenizer, messages: Sequence[Message], roles: Sequence[str] = WRITTEN_ROLES
+) -> list[tuple[int, int]]:
+    """Half-open token spans [start, end) of the content of the written turns (user
+    messages, and passages a document fed) of a rendered session.
+
+    The role token and ``<|end|>`` are left out: the serving engine writes a message's
+    content tokens (``memsvc.memory``), and training must write the same span.
     """
     r = tok.render(messages)
     starts = [0, *r.boundaries[:-1]]
     return [
         (s + 1, e - 1)
         for s, e, m in zip(starts, r.boundaries, messages, strict=True)
-        if m.role == "user"
+        if m.role in roles
     ]
 
 
@@ -95,9 +101,9 @@ def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
 
 
 def _stated_slot(example: MemoryExample) -> int:
-    """Index of the slot (user turn of session 1) that stated the forgotten value."""
-    users = [m for m in example.sessions[0] if m.role == "user"]
-    return next(i for i, m in enumerate(users) if example.forgotten in m.content)
+    """Index of the written turn of session 1 that stated the forgotten value."""
+    written = [m for m in example.sessions[0] if m.role in WRITTEN_ROLES]
+    return next(i for i, m in enumerate(written) if example.forgotten in m.content)
 
 
 def _slot_owners(model: nn.Module, write: Tensor) -> tuple[Tensor, Tensor]:

@@ -163,3 +163,13 @@ def test_forget_request_learns_to_point_at_the_stated_slot(tok, pools) -> None:
     stated = [len([m for m in ex.sessions[0] if m.role == "user"]) for ex in held]
     chance = sum(1 / n for n in stated) / len(stated)
     assert float(after.pointer_hit.float().mean()) > chance + 0.1
+
+
+def test_document_examples_write_the_passage_and_ask_in_a_new_session(tok, pools) -> None:
+    ex = DialogueGenerator(pools, "heldout", seed=3).example("document")
+    (passage,), (question, answer) = ex.sessions
+    assert passage.role == "passage" and question.role == "user" and ex.answer in passage.content
+    assert ex.answer in answer.content
+    ids = tok.render_ids([passage])
+    ((s, e),) = user_spans(tok, [passage])  # passages are written like user turns
+    assert tok.decode(ids[s:e]) == passage.content
