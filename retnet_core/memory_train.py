@@ -34,7 +34,6 @@ from retnet_core.evaluation import render_supervised
 from retnet_core.memory import TensorBank, token_span_mask
 from retnet_core.tokenizer import ChatTokenizer, Message
 
-
 WRITTEN_ROLES = ("user", "passage")  # the turns a session writes into memory
 
 
