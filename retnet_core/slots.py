@@ -184,3 +184,79 @@ class ExactSlotStore:
             last_read=self._last_read.clone(),
             created=self._created.clone(),
         )
+
+
+EXTRA_ID_BASE = 2**60  # ids of turn-local slots in a ReadThrough: far above any stored id
+
+
+class ReadThrough:
+    """A read-only view of a persistent bank plus turn-local slots (e.g. fed passages).
+
+    Reads see both; the extra slots get ids ``EXTRA_ID_BASE + row``, so reads only ever
+    ``touch`` the persistent bank, and nothing of the extra slots outlives the turn.
+    Writes are refused: they belong to the persistent bank itself. ``primary`` may be
+    None (a turn without memory that still reads its passages).
+    """
+
+    def __init__(self, primary: SlotStore | None, extra: ExactSlotStore) -> None:
+        self.primary, self.extra = primary, extra
+        self.d_key, self.d_value, self.capacity = extra.d_key, extra.d_value, None
+
+    def __len__(self) -> int:
+        return len(self.extra) + (len(self.primary) if self.primary is not None else 0)
+
+    def _has_primary(self) -> bool:
+        return self.primary is not None and len(self.primary) > 0
+
+    def all(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Persistent slots, then the extra ones."""
+        ids, keys, values = self.extra.all()
+        ids = ids + EXTRA_ID_BASE
+        if not self._has_primary():
+            return ids, keys, values
+        p_ids, p_keys, p_values = self.primary.all()  # type: ignore[union-attr]
+        return (
+            torch.cat([p_ids, ids]),
+            torch.cat([p_keys, keys.to(p_keys)]),
+            torch.cat([p_values, values.to(p_values)]),
+        )
+
+    def search(self, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-k of both banks, merged by score; padding stays (−inf, −1)."""
+        scores, ids = self.extra.search(queries, k)
+        ids = torch.where(ids >= 0, ids + EXTRA_ID_BASE, ids)
+        if self._has_primary():
+            p_scores, p_ids = self.primary.search(queries, k)  # type: ignore[union-attr]
+            scores, ids = torch.cat([p_scores.to(scores), scores], 1), torch.cat([p_ids, ids], 1)
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        return top.values, ids.gather(1, top.indices)
+
+    def fetch(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        ids = torch.as_tensor(ids).reshape(-1)
+        keys = torch.zeros(len(ids), self.d_key)
+        values = torch.zeros(len(ids), self.d_value)
+        mine = ids >= EXTRA_ID_BASE
+        if bool(mine.any()):
+            keys[mine], values[mine] = self.extra.fetch(ids[mine] - EXTRA_ID_BASE)
+        if bool((~mine).any()):
+            k, v = self.primary.fetch(ids[~mine])  # type: ignore[union-attr]
+            keys[~mine], values[~mine] = k.to(keys), v.to(values)
+        return keys, values
+
+    def touch(self, ids: Tensor) -> None:
+        ids = torch.as_tensor(ids)
+        stored = ids[ids < EXTRA_ID_BASE]
+        if self.primary is not None and stored.numel():
+            self.primary.touch(stored)
+
+    def add(self, keys: Tensor, values: Tensor, gates: Tensor) -> Tensor:
+        raise TypeError("a read-through view is read-only: write to the persistent bank")
+
+    def update(self, ids: Tensor, keys: Tensor, values: Tensor) -> None:
+        raise TypeError("a read-through view is read-only: write to the persistent bank")
+
+    def remove(self, ids: Tensor) -> None:
+        raise TypeError("a read-through view is read-only: write to the persistent bank")
+
+    def stats(self) -> SlotStats:
+        raise TypeError("a read-through view has no eviction statistics")

@@ -506,3 +506,34 @@ def test_copying_slots_store_the_next_id_and_the_head_copies_it():
     torch.testing.assert_close(torch.stack(stepped, 1), out, rtol=0, atol=1e-5)
     # the same context as slot t: its read is sharp and copies the id slot t stores
     assert out.argmax(-1).tolist() == [[9, 13, 21, 2]]
+
+
+def test_read_through_reads_both_banks_and_touches_only_the_persistent_one():
+    """A turn's passage slots beside the user's bank: the same read as one bank holding
+    both, top-k included; reads count only on the persistent bank; writes are refused."""
+    from retnet_core.slots import ReadThrough
+
+    layer = _layer()
+    primary, extra, both = (ExactSlotStore(DK, DK) for _ in range(3))
+    keys = F.normalize(torch.randn(7, DK), dim=-1)
+    values = torch.randn(7, DK)
+    primary.add(keys[:4], values[:4], torch.ones(4))
+    extra.add(keys[4:], values[4:], torch.ones(3))
+    both.add(keys, values, torch.ones(7))
+    view = ReadThrough(primary, extra)
+    h = torch.randn(2, 3, D)
+    assert len(view) == 7
+    torch.testing.assert_close(layer.read_exact(h, view), layer.read_exact(h, both))
+    torch.testing.assert_close(layer.read_topk(h, view, 7), layer.read_exact(h, both))
+    torch.testing.assert_close(layer.read_topk(h, view, 3), layer.read_topk(h, both, 3))
+    assert int(primary.stats().reads.sum()) > 0 and int(extra.stats().reads.sum()) == 0
+    only_extra = ReadThrough(None, extra)
+    torch.testing.assert_close(
+        layer.read_exact(h, only_extra), layer.read_exact(h, extra), rtol=0, atol=0
+    )
+    try:
+        view.add(keys[:1], values[:1], torch.ones(1))
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("a write into the read-through view was accepted")
