@@ -180,6 +180,36 @@ class MemoryManager:
         ids = await self.scheduler.call(write)
         return FeedbackOut(kind=body.kind, applied=bool(ids), slots_written=ids)
 
+    # ------------------------------------------------------------------ passages
+    def passage_reads(self, banks: dict[int, Any] | None, passages: list[str]) -> dict[int, Any]:
+        """Scheduler thread: what this turn reads: the banks plus the fed passages.
+
+        A copying model answers from a passage by reading it from memory (it was
+        trained so: ``document`` dialogues), so each passage is written as token slots
+        into a turn-local bank, read through beside the session's persistent bank
+        (``retnet_core.slots.ReadThrough``); nothing of it is stored.
+        """
+        from retnet_core.layers import EMBEDS, TOKENS
+        from retnet_core.slots import ExactSlotStore, ReadThrough
+
+        d_key, d_value, _ = self.dims
+        extra = {layer: ExactSlotStore(d_key, d_value) for layer in self.layers}
+        tok = self.runtime.tokenizer
+        for text in passages:
+            ids = tok.render_turn({"role": "passage", "content": text})
+            hidden: dict[int, Any] = {}
+            self.runtime.prefill(ids, None, [], capture=hidden)
+            for layer, bank in extra.items():
+                mem = self.runtime.model.blocks[layer].memory
+                span = [(1, len(ids) - 1)]
+                mem.write(bank, hidden[layer], span, embeds=hidden[EMBEDS], tokens=hidden[TOKENS])
+        return {layer: ReadThrough((banks or {}).get(layer), extra[layer]) for layer in extra}
+
+    @property
+    def reads_passages(self) -> bool:
+        """Whether fed passages are also read from memory (models with copying slots)."""
+        return self.enabled and bool(getattr(self.runtime.model.config, "memory_copy", False))
+
     # ------------------------------------------------------------------ chat forget
     def forget_request(
         self, banks, request: ForgetRequest, hidden: dict[int, Any], position: int

@@ -264,6 +264,7 @@ class TurnManager:
         Without memory banks the last prompt is handed back as a :class:`PromptPrefill`:
         the scheduler feeds it batched with the other turns that are ready in the same
         round. With banks (read by the prompt, captured for the write) it is fed here.
+        A copying model also reads the fed passages from a turn-local bank.
         """
         tok = self.runtime.tokenizer
         # empty banks read exactly zero: such turns decode with memory=None, so they can
@@ -293,6 +294,8 @@ class TurnManager:
                 )
                 for f in fed.fed
             ]
+        if fed is not None and self.memory is not None and self.memory.reads_passages:
+            reads = self.memory.passage_reads(reads, [f.passage.text for f in fed.fed])
         user = tok.render_turn({"role": "user", "content": req.content})
         ids = user + tok.generation_prompt()
         prep.prompt_tokens = len(head) + prep.passage_tokens + len(ids)
@@ -307,22 +310,31 @@ class TurnManager:
                 max_new=max_new,
                 stops=list(req.stop),
                 emit=emit,
-                group=self.memory.group_key(session) if reads else "",
+                group=self._group(session, reads, fed),
                 memory=reads,
                 started=accepted,
             )
 
-        if not prep.banks:  # nothing read, nothing captured: batched with other turns
+        if not prep.banks and reads is None:  # nothing read or captured: batched prefill
             return PromptPrefill(ids=ids, state=state, finish=job)
         capture: dict = {}
         offset = 0 if state is None else int(state.position.reshape(-1)[0])
         out = self.runtime.prefill(ids, state, [len(user)], memory=reads, capture=capture)
-        request = parse_forget(req.content) if capture else None
+        request = parse_forget(req.content) if prep.banks else None
         if request is not None:  # removed before the reply decodes; not itself a memory
             prep.forgotten = self.memory.forget_request(prep.banks, request, capture, len(user) - 1)
-        elif capture:
+        elif prep.banks:
             prep.capture = TurnCapture(hidden=capture, span=(1, len(user) - 1), offset=offset)
         return job(out)
+
+    def _group(self, session: SessionRec, reads: Any, fed: Any) -> str:
+        """Decode steps are shared by turns that read the same banks: the session's
+        namespace, or this turn alone when it also reads its own passages."""
+        if not reads:
+            return ""
+        if fed is not None and self.memory.reads_passages:
+            return f"turn:{id(reads)}"
+        return self.memory.group_key(session)
 
     def _head_bytes(self, state: Any) -> bytes | None:
         return None if state is None else self.runtime.state_to_bytes(state)
