@@ -248,13 +248,15 @@ def run(
     concurrency: int,
     database_url: str | None,
     redis_url: str | None,
+    redis_prefix: str | None = None,
 ) -> dict[str, Any]:
     """Start a server, play every dialogue, write recall.{json,md,png}; returns the summary."""
     from memsvc.config import DEFAULT_MODEL_DIR
 
     model = Path(model_dir or DEFAULT_MODEL_DIR)
     work = work_root() / f"recall-{time.monotonic_ns()}"
-    env = server_env(model, work / "data", database_url, redis_url)
+    extra = {"MEMSVC_REDIS_PREFIX": redis_prefix} if redis_prefix else {}
+    env = server_env(model, work / "data", database_url, redis_url, **extra)
     t0 = time.perf_counter()
     try:
         with LiveServer(env, work) as server:
