@@ -33,6 +33,10 @@ def _log_of(checkpoint: Path) -> Path | None:
     return None
 
 
+def _rows(log: Path) -> list[dict]:
+    return [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+
+
 def _curves(logs: dict[str, Path], png: Path) -> None:
     import matplotlib
 
@@ -40,10 +44,13 @@ def _curves(logs: dict[str, Path], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    offsets = {name: 0 for name in logs}
+    if "RetNet stage 2" in logs and "RetNet" in logs:  # a continuation: plot after stage 1
+        offsets["RetNet stage 2"] = max(r["step"] for r in _rows(logs["RetNet"]))
     for i, (name, log) in enumerate(logs.items()):
-        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-        train = [(r["step"], r.get("lm_loss", r["loss"])) for r in rows if "loss" in r]
-        val = [(r["step"], r["eval"]["loss"]) for r in rows if "eval" in r]
+        rows, at = _rows(log), offsets[name]
+        train = [(at + r["step"], r.get("lm_loss", r["loss"])) for r in rows if "loss" in r]
+        val = [(at + r["step"], r["eval"]["loss"]) for r in rows if "eval" in r]
         if train:
             ax.plot(*zip(*train, strict=True), color=f"C{i}", alpha=0.35, linewidth=1)
         if val:
@@ -70,14 +77,27 @@ def _markdown(res: dict[str, dict], meta: dict) -> str:
         ("passage answers (held-out values)", f"{r['passage']:.3f}", f"{b['passage']:.3f}"),
         ("cross-session, no memory (floor)", f"{r['recall_no_memory']:.3f}", "—"),
     ]
+    s = res.get("shipped")
+    if s is not None:  # the memory stage's checkpoint: what memsvc serves
+        vals = [
+            f"{s['params'] / 1e6:.2f}M",
+            f"{s['tokens']:.0f}",
+            f"{s['ppl']:.2f}",
+            f"{s['bits_per_char']:.4f}",
+            f"{s['in_context']:.3f}",
+            f"{s['passage']:.3f}",
+            f"{s['recall_no_memory']:.3f}",
+        ]
+        rows = [(*row, v) for row, v in zip(rows, vals, strict=True)]
+    head = "| | RetNet | Transformer |" + (" RetNet + memory stage (shipped) |" if s else "")
     lines = [
         "# RetNet vs same-size Transformer on held-out chit-chat",
         "",
         f"Command: `{meta['command']}`",
         "",
-        "| | RetNet (shipped) | Transformer |",
-        "|---|---|---|",
-        *[f"| {a} | {x} | {y} |" for a, x, y in rows],
+        head,
+        "|---|---|---|" + ("---|" if s else ""),
+        *["| " + " | ".join(row) + " |" for row in rows],
         "",
         f"- RetNet ≤ {TARGET_BPC:.2f} bits/char: "
         f"{'met' if bpc_ok else '**missed**'} ({r['bits_per_char']:.4f}"
@@ -96,6 +116,9 @@ def cli(
     out: Annotated[Path, typer.Option(help="folder for quality.json / .md and loss.png")],
     split: Annotated[str, typer.Option(help="chit-chat split")] = "test",
     examples: Annotated[int, typer.Option(min=1, help="held-out dialogues per kind")] = 200,
+    shipped: Annotated[
+        Path | None, typer.Option(help="a later stage of the RetNet (e.g. the shipped model)")
+    ] = None,
 ) -> None:
     """Held-out perplexity and bits/char of the RetNet vs the same-size Transformer."""
     from retnet_core.evaluation import evaluate_checkpoint
@@ -104,17 +127,21 @@ def cli(
         "retnet": evaluate_checkpoint(retnet, split, examples=examples),
         "transformer": evaluate_checkpoint(baseline, split, examples=examples),
     }
+    if shipped is not None:
+        res["shipped"] = evaluate_checkpoint(shipped, split, examples=examples)
     meta = {
         "command": (
             f"memsvc bench quality --retnet {retnet} --baseline {baseline} --out {out}"
             + (f" --split {split}" if split != "test" else "")
+            + (f" --shipped {shipped}" if shipped else "")
         ),
         "machine": machine_info(),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps({"results": res, "meta": meta}, indent=2))
     (out / "quality.md").write_text(_markdown(res, meta))
-    logs = {n: _log_of(p) for n, p in (("RetNet", retnet), ("Transformer", baseline))}
+    runs = [("RetNet", retnet), ("Transformer", baseline), ("RetNet stage 2", shipped)]
+    logs = {n: _log_of(p) for n, p in runs if p is not None}
     found = {n: p for n, p in logs.items() if p is not None}
     if found:
         _curves(found, out / "loss.png")

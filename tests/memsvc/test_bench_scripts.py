@@ -67,3 +67,29 @@ def test_resume_bench_toy(checkpoint: Path, tmp_path: Path, lengths: tuple[int, 
     assert saved["target"]["measured"] is False
     assert "| history tokens |" in (service_dir / "resume.md").read_text()
     assert (service_dir / "resume.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quality_table_states_targets_and_the_shipped_column(tmp_path: Path) -> None:
+    from memsvc.bench import quality
+
+    def score(bpc: float) -> dict:
+        return {
+            "params": 6.3e6, "tokens": 1000, "ppl": 2**bpc, "bits_per_char": bpc,
+            "in_context": 0.1, "passage": 0.2, "recall_no_memory": 0.0,
+        }  # fmt: skip
+
+    meta = {"command": "memsvc bench quality ..."}
+    two = quality._markdown({"retnet": score(1.5), "transformer": score(1.45)}, meta)
+    assert "| bits / character | 1.5000 | 1.4500 |" in two and "shipped" not in two
+    assert "**missed** (1.5000, gap +0.1000)" in two  # the 1.40 target
+    assert "met (RetNet/Transformer − 1 = +3.45%)" in two  # within 5%
+    res = {"retnet": score(1.3), "transformer": score(1.45), "shipped": score(1.35)}
+    three = quality._markdown(res, meta)
+    assert "| bits / character | 1.3000 | 1.4500 | 1.3500 |" in three
+    assert "RetNet ≤ 1.40 bits/char: met (1.3000)" in three
+
+    log = tmp_path / "a" / "log.jsonl"
+    log.parent.mkdir()
+    log.write_text('{"step": 10, "loss": 3.0}\n{"step": 20, "loss": 2.5, "eval": {"loss": 2.6}}\n')
+    quality._curves({"RetNet": log, "RetNet stage 2": log}, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 1000
