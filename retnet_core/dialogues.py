@@ -14,6 +14,10 @@ Kinds
 ``passage``     a ``passage`` turn holds the facts; the answer must come from it.
 ``document``    the same passage, fed and written in one session; the question comes in
                 the next (the passage reaches the answer through memory alone).
+``chitchat``    a real chit-chat conversation cut in two sessions: the second one's
+                replies are trained while the first one's user turns sit in memory, so
+                the copy head learns not to copy from slots that do not answer anything
+                (drawn from the conversations the generator is given).
 
 Values (names, places, codes) are invented, so a model cannot know them in advance.
 Every value falls into the training pool or the held-out pool by a hash of its
@@ -27,12 +31,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from retnet_core.tokenizer import Message
 
 KINDS = ("recall", "forget", "unknown", "in_context", "passage", "document")
+CHITCHAT = "chitchat"
+CHITCHAT_CHARS = 240  # per message: session 1 is never cut, so its turns are kept short
 
 
 @dataclass(frozen=True)
@@ -249,11 +255,18 @@ class MemoryExample:
 class DialogueGenerator:
     """Deterministic generator of :class:`MemoryExample` from a seed and a value pool."""
 
-    def __init__(self, pools: ValuePools, split: str = "train", seed: int = 0) -> None:
+    def __init__(
+        self,
+        pools: ValuePools,
+        split: str = "train",
+        seed: int = 0,
+        chitchat: Sequence[Sequence[Message]] = (),
+    ) -> None:
         if split not in ("train", "heldout"):
             raise ValueError("split must be 'train' or 'heldout'")
         self.values = pools.train if split == "train" else pools.heldout
         self.rng = random.Random(f"{split}:{seed}")
+        self.conversations = [c for c in chitchat if len(c) >= 4]
 
     def _value(self, kind: str) -> str:
         return self.rng.choice(self.values[kind])
@@ -338,8 +351,20 @@ class DialogueGenerator:
         passage, *asked = ex.sessions[0]
         return MemoryExample("document", ((passage,), tuple(asked)), ex.answer)
 
+    def chitchat(self) -> MemoryExample:
+        """A conversation cut at a message boundary: 2–4 messages, then up to 4 more."""
+        if not self.conversations:
+            raise ValueError("the chitchat kind needs conversations (DialogueGenerator(chitchat=))")
+        conv = [
+            Message(m.role, m.content[:CHITCHAT_CHARS]) for m in self.rng.choice(self.conversations)
+        ]
+        cut = self.rng.randint(2, min(4, len(conv) - 2))
+        return MemoryExample(CHITCHAT, (tuple(conv[:cut]), tuple(conv[cut : cut + 4])), "")
+
     def example(self, kind: str) -> MemoryExample:
-        """One example of ``kind`` (one of :data:`KINDS`)."""
+        """One example of ``kind`` (one of :data:`KINDS`, or ``chitchat``)."""
+        if kind == CHITCHAT:
+            return self.chitchat()
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         return getattr(self, kind)()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retnet_core.data import IGNORE_INDEX, pad_examples
-from retnet_core.dialogues import MemoryExample
+from retnet_core.dialogues import CHITCHAT, MemoryExample
 from retnet_core.evaluation import render_supervised
 from retnet_core.memory import TensorBank, token_span_mask
 from retnet_core.tokenizer import ChatTokenizer, Message
@@ -179,8 +179,9 @@ def cross_session(
     pointer_logp, pointer_hit = _point_forgotten(model, tok, examples, banks, owner, device)
     for bank in banks.values():
         _mask_forgotten(bank, examples, owner)
+    # the answer is the scored turn; a chitchat session trains every reply it has
     x2, y2 = pad_examples(
-        [render_supervised(tok, ex.sessions[-1], last_only=True) for ex in examples],
+        [render_supervised(tok, ex.sessions[-1], last_only=ex.kind != CHITCHAT) for ex in examples],
         seq_len,
         tok.pad_id,
     )

@@ -26,8 +26,14 @@ from retnet_core.data import (
     split_conversations,
     words_of,
 )
-from retnet_core.dialogues import DialogueGenerator, MemoryExample, ValuePools, example_texts
-from retnet_core.tokenizer import TOKENIZER_FILE, ChatTokenizer
+from retnet_core.dialogues import (
+    CHITCHAT,
+    DialogueGenerator,
+    MemoryExample,
+    ValuePools,
+    example_texts,
+)
+from retnet_core.tokenizer import TOKENIZER_FILE, ChatTokenizer, Message
 
 
 @dataclass
@@ -161,12 +167,14 @@ class Data:
     kinds: list[str]
     eval_examples: dict[str, list[MemoryExample]]
     memory_gen: bool = True
+    chitchat: tuple[tuple[Message, ...], ...] = ()  # train conversations, for ``chitchat``
 
     def memory_examples(
         self, n: int, seed: int, kinds: list[str] | None = None
     ) -> list[MemoryExample]:
         """``n`` training dialogues (training values only) from a per-call seed."""
-        return DialogueGenerator(self.pools, "train", seed=seed).sample(n, kinds or self.kinds)
+        gen = DialogueGenerator(self.pools, "train", seed=seed, chitchat=self.chitchat)
+        return gen.sample(n, kinds or self.kinds)
 
 
 def _splits(cfg: TrainConfig) -> dict:
@@ -187,7 +195,8 @@ def prepare_data(cfg: TrainConfig, tok: ChatTokenizer) -> Data:
         exclude=words_of(m.content for c in splits["train"] for m in c.messages)
     )
     heldout = DialogueGenerator(pools, "heldout", seed=cfg.seed)
-    kinds = ["in_context", "passage", "recall", *cfg.session_kinds]
+    # chitchat rows have no answer to score: their replies count in the LM numbers
+    kinds = ["in_context", "passage", "recall", *(k for k in cfg.session_kinds if k != CHITCHAT)]
     eval_examples = {
         k: [heldout.example(k) for _ in range(cfg.eval_examples)] for k in dict.fromkeys(kinds)
     }
@@ -199,6 +208,7 @@ def prepare_data(cfg: TrainConfig, tok: ChatTokenizer) -> Data:
         kinds=list(cfg.memory_kinds),
         eval_examples=eval_examples,
         memory_gen=cfg.memory_frac > 0,
+        chitchat=tuple(c.messages for c in splits["train"]),
     )
 
 

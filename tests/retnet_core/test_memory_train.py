@@ -173,3 +173,37 @@ def test_document_examples_write_the_passage_and_ask_in_a_new_session(tok, pools
     ids = tok.render_ids([passage])
     ((s, e),) = user_spans(tok, [passage])  # passages are written like user turns
     assert tok.decode(ids[s:e]) == passage.content
+
+
+CONVERSATION = tuple(
+    Message("user" if i % 2 == 0 else "assistant", f"message number {i} " + "x" * (300 * (i == 0)))
+    for i in range(9)
+)
+
+
+def test_chitchat_examples_cut_a_real_conversation_in_two_sessions(pools) -> None:
+    gen = DialogueGenerator(pools, "train", seed=1, chitchat=[CONVERSATION, CONVERSATION[:3]])
+    for _ in range(20):
+        ex = gen.example("chitchat")
+        first, second = ex.sessions
+        assert 2 <= len(first) <= 4 and 1 <= len(second) <= 4 and ex.answer == ""
+        flat = ex.flat()
+        assert [m.content[:17] for m in flat] == [m.content[:17] for m in CONVERSATION[: len(flat)]]
+        assert all(len(m.content) <= 240 for m in flat)  # session 1 is never cut: short turns
+    with pytest.raises(ValueError, match="needs conversations"):
+        DialogueGenerator(pools, "train", seed=1).example("chitchat")
+
+
+def test_chitchat_sessions_train_every_reply_of_the_second_session(tok, pools) -> None:
+    gen = DialogueGenerator(pools, "train", seed=2, chitchat=[CONVERSATION])
+    chat, recall = gen.example("chitchat"), gen.example("recall")
+    out = cross_session(_model(tok), tok, [chat, recall], "cpu")
+    trained = (out.labels != -100).sum(dim=1).tolist()
+    replies = [m for m in chat.sessions[-1] if m.role == "assistant"]
+    assert len(replies) >= 1
+    expected = sum(len(tok.encode(m.content)) + 1 for m in replies)  # content + <|end|>
+    assert trained[0] == expected  # all replies, not just the last
+    last = recall.sessions[-1][-1]
+    assert trained[1] == len(tok.encode(last.content)) + 1  # the scored answer only
+    loss = cross_session_loss(_model(tok), tok, [chat, recall], "cpu")
+    assert torch.isfinite(loss)
