@@ -253,7 +253,7 @@ def run(
     """Start a server, play every dialogue, write recall.{json,md,png}; returns the summary."""
     from memsvc.config import DEFAULT_MODEL_DIR
 
-    model = Path(model_dir or DEFAULT_MODEL_DIR)
+    model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()  # the server runs in its own cwd
     work = work_root() / f"recall-{time.monotonic_ns()}"
     extra = {"MEMSVC_REDIS_PREFIX": redis_prefix} if redis_prefix else {}
     env = server_env(model, work / "data", database_url, redis_url, **extra)

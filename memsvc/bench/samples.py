@@ -163,7 +163,7 @@ def cli(
     from memsvc.config import DEFAULT_MODEL_DIR
 
     exit_on_sigterm()
-    model = Path(model_dir or DEFAULT_MODEL_DIR)
+    model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()  # the server runs in its own cwd
     work = work_root() / f"samples-{time.monotonic_ns()}"
     env = server_env(model, work / "data", None, None)
     try:
