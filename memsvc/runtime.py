@@ -124,8 +124,10 @@ class ModelRuntime:
         """Feed one prompt per session in ONE batched call (no memory, no boundaries).
 
         Rows are right-padded with ``<|pad|>`` and passed with their ``lengths``; states
-        (None: a new session) are stacked. Each row's result is bit-identical to the same
-        row fed alone through this method: there is always at least one padding column
+        (None: a new session) are stacked. Each row's result equals the same row fed
+        alone through this method to float32 rounding (bit-identical where the BLAS picks
+        the same GEMM kernel for both batch sizes; on some CPUs it does not, ~1e-6 apart):
+        there is always at least one padding column
         (so the state is always the masked end-of-row formula), padding is masked out of
         retention and the state, the linear layers see ≥ 2 rows (B·T) either way, and the
         head is applied to each row's last valid hidden state on its own (one row).
