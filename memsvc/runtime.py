@@ -127,10 +127,10 @@ class ModelRuntime:
         (None: a new session) are stacked. Each row's result equals the same row fed
         alone through this method to float32 rounding (bit-identical where the BLAS picks
         the same GEMM kernel for both batch sizes; on some CPUs it does not, ~1e-6 apart):
-        there is always at least one padding column
-        (so the state is always the masked end-of-row formula), padding is masked out of
-        retention and the state, the linear layers see ≥ 2 rows (B·T) either way, and the
-        head is applied to each row's last valid hidden state on its own (one row).
+        there is always at least one padding column (so the state is always the masked
+        end-of-row formula), padding is masked out of retention and the state, the linear
+        layers see ≥ 2 rows (B·T) either way, and the head is applied to each row's last
+        valid hidden state on its own (one row).
         """
         if not rows or len(rows) != len(states) or any(not r for r in rows):
             raise ValueError("prefill_rows needs one non-empty prompt per state")

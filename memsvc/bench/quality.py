@@ -64,39 +64,47 @@ def _curves(logs: dict[str, Path], png: Path) -> None:
     plt.close(fig)
 
 
+ROW_LABELS = (
+    "parameters",
+    "test tokens scored",
+    "perplexity / token",
+    "bits / character",
+    "in-context recall (held-out values)",
+    "passage answers (held-out values)",
+    "cross-session, no memory (floor)",
+)
+
+
+def _cells(score: dict) -> list[str]:
+    """One checkpoint's column of the table, in the order of ROW_LABELS."""
+    return [
+        f"{score['params'] / 1e6:.2f}M",
+        f"{score['tokens']:.0f}",
+        f"{score['ppl']:.2f}",
+        f"{score['bits_per_char']:.4f}",
+        f"{score['in_context']:.3f}",
+        f"{score['passage']:.3f}",
+        f"{score['recall_no_memory']:.3f}",
+    ]
+
+
 def _markdown(res: dict[str, dict], meta: dict) -> str:
     r, b = res["retnet"], res["transformer"]
     gap = r["bits_per_char"] / b["bits_per_char"] - 1.0
     bpc_ok, gap_ok = r["bits_per_char"] <= TARGET_BPC, gap <= TARGET_GAP
-    rows = [
-        ("parameters", f"{r['params'] / 1e6:.2f}M", f"{b['params'] / 1e6:.2f}M"),
-        ("test tokens scored", f"{r['tokens']:.0f}", f"{b['tokens']:.0f}"),
-        ("perplexity / token", f"{r['ppl']:.2f}", f"{b['ppl']:.2f}"),
-        ("bits / character", f"{r['bits_per_char']:.4f}", f"{b['bits_per_char']:.4f}"),
-        ("in-context recall (held-out values)", f"{r['in_context']:.3f}", f"{b['in_context']:.3f}"),
-        ("passage answers (held-out values)", f"{r['passage']:.3f}", f"{b['passage']:.3f}"),
-        ("cross-session, no memory (floor)", f"{r['recall_no_memory']:.3f}", "—"),
-    ]
-    s = res.get("shipped")
-    if s is not None:  # the memory stage's checkpoint: what memsvc serves
-        vals = [
-            f"{s['params'] / 1e6:.2f}M",
-            f"{s['tokens']:.0f}",
-            f"{s['ppl']:.2f}",
-            f"{s['bits_per_char']:.4f}",
-            f"{s['in_context']:.3f}",
-            f"{s['passage']:.3f}",
-            f"{s['recall_no_memory']:.3f}",
-        ]
-        rows = [(*row, v) for row, v in zip(rows, vals, strict=True)]
-    head = "| | RetNet | Transformer |" + (" RetNet + memory stage (shipped) |" if s else "")
+    columns = {"RetNet": _cells(r), "Transformer": _cells(b)}
+    columns["Transformer"][-1] = "—"  # it has no memory to switch off
+    if "shipped" in res:  # the memory stage's checkpoint: what memsvc serves
+        columns["RetNet + memory stage (shipped)"] = _cells(res["shipped"])
+    rows = [(label, *cells) for label, *cells in zip(ROW_LABELS, *columns.values(), strict=True)]
+    head = "| | " + " | ".join(columns) + " |"
     lines = [
         "# RetNet vs same-size Transformer on held-out chit-chat",
         "",
         f"Command: `{meta['command']}`",
         "",
         head,
-        "|---|---|---|" + ("---|" if s else ""),
+        "|---|" + "---|" * len(columns),
         *["| " + " | ".join(row) + " |" for row in rows],
         "",
         f"- RetNet ≤ {TARGET_BPC:.2f} bits/char: "
