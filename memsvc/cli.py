@@ -237,7 +237,7 @@ def train(
     """Train a model from a config (run under `torchrun` for several GPUs / processes)."""
     if not config.is_file():
         raise FileNotFoundError(f"no such config file: {config}")
-    from retnet_core.train import cli as run_train
+    from retnet_core.training.train import cli as run_train
 
     run_train(config, out_dir, max_steps, max_time_s, device, resume)
 

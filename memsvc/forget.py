@@ -7,7 +7,7 @@ recognises it and says what it names:
 
 - ``topic`` ("my dog's name"): the service removes the slot that the request's own
   last token reads most. The model is trained for exactly that pointer
-  (``retnet_core.memory_train``), so the choice is the model's, made with the same
+  (``retnet_core.training.memory_train``), so the choice is the model's, made with the same
   read attention that answers "What's my dog called?";
 - ``last`` ("forget that", "forget what I just said"): the newest slot;
 - ``all`` ("forget everything"): every slot of the session's memory.

@@ -67,3 +67,41 @@ def test_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     bad.write_text("def f():\n    from memsvc.app import create_app\n")
     assert "memsvc" in imported_modules(bad)
     assert "memsvc" not in imported_modules(bad, top_level_only=True)
+
+
+def test_model_files_never_import_training() -> None:
+    """retnet_core/training may import the model; the model never imports training."""
+    offenders = []
+    for f in sorted((ROOT / "retnet_core").glob("*.py")):
+        modules = _all_from_imports(f)
+        if any(m.split(".")[:2] == ["retnet_core", "training"] for m in modules):
+            offenders.append(str(f.relative_to(ROOT)))
+    assert offenders == []
+
+
+def _all_from_imports(path: Path) -> set[str]:
+    """Dotted module names of every import in a file, at any depth."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+    return out
+
+
+def test_import_retnet_core_loads_no_training_corpus_or_plotting() -> None:
+    """A fresh interpreter: `import retnet_core` loads no training, chitchat or matplotlib."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, retnet_core\n"
+        "bad = [m for m in sys.modules if m.startswith(('retnet_core.training', "
+        "'chitchat_dataset', 'matplotlib'))]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""

@@ -3,9 +3,10 @@
 `memsvc bench quality --retnet DIR --baseline DIR --out OUT` scores both checkpoints
 (``configs/default.yaml`` and ``configs/baseline.yaml`` train them with one recipe on the
 same tokens) on the **whole held-out test split** of chit-chat — conversations neither
-training nor checkpoint selection saw — with :func:`retnet_core.evaluation.evaluate_checkpoint`:
-perplexity per token and bits per character (tokenizer-independent), plus held-out
-memory-dialogue answer rates without slots (in-context recall, passage answers).
+training nor checkpoint selection saw — with
+:func:`retnet_core.training.evaluation.evaluate_checkpoint`: perplexity per token and
+bits per character (tokenizer-independent), plus held-out memory-dialogue answer rates
+without slots (in-context recall, passage answers).
 
 Targets (issue 7): RetNet ≤ 1.40 bits per character, and within 5% of the Transformer's.
 Writes ``quality.json``, ``quality.md`` and, from the runs' ``log.jsonl`` next to the
@@ -129,7 +130,7 @@ def cli(
     ] = None,
 ) -> None:
     """Held-out perplexity and bits/char of the RetNet vs the same-size Transformer."""
-    from retnet_core.evaluation import evaluate_checkpoint
+    from retnet_core.training.evaluation import evaluate_checkpoint
 
     res: dict[str, Any] = {
         "retnet": evaluate_checkpoint(retnet, split, examples=examples),

@@ -14,7 +14,7 @@ way a client would. Each dialogue is a new user of one tenant:
   C asks for it. Forgotten means the value is not in C's reply; the slot check asks
   the admin API whether a slot holding the value survived.
 
-Facts come from :class:`retnet_core.dialogues.DialogueGenerator` with **held-out values**
+Facts come from :class:`retnet_core.training.dialogues.DialogueGenerator` with **held-out values**
 (names, places and codes that never occur in training: the split is by a hash of the
 value, and values whose words occur in the chit-chat training text are excluded).
 
@@ -49,8 +49,8 @@ TARGET_ON, TARGET_OFF = 0.90, 0.10
 
 def heldout_examples(kind: str, n: int, seed: int) -> list[Any]:
     """``n`` held-out dialogues of ``kind`` (values unseen in training)."""
-    from retnet_core.data import load_chitchat, split_conversations, words_of
-    from retnet_core.dialogues import DialogueGenerator, ValuePools
+    from retnet_core.training.data import load_chitchat, split_conversations, words_of
+    from retnet_core.training.dialogues import DialogueGenerator, ValuePools
 
     splits = split_conversations(load_chitchat())
     train_words = words_of(m.content for c in splits["train"] for m in c.messages)

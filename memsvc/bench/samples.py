@@ -39,7 +39,7 @@ from memsvc.bench.recall import heldout_examples
 
 def chitchat_openers(n: int) -> list[list[str]]:
     """The first and third lines of ``n`` held-out (test split) chit-chat conversations."""
-    from retnet_core.data import load_chitchat, split_conversations
+    from retnet_core.training.data import load_chitchat, split_conversations
 
     test = [c for c in split_conversations(load_chitchat())["test"] if len(c.messages) >= 3]
     return [[c.messages[0].content, c.messages[2].content] for c in test[:n]]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retnet_core.data import (
+from retnet_core.tokenizer import ChatTokenizer, Message
+from retnet_core.training.data import (
     IGNORE_INDEX,
     Conversation,
     eval_windows,
@@ -18,7 +19,7 @@ from retnet_core.data import (
     split_of,
     words_of,
 )
-from retnet_core.dialogues import (
+from retnet_core.training.dialogues import (
     ATTRIBUTES,
     KINDS,
     DialogueGenerator,
@@ -26,7 +27,6 @@ from retnet_core.dialogues import (
     example_texts,
     is_heldout,
 )
-from retnet_core.tokenizer import ChatTokenizer, Message
 
 
 @pytest.fixture(scope="module")

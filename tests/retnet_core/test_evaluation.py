@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from retnet_core.data import Conversation, pack
-from retnet_core.dialogues import DialogueGenerator, ValuePools
-from retnet_core.evaluation import (
+from retnet_core.tokenizer import ChatTokenizer, Message
+from retnet_core.training.data import Conversation, pack
+from retnet_core.training.dialogues import DialogueGenerator, ValuePools
+from retnet_core.training.evaluation import (
     answer_accuracy,
     answer_scores,
     evaluate_lm,
     render_supervised,
 )
-from retnet_core.tokenizer import ChatTokenizer, Message
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,18 @@ import pytest
 import torch
 
 from retnet_core.config import RetNetConfig
-from retnet_core.dialogues import DialogueGenerator, ValuePools
 from retnet_core.memory import TensorBank
-from retnet_core.memory_train import (
+from retnet_core.model import RetNetLM
+from retnet_core.tokenizer import ChatTokenizer, Message
+from retnet_core.training.dialogues import DialogueGenerator, ValuePools
+from retnet_core.training.memory_train import (
     _mask_forgotten,
     cross_session,
     cross_session_eval,
     cross_session_loss,
     user_spans,
 )
-from retnet_core.model import RetNetLM
-from retnet_core.tokenizer import ChatTokenizer, Message
-from retnet_core.train import load_config, train
+from retnet_core.training.train import load_config, train
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
@@ -128,8 +128,8 @@ def test_train_with_memory_hooks(tmp_path) -> None:
         eval_interval=0,
         memory_batch=4,
         model={**cfg.model, "memory_layers": [1], "memory_d_key": 16, "memory_d_value": 16},
-        memory_objective="retnet_core.memory_train:cross_session_loss",
-        memory_eval="retnet_core.memory_train:cross_session_eval",
+        memory_objective="retnet_core.training.memory_train:cross_session_loss",
+        memory_eval="retnet_core.training.memory_train:cross_session_eval",
     )
     result = train(cfg)
     assert {"memory_recall", "memory_forget", "memory_unknown"} <= set(result["eval"])

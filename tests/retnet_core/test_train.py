@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from retnet_core.baseline import TransformerConfig, TransformerLM, match_ffn, param_count
-from retnet_core.evaluation import evaluate_checkpoint, plot_log
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer
-from retnet_core.train import TrainConfig, cli, load_config, lr_at, train
-from retnet_core.train_setup import retnet_config
+from retnet_core.training.baseline import TransformerConfig, TransformerLM, match_ffn, param_count
+from retnet_core.training.evaluation import evaluate_checkpoint, plot_log
+from retnet_core.training.train import TrainConfig, cli, load_config, lr_at, train
+from retnet_core.training.train_setup import retnet_config
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 
@@ -182,7 +182,7 @@ def test_runs_unchanged_under_torchrun_ddp(tmp_path) -> None:
         "--nproc_per_node",
         "2",
         "-m",
-        "retnet_core.train",
+        "retnet_core.training.train",
         str(TINY),
         "--out-dir",
         str(out),

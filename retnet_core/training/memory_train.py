@@ -1,7 +1,7 @@
 """Cross-session memory objective and evaluation (state reset, memory slots kept).
 
-The default ``memory_objective`` / ``memory_eval`` hooks of :mod:`retnet_core.train`.
-For a batch of :class:`~retnet_core.dialogues.MemoryExample` with two or more sessions:
+The default ``memory_objective`` / ``memory_eval`` hooks of :mod:`retnet_core.training.train`.
+For a batch of :class:`~retnet_core.training.dialogues.MemoryExample` with two or more sessions:
 
 1. the first session runs from an empty state with a fresh
    :class:`~retnet_core.memory.TensorBank` per memory layer whose ``write_spans`` are
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from retnet_core.data import IGNORE_INDEX, pad_examples
-from retnet_core.dialogues import CHITCHAT, MemoryExample
-from retnet_core.evaluation import render_supervised
 from retnet_core.memory import TensorBank, token_span_mask
 from retnet_core.tokenizer import ChatTokenizer, Message
+from retnet_core.training.data import IGNORE_INDEX, pad_examples
+from retnet_core.training.dialogues import CHITCHAT, MemoryExample
+from retnet_core.training.evaluation import render_supervised
 
 WRITTEN_ROLES = ("user", "passage")  # the turns a session writes into memory
 

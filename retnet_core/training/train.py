@@ -1,6 +1,6 @@
 """Training: config file → tokenizer, data, model → AdamW + cosine → checkpoints.
 
-Run ``memsvc train configs/default.yaml`` (or ``python -m retnet_core.train CONFIG``).
+Run ``memsvc train configs/default.yaml`` (or ``python -m retnet_core.training.train CONFIG``).
 The same command runs unchanged under ``torchrun --nproc_per_node N`` (DDP; gloo on
 CPU, nccl on CUDA) and picks CUDA when present.
 
@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from retnet_core.data import pad_examples, sample_windows
-from retnet_core.evaluation import evaluate_lm, recall_report, render_supervised
-from retnet_core.train_setup import (
+from retnet_core.training.data import pad_examples, sample_windows
+from retnet_core.training.evaluation import evaluate_lm, recall_report, render_supervised
+from retnet_core.training.train_setup import (
     Data,
     LMObjective,
     TrainConfig,

@@ -1,6 +1,6 @@
 """Training set-up: the config dataclass, tokenizer, data and model construction.
 
-Kept apart from the loop in :mod:`retnet_core.train` so each file reads in one sitting.
+Kept apart from the loop in :mod:`retnet_core.training.train` so each file reads in one sitting.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from retnet_core.data import (
+from retnet_core.tokenizer import TOKENIZER_FILE, ChatTokenizer, Message
+from retnet_core.training.data import (
     IGNORE_INDEX,
     TokenStream,
     load_chitchat,
@@ -26,14 +27,13 @@ from retnet_core.data import (
     split_conversations,
     words_of,
 )
-from retnet_core.dialogues import (
+from retnet_core.training.dialogues import (
     CHITCHAT,
     DialogueGenerator,
     MemoryExample,
     ValuePools,
     example_texts,
 )
-from retnet_core.tokenizer import TOKENIZER_FILE, ChatTokenizer, Message
 
 
 @dataclass
@@ -78,7 +78,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16
     compile: bool = False
     chunk_size: int = 0
-    # memory objective hooks, "package.module:function" (see retnet_core.train)
+    # memory objective hooks, "package.module:function" (see retnet_core.training.train)
     memory_objective: str | None = None
     memory_eval: str | None = None
     memory_weight: float = 1.0
@@ -223,7 +223,7 @@ def retnet_config(cfg: TrainConfig, vocab_size: int):
 def build_model(cfg: TrainConfig, vocab_size: int, resume_dir: Path | None = None) -> nn.Module:
     """A fresh model, or the one saved in ``resume_dir`` when resuming."""
     if cfg.arch == "transformer":
-        from retnet_core.baseline import TransformerConfig, TransformerLM, match_ffn
+        from retnet_core.training.baseline import TransformerConfig, TransformerLM, match_ffn
 
         if resume_dir is not None and cfg.resume and (resume_dir / "config.json").exists():
             return TransformerLM.from_pretrained(resume_dir)

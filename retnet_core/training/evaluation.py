@@ -6,7 +6,7 @@ same code on the same windows.
 
 Bits per character divide the summed negative log-likelihood (in bits) of every
 predicted token of the held-out stream by the characters of the conversations' plain
-text (:meth:`retnet_core.data.Conversation.text`), which makes the number comparable
+text (:meth:`retnet_core.training.data.Conversation.text`), which makes the number comparable
 across tokenizers.
 """
 
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from retnet_core.data import IGNORE_INDEX, TokenStream, eval_windows, pad_examples
-from retnet_core.dialogues import MemoryExample
 from retnet_core.tokenizer import ChatTokenizer, Message
+from retnet_core.training.data import IGNORE_INDEX, TokenStream, eval_windows, pad_examples
+from retnet_core.training.dialogues import MemoryExample
 
 LogitsFn = Callable[[Tensor], Tensor]
 
@@ -183,7 +183,7 @@ def load_lm(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
 
     cfg = json.loads((Path(directory) / "config.json").read_text())
     if cfg.get("arch") == "transformer":
-        from retnet_core.baseline import TransformerLM
+        from retnet_core.training.baseline import TransformerLM
 
         return TransformerLM.from_pretrained(directory, device=device)
     from retnet_core.model import RetNetLM
@@ -205,8 +205,8 @@ def evaluate_checkpoint(
     The split, the held-out values and the windows are the ones training used, so the
     RetNet and the baseline are compared on exactly the same tokens.
     """
-    from retnet_core.data import load_chitchat, pack, split_conversations, words_of
-    from retnet_core.dialogues import DialogueGenerator, ValuePools
+    from retnet_core.training.data import load_chitchat, pack, split_conversations, words_of
+    from retnet_core.training.dialogues import DialogueGenerator, ValuePools
 
     model = load_lm(checkpoint, device).eval()
     tok = ChatTokenizer.load(checkpoint)
@@ -259,7 +259,10 @@ def eval_cli(
     max_windows: int | None = None,
     device: str = "cpu",
 ) -> None:
-    """Print a checkpoint's held-out numbers as JSON (``python -m retnet_core.evaluation``)."""
+    """Print a checkpoint's held-out numbers as JSON.
+
+    Run as ``python -m retnet_core.training.evaluation``.
+    """
     import json
 
     result = evaluate_checkpoint(checkpoint, split, seq_len, max_windows, device=device)
