@@ -15,7 +15,7 @@ from memsvc.api import admin, documents, health, openai, sessions
 from memsvc.api.errors import install_error_handlers
 from memsvc.api.limits import BodyLimitMiddleware
 from memsvc.config import Settings
-from memsvc.services import Services
+from memsvc.services.container import Services
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:

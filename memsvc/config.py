@@ -66,7 +66,6 @@ class Settings(BaseSettings):
     # engine
     max_batch: int = Field(default=64, ge=1, description="sessions decoded in one step")
     lock_wait_s: float = Field(default=0.0, ge=0.0, description="wait for a busy session; 0: 409")
-    default_max_tokens: int = Field(default=64, ge=1)
     turn_timeout_s: float = Field(default=300.0, gt=0)
 
     # RAG

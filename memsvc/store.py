@@ -3,7 +3,7 @@
 Managers in memsvc talk to :class:`Store` only. Rows never leave this module as ORM
 objects: they are converted to the frozen records below, which the API layer turns
 into response schemas. Storage's errors are translated here too: ``NotFound`` stays
-a :class:`memsvc.api.errors.NotFound` (404 for unknown and foreign ids alike), a held
+a :class:`memsvc.errors.NotFound` (unknown and foreign ids alike), a held
 lock becomes :class:`Busy`, a lost compare-and-set :class:`Conflict`.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 
 class Busy(Exception):
@@ -119,8 +119,8 @@ class SlotFilter:
     limit: int = 100
 
 
-class Store:
-    """Interface every memsvc manager uses; :mod:`memsvc.storage_adapter` implements it."""
+class Store(Protocol):
+    """Interface every memsvc manager uses; :mod:`memsvc.store_adapter` implements it."""
 
     # tenants
     def authenticate(self, key: str) -> str | None: ...

@@ -59,6 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from retnet_core.checkpoint import save_pretrained
 from retnet_core.config import RetNetConfig
 from retnet_core.layers import head_log_decay, rotary_angles
 from retnet_core.model import RetNetLM
@@ -308,7 +309,7 @@ def convert_torchscale(
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ConvertError(f"weights do not fit the config: missing {missing}, extra {unexpected}")
-    model.eval().save_pretrained(dst)
+    save_pretrained(model.eval(), dst)
     return model
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -414,25 +413,6 @@ class RetNetLM(nn.Module):
         s = [st[0] for st in layers]
         z = [st[1] for st in layers] if self.config.retention_norm == "torchscale" else None
         return RecurrentState(s, z, position, fingerprint)
-
-    # ---- checkpoints ------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, tokenizer: Any = None) -> Path:
-        """Write config.json + model.safetensors (+ tokenizer.json); see checkpoint.py."""
-        from retnet_core.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, tokenizer)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | Path,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> RetNetLM:
-        """Load a checkpoint directory onto ``device`` (optionally cast to ``dtype``)."""
-        from retnet_core.checkpoint import load_pretrained
-
-        return load_pretrained(directory, device=device, dtype=dtype)
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied head counts once)."""

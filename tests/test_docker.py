@@ -43,7 +43,7 @@ def cli_command_names() -> set[str]:
     """Every command path of the `memsvc` CLI, e.g. {"serve", "tenant create", ...}."""
     import typer.main
 
-    from memsvc.cli import app
+    from memsvc.cli.main import app
 
     def walk(cmd, prefix: str) -> set[str]:
         names = {prefix.strip()} if prefix.strip() else set()

@@ -105,3 +105,60 @@ def test_import_retnet_core_loads_no_training_corpus_or_plotting() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def _module_graph(package: str) -> dict[str, set[str]]:
+    """{module: modules of the same package it imports (at any depth)} from the source."""
+    graph: dict[str, set[str]] = {}
+    for f in sorted((ROOT / package).rglob("*.py")):
+        parts = f.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[name] = {m for m in _all_from_imports(f) if m.startswith(package + ".")}
+    return {m: {d for d in deps if d in graph} for m, deps in graph.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import cycles between modules (each reported once, from its first module)."""
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for dep in sorted(graph[node]):
+            if dep in path:
+                found.append(path[path.index(dep) :] + [dep])
+            elif dep not in done:
+                visit(dep, path + [dep])
+        done.add(node)
+
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    return found
+
+
+def test_retnet_core_modules_have_no_import_cycles() -> None:
+    """checkpoint imports model, never the reverse; no module of the model imports back."""
+    graph = _module_graph("retnet_core")
+    assert "retnet_core.model" in graph["retnet_core.checkpoint"]
+    assert _cycles(graph) == []
+
+
+def test_cycle_finder_sees_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+
+
+def test_only_the_http_layer_imports_http() -> None:
+    """fastapi, starlette and memsvc.api are for memsvc/api/ and memsvc/app.py alone."""
+    offenders = {}
+    for f in sorted((ROOT / "memsvc").rglob("*.py")):
+        rel = f.relative_to(ROOT).as_posix()
+        if rel.startswith("memsvc/api/") or rel == "memsvc/app.py":
+            continue
+        modules = _all_from_imports(f)
+        bad = sorted(
+            m
+            for m in modules
+            if m.split(".")[0] in ("fastapi", "starlette") or m.startswith("memsvc.api")
+        )
+        if bad:
+            offenders[rel] = bad
+    assert offenders == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from memsvc.api.deps import Admin, Svc
-from memsvc.api.schemas import (
+from memsvc.records import (
     AdminSessionList,
     AdminSessionOut,
     EvictIn,

@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from memsvc.api.errors import Unauthorized
-from memsvc.services import Services
+from memsvc.services.container import Services
 
 _bearer = HTTPBearer(auto_error=False, description="tenant API key or admin key")
 

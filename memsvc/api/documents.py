@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from memsvc.api.deps import Svc, Tenant
-from memsvc.api.schemas import DocumentCreate, DocumentList, DocumentOut, SearchIn, SearchOut
+from memsvc.records import DocumentCreate, DocumentList, DocumentOut, SearchIn, SearchOut
 
 router = APIRouter(tags=["documents"])
 

@@ -22,51 +22,57 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = logging.getLogger("memsvc.errors")
+from memsvc.errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    NotFound,
+    RateLimited,
+    SessionBusy,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
+)
+
+log = logging.getLogger("memsvc.api.errors")
+
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "Conflict",
+    "NotFound",
+    "SessionBusy",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "Unprocessable",
+    "error_body",
+    "error_response",
+    "install_error_handlers",
+    "status_of",
+]
 
 
-class ApiError(Exception):
-    """An error with an HTTP status and a stable machine-readable ``code``."""
+ApiError = DomainError  # what routers catch: every domain error
 
-    status = 400
-    code = "bad_request"
-
-    def __init__(self, message: str, *, details: list[Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-
-class BadRequest(ApiError):
-    status, code = 400, "bad_request"
-
-
-class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
+# The one table from domain errors to HTTP statuses (most specific class first).
+STATUS_OF: list[tuple[type[DomainError], int]] = [
+    (SessionBusy, 409),
+    (Conflict, 409),
+    (BadRequest, 400),
+    (Unauthorized, 401),
+    (NotFound, 404),
+    (TooLarge, 413),
+    (Unprocessable, 422),
+    (RateLimited, 429),
+    (Unavailable, 503),
+]
 
 
-class NotFound(ApiError):
-    status, code = 404, "not_found"
-
-
-class Conflict(ApiError):
-    status, code = 409, "conflict"
-
-
-class SessionBusy(Conflict):
-    code = "session_busy"
-
-
-class TooLarge(ApiError):
-    status, code = 413, "too_large"
-
-
-class Unprocessable(ApiError):
-    status, code = 422, "invalid_request"
-
-
-class Unavailable(ApiError):
-    status, code = 503, "unavailable"
+def status_of(exc: DomainError) -> int:
+    """The HTTP status of a domain error (400 for one this table does not name)."""
+    return next((status for cls, status in STATUS_OF if isinstance(exc, cls)), 400)
 
 
 def error_body(status: int, code: str, message: str, details: list[Any] | None = None) -> dict:
@@ -77,9 +83,16 @@ def error_body(status: int, code: str, message: str, details: list[Any] | None =
     return {"error": body}
 
 
-def error_response(status: int, code: str, message: str, details: list[Any] | None = None):
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """A JSONResponse carrying :func:`error_body` (plus WWW-Authenticate on 401)."""
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(error_body(status, code, message, details), status, headers=headers)
 
 
@@ -91,8 +104,11 @@ def _clean_validation_errors(errors: list[dict]) -> list[dict]:
     ]
 
 
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+async def _api_error(_: Request, exc: DomainError) -> JSONResponse:
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    return error_response(status_of(exc), exc.code, exc.message, exc.details, headers)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,7 +137,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register every handler above on ``app``."""
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DomainError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DataError, _data_error)

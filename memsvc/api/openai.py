@@ -2,7 +2,7 @@
 
 Point the official ``openai`` client at the server (``base_url=<server>/v1``,
 ``api_key=<tenant API key>``). How a request maps onto a memsvc session is described
-in :mod:`memsvc.openai_chat`; in short: ``X-Memsvc-Session`` header or
+in :mod:`memsvc.services.openai`; in short: ``X-Memsvc-Session`` header or
 ``metadata.session_id``, a new session otherwise, and the session id comes back in the
 ``X-Memsvc-Session`` response header.
 
@@ -22,15 +22,15 @@ from fastapi.responses import StreamingResponse
 
 from memsvc.api.deps import Svc, Tenant
 from memsvc.api.errors import ApiError
-from memsvc.api.openai_schemas import (
+from memsvc.engine.scheduler import TokenEvent
+from memsvc.records import TurnOut
+from memsvc.services.openai import MappedTurn, OpenAIChat, completion_id, finish_reason, usage_of
+from memsvc.services.openai_schemas import (
     SESSION_HEADER,
     ChatCompletion,
     ChatCompletionRequest,
     ModelList,
 )
-from memsvc.api.schemas import TurnOut
-from memsvc.engine import TokenEvent
-from memsvc.openai_chat import MappedTurn, OpenAIChat, completion_id, finish_reason, usage_of
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 SessionHeader = Annotated[

@@ -10,7 +10,8 @@ from fastapi.responses import StreamingResponse
 
 from memsvc.api.deps import Svc, Tenant
 from memsvc.api.errors import ApiError
-from memsvc.api.schemas import (
+from memsvc.engine.scheduler import TokenEvent
+from memsvc.records import (
     FeedbackIn,
     FeedbackOut,
     LogitsOut,
@@ -21,7 +22,6 @@ from memsvc.api.schemas import (
     SessionOut,
     TurnOut,
 )
-from memsvc.engine import TokenEvent
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 

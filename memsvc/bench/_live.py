@@ -92,6 +92,7 @@ def default_size_checkpoint(
     """A random-weight checkpoint of the default model's size (cached under ``root``)."""
     import torch
 
+    from retnet_core.checkpoint import save_pretrained
     from retnet_core.config import RetNetConfig
     from retnet_core.model import RetNetLM
     from retnet_core.tokenizer import ChatTokenizer
@@ -105,7 +106,7 @@ def default_size_checkpoint(
     torch.manual_seed(0)
     cfg = RetNetConfig(**{**section["model"], "vocab_size": tok.vocab_size})
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-    RetNetLM(cfg).save_pretrained(tmp, tokenizer=tok)
+    save_pretrained(RetNetLM(cfg), tmp, tokenizer=tok)
     tmp.rename(directory)
     return directory
 
@@ -150,7 +151,7 @@ class LiveServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
-    # what follows the interpreter: `memsvc.server`, or ("-m", "memsvc.cli", "serve") to start
+    # what follows the interpreter: `memsvc.server`, or ("-m", "memsvc.cli.main", "serve") to start
     # it exactly as users do
     module_args: tuple[str, ...] = ("-m", "memsvc.server")
 
@@ -241,8 +242,8 @@ def server_env(
 
 def new_tenant_key(env: dict[str, str]) -> str:
     """A new tenant's API key, created on the server's database (the CLI's code path)."""
+    from memsvc.cli.tenants import tenant_create
     from memsvc.config import Settings
-    from memsvc.tenants_cli import tenant_create
 
     settings = Settings(
         database_url=env.get("MEMSVC_DATABASE_URL"),

@@ -54,6 +54,7 @@ from memsvc.bench._live import (
     stream_turn,
     work_root,
 )
+from retnet_core.checkpoint import load_pretrained
 
 DEFAULT_LENGTHS = (1024, 8192, 32768)
 TARGET_L = 32768
@@ -171,11 +172,10 @@ def _component(
     """In-process: Redis GET + checksum + decode of the state vs prefill of L tokens."""
     import torch
 
-    from retnet_core.model import RetNetLM
     from retnet_core.state import RecurrentState
     from storage.states import checksum, decode_hot
 
-    model = RetNetLM.from_pretrained(ckpt).eval()
+    model = load_pretrained(ckpt).eval()
     fingerprint = str(model.fingerprint())  # before inference mode, as the server does
     out: dict[int, dict[str, float]] = {}
     with torch.inference_mode():

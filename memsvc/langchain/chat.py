@@ -3,7 +3,7 @@
 It talks to memsvc's OpenAI-compatible ``/v1/chat/completions`` (sync and async,
 invoke and stream). With ``session_id`` set, every call continues that memsvc session:
 the history the session already holds is served from its persisted recurrent state
-and only the new turn is fed (see :mod:`memsvc.openai_chat`). Without it, each call
+and only the new turn is fed (see :mod:`memsvc.services.openai`). Without it, each call
 starts a new session, like any stateless chat model; the session id of every answer
 is in ``response_metadata["session_id"]``.
 

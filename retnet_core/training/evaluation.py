@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from retnet_core.checkpoint import load_pretrained
 from retnet_core.tokenizer import ChatTokenizer, Message
 from retnet_core.training.data import IGNORE_INDEX, TokenStream, eval_windows, pad_examples
 from retnet_core.training.dialogues import MemoryExample
@@ -186,9 +187,8 @@ def load_lm(directory: str | Path, device: str = "cpu") -> torch.nn.Module:
         from retnet_core.training.baseline import TransformerLM
 
         return TransformerLM.from_pretrained(directory, device=device)
-    from retnet_core.model import RetNetLM
 
-    return RetNetLM.from_pretrained(directory, device=device)
+    return load_pretrained(directory, device=device)
 
 
 @torch.no_grad()

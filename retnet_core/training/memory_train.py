@@ -44,7 +44,7 @@ def user_spans(
     messages, and passages a document fed) of a rendered session.
 
     The role token and ``<|end|>`` are left out: the serving engine writes a message's
-    content tokens (``memsvc.memory``), and training must write the same span.
+    content tokens (``memsvc.services.memory``), and training must write the same span.
     """
     r = tok.render(messages)
     starts = [0, *r.boundaries[:-1]]

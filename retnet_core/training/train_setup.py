@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from retnet_core.checkpoint import load_pretrained
 from retnet_core.tokenizer import TOKENIZER_FILE, ChatTokenizer, Message
 from retnet_core.training.data import (
     IGNORE_INDEX,
@@ -242,7 +243,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, resume_dir: Path | None = Non
     from retnet_core.model import RetNetLM
 
     if resume_dir is not None and cfg.resume and (resume_dir / "config.json").exists():
-        return RetNetLM.from_pretrained(resume_dir)
+        return load_pretrained(resume_dir)
     if cfg.init_from:  # a later stage: trained weights, a fresh optimiser
         return _init_from(cfg, vocab_size)
     return RetNetLM(retnet_config(cfg, vocab_size))
@@ -257,7 +258,7 @@ def _init_from(cfg: TrainConfig, vocab_size: int) -> nn.Module:
     """
     from retnet_core.model import RetNetLM
 
-    trained = RetNetLM.from_pretrained(cfg.init_from)
+    trained = load_pretrained(cfg.init_from)
     model = RetNetLM(retnet_config(cfg, vocab_size))
     # copies into tied weights too; a memory copy gate the stage adds starts fresh
     missing, unexpected = model.load_state_dict(trained.state_dict(), strict=False)

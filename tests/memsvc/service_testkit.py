@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from memsvc.cli.tenants import tenant_create
 from memsvc.config import Settings
-from memsvc.tenants_cli import tenant_create
 
 PG_ADMIN = os.environ.get(
     "MEMSVC_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

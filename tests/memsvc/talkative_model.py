@@ -20,6 +20,7 @@ import torch
 from server_util import Server
 from tiny_model import CORPUS
 
+from retnet_core.checkpoint import save_pretrained
 from retnet_core.config import RetNetConfig
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer
@@ -56,13 +57,13 @@ def make_talkative_checkpoint(directory: Path, seed: int = 0) -> Path:
             w[b] = -w[a]
         if len(good) % 2:
             w[good[-1]] = w[good[0]]
-    model.save_pretrained(directory, tokenizer=tok)
+    save_pretrained(model, directory, tokenizer=tok)
     return directory
 
 
 def cli_server(env: dict[str, str], workdir: Path) -> Server:
     """A live server started the way users start it: ``memsvc serve`` (the CLI command)."""
-    return Server(env, workdir, module_args=("-m", "memsvc.cli", "serve"))
+    return Server(env, workdir, module_args=("-m", "memsvc.cli.main", "serve"))
 
 
 _SERVERS: dict[str, Server] = {}

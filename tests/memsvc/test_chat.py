@@ -193,8 +193,8 @@ def test_a_lost_compare_and_set_commits_no_messages(backend: Backend) -> None:
     from prometheus_client import CollectorRegistry
 
     from memsvc.api.errors import Conflict
-    from memsvc.storage_adapter import StorageStore
     from memsvc.store import TurnCommit
+    from memsvc.store_adapter import StorageStore
     from storage import migrate
 
     migrate.upgrade(backend.database_url)  # as the server does on start (idempotent)

@@ -15,11 +15,11 @@ import typer.main
 from talkative_model import talkative_server
 from typer.testing import CliRunner
 
-from memsvc.cli import app
+from memsvc.cli.main import app
 from memsvc.config import Settings
-from memsvc.services import open_store
+from memsvc.services.container import open_store
 
-MEMSVC = [sys.executable, "-m", "memsvc.cli"]
+MEMSVC = [sys.executable, "-m", "memsvc.cli.main"]
 runner = CliRunner()
 BAD_PG = "postgresql+psycopg://x@127.0.0.1:9/x"
 
@@ -58,7 +58,8 @@ def _paths(cmd, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
 
 def test_top_level_help_is_fast_and_imports_no_model_code() -> None:
     code = (
-        "import sys, memsvc.cli; print(sorted(m for m in ('torch', 'fastapi') if m in sys.modules))"
+        "import sys, memsvc.cli.main; "
+        "print(sorted(m for m in ('torch', 'fastapi') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

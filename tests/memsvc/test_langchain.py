@@ -20,9 +20,9 @@ from langchain_tests.integration_tests import (
 from server_util import ADMIN_KEY
 from talkative_model import talkative_server
 
+from memsvc.cli.tenants import tenant_create
 from memsvc.client import MemsvcClient
 from memsvc.langchain import ChatMemsvc, MemsvcChatMessageHistory, MemsvcRetriever
-from memsvc.tenants_cli import tenant_create
 
 pytestmark = [
     pytest.mark.parametrize("backend", ["postgres"], indirect=True, scope="session"),

@@ -12,7 +12,7 @@ import openai
 import pytest
 from talkative_model import talkative_server
 
-from memsvc.api.openai_schemas import SESSION_HEADER
+from memsvc.services.openai_schemas import SESSION_HEADER
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def test_shipped_checkpoint_is_small_complete_and_generates() -> None:
 def test_memsvc_serve_with_nothing_set_chats(tmp_path: Path) -> None:
     """`memsvc serve` exactly as the README runs it: no model setting, SQLite default."""
     env = {"MEMSVC_DATA_DIR": str(tmp_path / "data"), "MEMSVC_ADMIN_KEY": "k"}
-    server = Server(env, tmp_path, module_args=("-m", "memsvc.cli", "serve"))
+    server = Server(env, tmp_path, module_args=("-m", "memsvc.cli.main", "serve"))
     with server:
         from memsvc.bench._live import new_tenant_key
 

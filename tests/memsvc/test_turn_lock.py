@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 
 from memsvc.metrics import Metrics
-from memsvc.turns import Turn, TurnManager
+from memsvc.services.turns import Turn, TurnManager
 
 
 class RecordingLock:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from memsvc.config import Settings
-from memsvc.engine import DecodeJob, DoneEvent, PromptPrefill, Scheduler, TokenEvent
-from memsvc.forget import ForgetRequest, parse_forget
+from memsvc.engine.runtime import ModelRuntime
+from memsvc.engine.scheduler import DecodeJob, DoneEvent, PromptPrefill, Scheduler, TokenEvent
 from memsvc.metrics import Metrics
-from memsvc.rag import split_passages
-from memsvc.runtime import ModelRuntime
-from memsvc.sampling import SamplingParams, sample
+from memsvc.rag.feed import split_passages
+from memsvc.services.forget import ForgetRequest, parse_forget
+from retnet_core.sampling import SamplingParams
 
 
 def words(text: str) -> int:
@@ -49,21 +49,6 @@ def test_passages_respect_paragraphs_sentences_and_budget() -> None:
     assert " ".join(passages).split() == text.split()  # nothing lost, order kept
     md = split_passages("# A\ntext a\n# B\ntext b", budget=50, count=words, markdown=True)
     assert md == ["# A\ntext a", "# B\ntext b"]
-
-
-def test_sampling_greedy_filters_and_seed() -> None:
-    logits = torch.tensor([0.0, 5.0, 1.0, 4.9])
-    g = SamplingParams().generator()
-    assert sample(logits, SamplingParams(), g) == 1
-    assert sample(logits, SamplingParams(), g, banned=(1,)) == 3
-    top1 = SamplingParams(temperature=1.0, top_k=1)
-    assert {sample(logits, top1, top1.generator()) for _ in range(20)} == {1}
-    nucleus = SamplingParams(temperature=1.0, top_p=0.5)
-    assert {sample(logits, nucleus, nucleus.generator()) for _ in range(20)} == {1}
-    p = SamplingParams(temperature=2.0, seed=3)
-    assert [sample(logits, p, p.generator()) for _ in range(5)] == [
-        sample(logits, p, p.generator()) for _ in range(5)
-    ]
 
 
 @pytest.fixture(scope="module")

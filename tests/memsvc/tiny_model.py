@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from retnet_core.checkpoint import save_pretrained
 from retnet_core.config import RetNetConfig
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer
@@ -35,5 +36,5 @@ def make_tiny_checkpoint(directory: Path, seed: int = 0, memory_layers=(1,)) -> 
         memory_write_threshold=0.0,
     )
     model = RetNetLM(cfg)
-    model.save_pretrained(directory, tokenizer=tok)
+    save_pretrained(model, directory, tokenizer=tok)
     return directory

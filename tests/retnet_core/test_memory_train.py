@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from retnet_core.checkpoint import load_pretrained
 from retnet_core.config import RetNetConfig
 from retnet_core.memory import TensorBank
 from retnet_core.model import RetNetLM
@@ -135,7 +136,7 @@ def test_train_with_memory_hooks(tmp_path) -> None:
     assert {"memory_recall", "memory_forget", "memory_unknown"} <= set(result["eval"])
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert all(r["loss"] == r["loss"] for r in log if "loss" in r)  # no NaN
-    assert RetNetLM.from_pretrained(tmp_path / "checkpoint").config.memory_layers == [1]
+    assert load_pretrained(tmp_path / "checkpoint").config.memory_layers == [1]
 
 
 def test_forget_request_learns_to_point_at_the_stated_slot(tok, pools) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from retnet_core.checkpoint import load_pretrained
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer
 from retnet_core.training.baseline import TransformerConfig, TransformerLM, match_ffn, param_count
@@ -48,7 +49,7 @@ def test_loss_falls(tiny_run) -> None:
 def test_checkpoint_loads_and_matches(tiny_run) -> None:
     _, out, result = tiny_run
     ckpt = out / "checkpoint"
-    model = RetNetLM.from_pretrained(ckpt)
+    model = load_pretrained(ckpt)
     tok = ChatTokenizer.load(ckpt)
     assert tok.vocab_size == model.config.vocab_size
     ids = torch.tensor([tok.render_ids([{"role": "user", "content": "hello there"}])])
@@ -143,7 +144,7 @@ def test_evaluate_checkpoint(tiny_run) -> None:
     assert scores["tokens"] == 4 * 32
     assert 0 < scores["bits_per_char"] < 10 and scores["ppl"] > 1
     assert {"in_context", "passage", "recall_no_memory"} <= set(scores)
-    assert scores["params"] == RetNetLM.from_pretrained(out / "checkpoint").num_parameters()
+    assert scores["params"] == load_pretrained(out / "checkpoint").num_parameters()
 
 
 def test_bf16_chunkwise_run(tmp_path) -> None:
@@ -198,7 +199,7 @@ def test_runs_unchanged_under_torchrun_ddp(tmp_path) -> None:
     tiny = load_config(TINY)
     per_rank = tiny.batch_size * tiny.grad_accum * tiny.seq_len
     assert steps[-1]["tokens"] == 4 * 2 * per_rank  # both ranks' rows count
-    assert RetNetLM.from_pretrained(out / "checkpoint").config.n_layers == 2
+    assert load_pretrained(out / "checkpoint").config.n_layers == 2
 
 
 def test_a_second_stage_starts_from_trained_weights(tiny_run, tmp_path) -> None:
@@ -213,8 +214,8 @@ def test_a_second_stage_starts_from_trained_weights(tiny_run, tmp_path) -> None:
         eval_interval=0,
     )
     train(cfg)
-    a = RetNetLM.from_pretrained(first).state_dict()
-    b = RetNetLM.from_pretrained(tmp_path / "checkpoint").state_dict()
+    a = load_pretrained(first).state_dict()
+    b = load_pretrained(tmp_path / "checkpoint").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "checkpoint" / "tokenizer.json").read_text() == (
         first / "tokenizer.json"

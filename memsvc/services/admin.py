@@ -5,10 +5,9 @@ Admin calls cross tenants on purpose; they are reachable only with the admin key
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
-
-from memsvc.api.errors import Unprocessable
-from memsvc.api.schemas import (
+from memsvc.errors import Unprocessable
+from memsvc.metrics import Metrics
+from memsvc.records import (
     AdminSessionList,
     AdminSessionOut,
     EvictIn,
@@ -18,9 +17,9 @@ from memsvc.api.schemas import (
     SlotOut,
     StatsOut,
 )
-from memsvc.metrics import Metrics
-from memsvc.sessions import session_out
+from memsvc.services.sessions import session_out
 from memsvc.store import SessionRec, SlotFilter, SlotRec, Store
+from memsvc.threads import run_in_threadpool
 
 
 def slot_out(s: SlotRec) -> SlotOut:

@@ -13,19 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memsvc.admin import AdminManager
 from memsvc.config import Settings
-from memsvc.documents import DocumentManager
-from memsvc.engine import Scheduler
-from memsvc.memory import MemoryManager
+from memsvc.engine.runtime import ModelRuntime
+from memsvc.engine.scheduler import Scheduler
 from memsvc.metrics import Metrics
-from memsvc.rag import Embedder, PassageFeeder, SnapshotCache
-from memsvc.runtime import ModelRuntime
-from memsvc.sessions import SessionManager
+from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
+from memsvc.services.admin import AdminManager
+from memsvc.services.documents import DocumentManager
+from memsvc.services.memory import MemoryManager
+from memsvc.services.sessions import SessionManager
+from memsvc.services.turns import TurnManager
 from memsvc.store import Store
-from memsvc.turns import TurnManager
 
-log = logging.getLogger("memsvc.services")
+log = logging.getLogger("memsvc.services.container")
 
 
 def migrate(settings: Settings) -> None:
@@ -43,7 +43,7 @@ def _ensure_dir(path: Path) -> Path:
 
 def open_store(settings: Settings, registry: Any = None) -> Store:
     """The storage adapter for the configured database and Redis."""
-    from memsvc.storage_adapter import StorageStore
+    from memsvc.store_adapter import StorageStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return StorageStore(

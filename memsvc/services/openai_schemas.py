@@ -76,7 +76,7 @@ def _unsupported(value: Any, default: Any, name: str) -> Any:
 class ChatCompletionRequest(_Strict):
     """``POST /v1/chat/completions``: OpenAI's parameters plus two memsvc switches.
 
-    Session mapping (see :mod:`memsvc.openai_chat`): the ``X-Memsvc-Session`` header or
+    Session mapping (see :mod:`memsvc.services.openai`): the ``X-Memsvc-Session`` header or
     ``metadata.session_id`` names the session; ``user`` becomes the session's user id
     (memories are shared across that user's sessions).
     """

@@ -24,12 +24,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
-from memsvc.api.errors import BadRequest, Conflict, SessionBusy, TooLarge, Unavailable
-from memsvc.api.schemas import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
 from memsvc.config import Settings
-from memsvc.engine import (
+from memsvc.engine.runtime import ModelRuntime, Prefilled
+from memsvc.engine.scheduler import (
     DecodeJob,
     DoneEvent,
     ErrorEvent,
@@ -38,15 +35,16 @@ from memsvc.engine import (
     TokenEvent,
     async_emitter,
 )
-from memsvc.forget import parse_forget
-from memsvc.memory import TurnCapture
+from memsvc.errors import BadRequest, Conflict, SessionBusy, TooLarge, Unavailable
 from memsvc.metrics import Metrics
-from memsvc.rag import PassageFeeder, RetrievedPassage
-from memsvc.runtime import ModelRuntime, Prefilled
-from memsvc.sampling import SamplingParams
+from memsvc.rag.feed import PassageFeeder, RetrievedPassage
+from memsvc.records import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
+from memsvc.services.forget import parse_forget
+from memsvc.services.memory import TurnCapture
 from memsvc.store import Busy, LoadedState, SessionRec, Store, TurnCommit
+from memsvc.threads import run_in_threadpool
 
-log = logging.getLogger("memsvc.turns")
+log = logging.getLogger("memsvc.services.turns")
 
 
 @dataclass
@@ -102,12 +100,13 @@ class TurnManager:
         s = self.settings
         if len(req.content) > s.max_message_chars:
             raise TooLarge(f"content is longer than {s.max_message_chars} characters")
-        max_new = req.max_tokens or s.default_max_tokens
-        if max_new > s.max_new_tokens:
-            raise TooLarge(f"max_tokens exceeds the limit of {s.max_new_tokens}")
         if len(req.stop) > s.max_stop_sequences:
             raise TooLarge(f"at most {s.max_stop_sequences} stop sequences")
-        return max_new
+        if req.max_tokens is None:  # the checkpoint's default, within the operator's limit
+            return min(self.runtime.sampling.max_new_tokens, s.max_new_tokens)
+        if req.max_tokens > s.max_new_tokens:
+            raise TooLarge(f"max_tokens exceeds the limit of {s.max_new_tokens}")
+        return req.max_tokens
 
     # ------------------------------------------------------------------ entry points
     async def start(self, tenant_id: str, session_id: str, req: MessageCreate) -> Turn:
@@ -300,7 +299,13 @@ class TurnManager:
         ids = user + tok.generation_prompt()
         prep.prompt_tokens = len(head) + prep.passage_tokens + len(ids)
         prep.turn_tokens = len(head) + prep.passage_tokens + len(ids)
-        params = SamplingParams(req.temperature, req.top_p, req.top_k, req.seed)
+        params = self.runtime.sampling.with_overrides(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            repetition_penalty=req.repetition_penalty,
+            seed=req.seed,
+        )
 
         def job(out: Prefilled) -> DecodeJob:
             return DecodeJob(

@@ -32,13 +32,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from memsvc.engine.runtime import ModelRuntime
 from memsvc.metrics import Metrics
-from memsvc.runtime import ModelRuntime
-from memsvc.sampling import SamplingParams, sample
+from retnet_core.sampling import SamplingParams, sample
 
-log = logging.getLogger("memsvc.engine")
+log = logging.getLogger("memsvc.engine.scheduler")
 
 
 @dataclass
@@ -231,6 +232,15 @@ class Scheduler:
         self._active = [j for j in self._active if not j.done]
         self.metrics.active_sessions.set(len(self._active))
 
+    @staticmethod
+    def _seen(job: DecodeJob):
+        """(1, V) mask of the reply's tokens so far, only when a repetition penalty applies."""
+        if job.params.repetition_penalty == 1.0:
+            return None
+        seen = torch.zeros(1, job.logits.shape[-1], dtype=torch.bool)
+        seen[0, job.generated] = True
+        return seen
+
     def _next_input(self, job: DecodeJob) -> int:
         """The token to feed for ``job``: a new sample, or ``<|end|>`` when it is closing."""
         end_id = self.runtime.tokenizer.end_id
@@ -239,7 +249,15 @@ class Scheduler:
             return tok
         if job.closing:
             return end_id
-        tok = sample(job.logits, job.params, job.generator, banned=(self.runtime.tokenizer.pad_id,))
+        tok = int(
+            sample(
+                job.logits[None],
+                job.params,
+                job.generator,
+                seen=self._seen(job),
+                banned=(self.runtime.tokenizer.pad_id,),
+            )[0]
+        )
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
             self.metrics.ttft.observe(job.first_token_at - job.started)

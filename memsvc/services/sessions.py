@@ -6,10 +6,11 @@ unknown id and another tenant's id both end as 404.
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
-
-from memsvc.api.errors import NotFound, TooLarge
-from memsvc.api.schemas import (
+from memsvc.config import Settings
+from memsvc.engine.runtime import ModelRuntime, logits_digest
+from memsvc.engine.scheduler import Scheduler
+from memsvc.errors import NotFound, TooLarge
+from memsvc.records import (
     LogitsOut,
     MessageList,
     MessageOut,
@@ -17,10 +18,8 @@ from memsvc.api.schemas import (
     SessionList,
     SessionOut,
 )
-from memsvc.config import Settings
-from memsvc.engine import Scheduler
-from memsvc.runtime import ModelRuntime, logits_digest
 from memsvc.store import SessionRec, Store
+from memsvc.threads import run_in_threadpool
 
 
 def session_out(s: SessionRec) -> SessionOut:

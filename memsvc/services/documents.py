@@ -7,10 +7,10 @@ store, which indexes them in the tenant's passage index.
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
-
-from memsvc.api.errors import TooLarge, Unprocessable
-from memsvc.api.schemas import (
+from memsvc.config import Settings
+from memsvc.errors import TooLarge, Unprocessable
+from memsvc.rag.feed import Embedder, RetrievedPassage, split_passages
+from memsvc.records import (
     DocumentCreate,
     DocumentList,
     DocumentOut,
@@ -18,9 +18,8 @@ from memsvc.api.schemas import (
     SearchIn,
     SearchOut,
 )
-from memsvc.config import Settings
-from memsvc.rag import Embedder, RetrievedPassage, split_passages
 from memsvc.store import DocumentRec, Store
+from memsvc.threads import run_in_threadpool
 
 
 def document_out(d: DocumentRec) -> DocumentOut:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from memsvc.cli_lazy import BenchGroup, ExperimentGroup
+from memsvc.cli.lazy import BenchGroup, ExperimentGroup
 
 
 class _App(typer.Typer):
@@ -106,7 +106,7 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Apply pending database migrations to MEMSVC_DATABASE_URL (or the SQLite default)."""
-    from memsvc.tenants_cli import run_migrations
+    from memsvc.cli.tenants import run_migrations
 
     typer.echo(f"migrated {run_migrations()}")
 
@@ -117,7 +117,7 @@ def tenant_create(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Create a tenant and print its API key (shown once; only its hash is stored)."""
-    from memsvc.tenants_cli import tenant_create as create
+    from memsvc.cli.tenants import tenant_create as create
 
     tenant_id, key = create(name)
     if as_json:
@@ -129,7 +129,7 @@ def tenant_create(
 @tenant_app.command("list")
 def tenant_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False):
     """List tenants with the prefixes of their live keys (never the keys)."""
-    from memsvc.tenants_cli import tenant_list as list_tenants
+    from memsvc.cli.tenants import tenant_list as list_tenants
 
     rows = list_tenants()
     if as_json:
@@ -148,7 +148,7 @@ def tenant_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON
 @tenant_app.command("revoke")
 def tenant_revoke(tenant_id: Annotated[str, typer.Argument(help="the tenant's id")]) -> None:
     """Revoke every API key of a tenant: its requests get 401 from now on (its data stays)."""
-    from memsvc.tenants_cli import tenant_revoke as revoke
+    from memsvc.cli.tenants import tenant_revoke as revoke
 
     count = revoke(tenant_id)
     typer.echo(f"revoked {count} key(s) of tenant {tenant_id}")
@@ -166,8 +166,8 @@ def ingest(
     user_id: Annotated[str | None, typer.Option(help="owner of user-scoped documents")] = None,
 ) -> None:
     """Add documents to a running server for RAG (POST /v1/documents), with a progress bar."""
-    from memsvc.cli_client import collect_files
-    from memsvc.cli_client import ingest as run_ingest
+    from memsvc.cli.client_cmds import collect_files
+    from memsvc.cli.client_cmds import ingest as run_ingest
     from memsvc.client import MemsvcClient
 
     files = collect_files(paths)
@@ -187,7 +187,9 @@ def chat(
     user_id: Annotated[str | None, typer.Option(help="user id of a new session")] = None,
     system: Annotated[str | None, typer.Option(help="system prompt of a new session")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="reply length limit")] = None,
-    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="0 = greedy; unset: the model's own default")
+    ] = None,
 ) -> None:
     """Chat with a running server in the terminal; replies stream as they are generated.
 
@@ -196,10 +198,10 @@ def chat(
     """
     from rich.console import Console
 
-    from memsvc.cli_client import chat_loop, open_session
+    from memsvc.cli.client_cmds import chat_loop, open_session
     from memsvc.client import MemsvcClient
 
-    params: dict[str, Any] = {"temperature": temperature}
+    params: dict[str, Any] = {} if temperature is None else {"temperature": temperature}
     if max_tokens:
         params["max_tokens"] = max_tokens
     with MemsvcClient(url, api_key) as client:

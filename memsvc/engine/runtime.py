@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from retnet_core.checkpoint import load_pretrained
+from retnet_core.sampling import SamplingParams, load_sampling_defaults
 from retnet_core.tokenizer import ChatTokenizer
 
-log = logging.getLogger("memsvc.runtime")
+log = logging.getLogger("memsvc.engine.runtime")
 
 
 class ModelUnavailable(RuntimeError):
@@ -39,10 +41,18 @@ class Prefilled:
 class ModelRuntime:
     """Load once, then prefill / step / (de)serialise states on one device."""
 
-    def __init__(self, model: Any, tokenizer: ChatTokenizer, device: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: ChatTokenizer,
+        device: str,
+        sampling: SamplingParams | None = None,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
+        # the checkpoint's own defaults, for whatever a request leaves unset
+        self.sampling = sampling or SamplingParams()
         self.fingerprint: str = str(model.fingerprint())
 
     @classmethod
@@ -51,7 +61,6 @@ class ModelRuntime:
 
         ``threads``: ``torch.set_num_threads`` for this process (None: torch's default).
         """
-        from retnet_core.model import RetNetLM
 
         if threads is not None:
             torch.set_num_threads(threads)
@@ -59,12 +68,13 @@ class ModelRuntime:
         if not Path(model_dir).is_dir():
             raise ModelUnavailable(f"model directory {model_dir} does not exist")
         try:
-            model = RetNetLM.from_pretrained(str(model_dir), device=device)
+            model = load_pretrained(str(model_dir), device=device)
             tokenizer = ChatTokenizer.load(model_dir)
+            sampling = load_sampling_defaults(model_dir)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(f"cannot load model from {model_dir}: {exc}") from exc
         log.info("loaded model %s on %s", model_dir, device)
-        return cls(model, tokenizer, device)
+        return cls(model, tokenizer, device, sampling)
 
     # ------------------------------------------------------------------ states
     def state_to_bytes(self, state: Any) -> bytes:

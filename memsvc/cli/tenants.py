@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from memsvc.config import Settings
-from memsvc.services import migrate, open_store
+from memsvc.services.container import migrate, open_store
 
 
 def _store(settings: Settings | None):
@@ -55,7 +55,7 @@ def run_migrations(settings: Settings | None = None) -> str:
 
 
 def main() -> None:
-    """``python -m memsvc.tenants_cli create NAME | list | revoke ID`` (until the CLI wires it)."""
+    """``python -m memsvc.cli.tenants create NAME | list | revoke ID`` (until the CLI wires it)."""
     import sys
 
     cmd, *args = sys.argv[1:] or ["list"]

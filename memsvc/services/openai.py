@@ -33,8 +33,10 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from memsvc.api.errors import ApiError, NotFound, Unprocessable
-from memsvc.api.openai_schemas import (
+from memsvc.errors import BadRequest, NotFound, Unprocessable
+from memsvc.records import MessageCreate, SessionCreate, TurnOut
+from memsvc.services.container import Services
+from memsvc.services.openai_schemas import (
     MODEL_ID,
     AssistantMessage,
     ChatCompletion,
@@ -45,8 +47,6 @@ from memsvc.api.openai_schemas import (
     ModelList,
     PromptTokensDetails,
 )
-from memsvc.api.schemas import MessageCreate, SessionCreate, TurnOut
-from memsvc.services import Services
 
 T = TypeVar("T")
 SEED_KEY = "openai_seed"
@@ -54,8 +54,8 @@ SYSTEM_ROLES = {"system", "developer"}
 _STARTED = int(time.time())
 
 
-class HistoryMismatch(ApiError):
-    status, code = 400, "history_mismatch"
+class HistoryMismatch(BadRequest):
+    code = "history_mismatch"
 
 
 Pair = tuple[str, str]  # (role, content)
@@ -195,14 +195,14 @@ class OpenAIChat:
             )
 
     def _body(self, req: ChatCompletionRequest, content: str) -> MessageCreate:
-        """The session-API turn body for this request (OpenAI defaults: temperature 1)."""
+        """The session-API turn body for this request (unset values: the checkpoint's defaults)."""
         return build(
             MessageCreate,
             content=content,
             stream=req.stream,
             max_tokens=req.new_tokens(),
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
+            temperature=req.temperature,  # None: the checkpoint's default
+            top_p=req.top_p,
             stop=req.stop,
             seed=req.seed,
             use_documents=req.use_documents,

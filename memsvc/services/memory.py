@@ -10,7 +10,7 @@ of a turn the user message's span is encoded from the hidden states captured dur
 its prefill and written with provenance (session, message, token span, text). Feedback
 forces (remember), vetoes and removes (forget), or scales (rating) that gate. A forget
 request said in chat ("Please forget my dog's name.") removes the slot the request
-itself reads most (:meth:`MemoryManager.forget_request`, see ``memsvc.forget``).
+itself reads most (:meth:`MemoryManager.forget_request`, see ``memsvc.services.forget``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
-from memsvc.api.errors import Unprocessable
-from memsvc.api.schemas import FeedbackIn, FeedbackOut
-from memsvc.forget import ForgetRequest
+from memsvc.errors import Unprocessable
+from memsvc.records import FeedbackIn, FeedbackOut
+from memsvc.services.forget import ForgetRequest
 from memsvc.store import SessionRec
+from memsvc.threads import run_in_threadpool
 
 #: A topic forget removes the slot its request reads most only above this share.
 FORGET_MIN_ATTENTION = 0.3

@@ -1,0 +1,1 @@
+"""The ``memsvc`` command line (typer): serve, tenants, chat, ingest, convert, train, bench."""

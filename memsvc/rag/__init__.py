@@ -1,0 +1,1 @@
+"""RAG: split documents into passages, embed them, feed them on chunk boundaries."""

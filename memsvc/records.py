@@ -1,0 +1,256 @@
+"""Domain records: the requests services take and the records they return (pydantic).
+
+Kept apart from the ORM rows (those stay inside ``storage``); the HTTP API uses these
+same models as its bodies.
+
+Every request model forbids unknown fields, so a typo is a 422 rather than a silently
+ignored option. Limits that depend on settings (message length, max_tokens) are
+checked by the managers and answered with 413.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Id = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+
+
+def _reject_nul(value: Any) -> Any:
+    """Walk a JSON value; NUL characters cannot be stored (PostgreSQL text) and are refused."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("strings must not contain NUL (\\u0000) characters")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _reject_nul(k)
+            _reject_nul(v)
+    elif isinstance(value, list):
+        for v in value:
+            _reject_nul(v)
+    return value
+
+
+class Strict(BaseModel):
+    """Base of every request body: unknown fields and NUL characters are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
+
+
+# ------------------------------------------------------------------ sessions
+class SessionCreate(Strict):
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+    system_prompt: str | None = Field(default=None, max_length=1_000_000)
+    memory_scope: Literal["session", "user", "tenant", "none"] = "user"
+    metadata: dict[str, Any] | None = None
+
+
+class SessionOut(BaseModel):
+    id: str
+    user_id: str | None
+    system_prompt: str | None
+    memory_scope: str
+    created_at: datetime | None = None
+    message_count: int = 0
+    token_count: int = Field(0, description="tokens of history held by the persisted state")
+    version: int = 0
+    metadata: dict[str, Any] | None = None
+
+
+class SessionList(BaseModel):
+    data: list[SessionOut]
+    next_cursor: str | None = None
+
+
+# ------------------------------------------------------------------ messages
+class MessageCreate(Strict):
+    content: str = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    # None: the checkpoint's generation_config.json decides (the shipped model: greedy)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    stop: list[str] | str | None = Field(default=None, validate_default=True)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=190)
+    use_documents: bool = True
+    use_memory: bool = True
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: list[str] | str | None) -> list[str]:
+        """One string or a list; empty strings are meaningless stops and rejected."""
+        items = [value] if isinstance(value, str) else list(value or [])
+        if any(not s for s in items):
+            raise ValueError("stop sequences must be non-empty strings")
+        return items
+
+
+class MessageOut(BaseModel):
+    id: str
+    role: str
+    content: str
+    created_at: datetime | None = None
+    token_count: int | None = None
+
+
+class MessageList(BaseModel):
+    data: list[MessageOut]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="tokens fed this turn (message, template, passages)")
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int = Field(description="history tokens served from the persisted state")
+    state_source: str = Field(description="where the state came from: redis, sql, memory, new")
+    passage_tokens: int = 0
+    snapshot_hits: int = 0
+    snapshot_misses: int = 0
+    memory_writes: int = 0
+    memory_forgotten: int = Field(0, description="slots a forget request in chat removed")
+
+
+class PassageRef(BaseModel):
+    passage_id: str
+    document_id: str
+    score: float
+    tokens: int
+    boundary: int = Field(description="token offset (within this turn's feed) where it ends")
+    snapshot_hit: bool = False
+
+
+class TurnOut(BaseModel):
+    session_id: str
+    message: MessageOut
+    user_message: MessageOut
+    finish_reason: Literal["stop", "length", "stop_sequence"]
+    usage: Usage
+    passages: list[PassageRef] = []
+    replayed: bool = Field(False, description="true when answered from an idempotency key")
+
+
+class LogitsOut(BaseModel):
+    session_id: str
+    version: int
+    position: int
+    top: list[tuple[int, float]]
+    logits_sha256: str
+
+
+# ------------------------------------------------------------------ feedback
+class FeedbackIn(Strict):
+    kind: Literal["remember", "forget", "rating"]
+    message_id: str | None = Field(default=None, min_length=1, max_length=128)
+    text: str | None = Field(default=None, min_length=1)
+    rating: int | None = Field(default=None, ge=-1, le=1)
+
+
+class FeedbackOut(BaseModel):
+    kind: str
+    applied: bool
+    slots_written: list[str] = []
+    slots_removed: list[str] = []
+    detail: str = ""
+
+
+# ------------------------------------------------------------------ documents
+class DocumentCreate(Strict):
+    text: str = Field(min_length=1)
+    title: str | None = Field(default=None, max_length=500)
+    format: Literal["text", "markdown"] = "text"
+    scope: Literal["tenant", "user"] = "tenant"
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str | None
+    scope: str
+    user_id: str | None
+    passages: int
+    tokens: int
+    created_at: datetime | None = None
+
+
+class DocumentList(BaseModel):
+    data: list[DocumentOut]
+
+
+class SearchIn(Strict):
+    query: str = Field(min_length=1)
+    top_k: int = Field(default=5, ge=1, le=100)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    user_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class SearchHit(BaseModel):
+    passage_id: str
+    document_id: str
+    score: float
+    text: str
+
+
+class SearchOut(BaseModel):
+    data: list[SearchHit]
+
+
+# ------------------------------------------------------------------ admin
+class SlotOut(BaseModel):
+    id: str
+    tenant_id: str
+    user_id: str | None
+    session_id: str | None
+    message_id: str | None
+    scope: str
+    layer: int
+    gate: float
+    reads: int
+    created_at: datetime | None = None
+    last_read_at: datetime | None = None
+    text: str | None = None
+    span: tuple[int, int] | None = None
+
+
+class SlotList(BaseModel):
+    data: list[SlotOut]
+
+
+class EvictIn(Strict):
+    tenant_id: str | None = Field(default=None, min_length=1)
+    user_id: str | None = Field(default=None, min_length=1)
+    session_id: str | None = Field(default=None, min_length=1)
+    layer: int | None = Field(default=None, ge=0)
+    max_gate: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_reads: int | None = Field(default=None, ge=0)
+    older_than_s: float | None = Field(default=None, ge=0.0)
+
+
+class EvictOut(BaseModel):
+    evicted: int
+    ids: list[str]
+
+
+class StatsOut(BaseModel):
+    data: dict[str, Any]
+
+
+class ReindexOut(BaseModel):
+    data: dict[str, Any]
+
+
+class AdminSessionOut(SessionOut):
+    tenant_id: str
+
+
+class AdminSessionList(BaseModel):
+    data: list[AdminSessionOut]
