@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from retnet_core.checkpoint import save_pretrained
+from retnet_core.training.baseline import TransformerLM
 from retnet_core.training.data import pad_examples, sample_windows
 from retnet_core.training.evaluation import evaluate_lm, recall_report, render_supervised
 from retnet_core.training.train_setup import (
@@ -194,7 +195,10 @@ class Trainer:
             return self.out / name
         final, tmp = self.out / name, self.out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_pretrained(self.model, tmp)
+        if isinstance(self.model, TransformerLM):  # the baseline writes its own format
+            self.model.save_pretrained(tmp)
+        else:
+            save_pretrained(self.model, tmp)
         self.tok.save(tmp)
         (tmp / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
         old = self.out / f".{name}.old"
