@@ -67,6 +67,7 @@ class TurnCommit:
     position: int  # the state's token position (history length)
     user_tokens: int
     assistant_tokens: int
+    slot_changes: tuple = ()  # what the turn's bank views recorded (storage.BankChanges)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ class Store(Protocol):
     def session_lock(self, tenant_id: str, session_id: str, wait_s: float) -> Any: ...
     def load_state(self, tenant_id: str, session_id: str) -> LoadedState: ...
     def commit_turn(self, commit: TurnCommit) -> tuple[MessageRec, MessageRec]: ...
+    def bank_views(
+        self, tenant_id: str, ns: tuple[str, str], layers: list[int], dims: tuple[int, int, Any]
+    ) -> dict[int, Any]: ...
+    def commit_slots(self, changes: list[Any]) -> None: ...
 
     # documents
     def add_document(

@@ -169,9 +169,7 @@ def _drop_redis_prefix(url: str, prefix: str) -> None:
 
 def table(costs: list[TurnCost], slots: int, command: str) -> str:
     """The markdown report."""
-    rows = [
-        f"| {c.max_tokens} | {c.tokens} | {c.transactions} | {c.writes} |" for c in costs
-    ]
+    rows = [f"| {c.max_tokens} | {c.tokens} | {c.transactions} | {c.writes} |" for c in costs]
     per_token = ""
     if len(costs) >= 2 and costs[-1].tokens != costs[0].tokens:
         extra = (costs[-1].transactions - costs[0].transactions) / (
