@@ -52,6 +52,20 @@ class LoadedState:
     position: int = 0  # tokens of history the state holds
 
 
+#: a slot's ``message_id`` meaning "the user message committed with this turn"
+TURN_USER_MESSAGE = -1
+
+
+@dataclass(frozen=True)
+class SlotProvenance:
+    """Where a slot written by the service came from (storage reads these fields)."""
+
+    session_id: str | None = None
+    message_id: int | None = None  # TURN_USER_MESSAGE: resolved by the turn's commit
+    span: tuple[int, int] | None = None
+    text: str | None = None
+
+
 @dataclass(frozen=True)
 class TurnCommit:
     """Everything one acknowledged turn writes, in one transaction."""

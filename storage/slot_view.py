@@ -41,7 +41,8 @@ from storage.models import ChangeLog, MemorySlot, VectorBank, utcnow
 EXACT_MAX = 4096
 #: ids the view gives its own new slots before the commit assigns real ones
 PENDING_BASE = 2**58
-#: provenance ``message_id`` meaning "the user message this turn commits"
+#: provenance ``message_id`` meaning "the user message this turn commits" (any provenance
+#: object with ``session_id``, ``message_id``, ``span`` and ``text`` attributes is accepted)
 TURN_USER_MESSAGE = -1
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from memsvc.errors import Unprocessable
 from memsvc.records import FeedbackIn, FeedbackOut
 from memsvc.services.forget import ForgetRequest
-from memsvc.store import SessionRec
+from memsvc.store import TURN_USER_MESSAGE, SessionRec, SlotProvenance
 from memsvc.threads import run_in_threadpool
 
 #: A topic forget removes the slot its request reads most only above this share.
@@ -137,11 +137,8 @@ class MemoryManager:
         """
         if not views or capture is None or capture.span[1] <= capture.span[0]:
             return 0
-        from storage.slot_view import TURN_USER_MESSAGE
-        from storage.slots import Provenance
-
         s, e = capture.span
-        prov = Provenance(
+        prov = SlotProvenance(
             session_id=session_id,
             message_id=TURN_USER_MESSAGE,
             span=(capture.offset + s, capture.offset + e),
@@ -180,9 +177,7 @@ class MemoryManager:
         if body.kind == "rating" and body.rating == 0:
             return FeedbackOut(kind=body.kind, applied=False, detail="neutral rating")
         feedback = {"remember": True} if body.kind == "remember" else {"rating": 2.0}
-        from storage import Provenance
-
-        prov = Provenance(
+        prov = SlotProvenance(
             session_id=session.id,
             message_id=None if message is None else int(message.id),
             text=text,
