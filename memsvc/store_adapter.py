@@ -315,9 +315,10 @@ class StorageStore(SlotAdmin, Store):
         return dict(zip(layers, views, strict=True))
 
     def commit_slots(self, changes):
-        """Write bank views' changes made outside a turn (feedback), in one transaction."""
+        """Write bank views' changes made outside a turn (feedback), in one transaction;
+        per change set, the view's id → stored id of each new slot."""
         with storage_errors():
-            self.storage.commit_slots(changes)
+            return self.storage.commit_slots(changes)
 
     def list_messages(self, tenant_id, session_id, limit):
         with storage_errors():

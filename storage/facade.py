@@ -150,11 +150,16 @@ class Storage:
         with self.db.read() as s:
             return [load_view(s, bank) for bank in banks]
 
-    def commit_slots(self, slot_changes: Sequence[BankChanges]) -> None:
-        """Changes of bank views made outside a turn (feedback) in one transaction."""
+    def commit_slots(self, slot_changes: Sequence[BankChanges]) -> list[dict[int, int]]:
+        """Changes of bank views made outside a turn (feedback) in one transaction.
+
+        Returns, per change set in the given order, the view's id → stored id of new slots.
+        """
+        new: dict[int, dict[int, int]] = {}
         with self.db.write() as s:
-            for ch in sorted(slot_changes, key=lambda c: c.bank_id):
-                apply_changes(s, ch, None)
+            for n, ch in sorted(enumerate(slot_changes), key=lambda nc: nc[1].bank_id):
+                new[n] = dict(zip(ch.pending, apply_changes(s, ch, None), strict=True))
+        return [new[n] for n in range(len(slot_changes))]
 
     def delete_session(self, tenant_id: str, session_id: str) -> bool:
         """Delete a session with its messages, state (both tiers) and session-scoped slots."""

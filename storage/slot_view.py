@@ -69,6 +69,7 @@ class BankChanges:
     )  # id -> (new key, new value, base key, base value)
     removes: set[int] = field(default_factory=set)
     reads: dict[int, int] = field(default_factory=dict)
+    pending: list[int] = field(default_factory=list)  # the view's ids of ``adds``
 
     def empty(self) -> bool:
         return not (self.adds or self.updates or self.removes or self.reads)
@@ -171,6 +172,7 @@ class BankView:
         first = PENDING_BASE + len(self._changes.adds)
         new = torch.arange(first, first + k.shape[0], dtype=torch.int64)
         tick = self._tick()
+        self._changes.pending.extend(new.tolist())
         for i in range(k.shape[0]):
             self._changes.adds.append(
                 (k[i].numpy().copy(), v[i].numpy().copy(), float(g[i]), provenance[i])
@@ -259,7 +261,8 @@ class BankView:
     def changes(self) -> BankChanges:
         """What the commit must write; the view should not be used afterwards."""
         ch = self._changes
-        ch.adds = [a for a in ch.adds if a[2] >= 0.0]  # drop own slots removed again
+        kept = [n for n, a in enumerate(ch.adds) if a[2] >= 0.0]  # not removed again
+        ch.adds, ch.pending = [ch.adds[n] for n in kept], [ch.pending[n] for n in kept]
         return ch
 
     def _tick(self) -> int:

@@ -183,12 +183,18 @@ class MemoryManager:
             text=text,
         )
 
-        def write() -> list[str]:  # scheduler thread: tensors into the views only
+        def write() -> list[list[str]]:  # scheduler thread: tensors into the views only
             hidden, span = self._encode(text)
-            return self._write(views, hidden, span, prov, feedback)
+            return [self._write({n: v}, hidden, span, prov, feedback) for n, v in views.items()]
 
-        ids = await self.scheduler.call(write)
-        await run_in_threadpool(self.store.commit_slots, [v.changes() for v in views.values()])
+        per_layer = await self.scheduler.call(write)
+        changes = [v.changes() for v in views.values()]
+        stored = await run_in_threadpool(self.store.commit_slots, changes)
+        ids = [  # the views' ids of new slots become the stored ones
+            str(new_ids.get(int(i), int(i)))
+            for got, new_ids in zip(per_layer, stored, strict=True)
+            for i in got
+        ]
         return FeedbackOut(kind=body.kind, applied=bool(ids), slots_written=ids)
 
     # ------------------------------------------------------------------ passages
