@@ -119,7 +119,7 @@ async def _turns(app: Any, key: str, session_id: str, max_tokens: list[int], cou
 def measure(
     database_url: str,
     redis_url: str | None,
-    model_dir: Path,
+    model_dir: Path | None,
     *,
     slots: int = 20,
     max_tokens: tuple[int, ...] = (1, 8),
@@ -197,7 +197,7 @@ def table(costs: list[TurnCost], slots: int, command: str) -> str:
 def cli(
     out: Annotated[Path, typer.Option(help="folder for turn-cost.md and turn-cost.json")],
     model_dir: Annotated[
-        Path | None, typer.Option(help="checkpoint [default: random, default size]")
+        Path | None, typer.Option(help="checkpoint [default: the shipped model]")
     ] = None,
     slots: Annotated[int, typer.Option(help="memories of the user before the turn")] = 20,
     pg_admin_url: Annotated[str, typer.Option(help="PostgreSQL URL allowed to CREATE DATABASE")] = (
@@ -206,10 +206,6 @@ def cli(
     redis_url: Annotated[str, typer.Option(help="Redis URL")] = REDIS_URL,
 ) -> None:
     """SQL transactions per chat turn (one-token reply and eight-token reply), auth included."""
-    if model_dir is None:
-        from memsvc.bench._live import default_size_checkpoint
-
-        model_dir = default_size_checkpoint()
     command = f"memsvc bench turn-cost --out {out} --slots {slots}" + (
         f" --model-dir {model_dir}" if model_dir else ""
     )
