@@ -52,6 +52,20 @@ class LoadedState:
     position: int = 0  # tokens of history the state holds
 
 
+#: a slot's ``message_id`` meaning "the user message committed with this turn"
+TURN_USER_MESSAGE = -1
+
+
+@dataclass(frozen=True)
+class SlotProvenance:
+    """Where a slot written by the service came from (storage reads these fields)."""
+
+    session_id: str | None = None
+    message_id: int | None = None  # TURN_USER_MESSAGE: resolved by the turn's commit
+    span: tuple[int, int] | None = None
+    text: str | None = None
+
+
 @dataclass(frozen=True)
 class TurnCommit:
     """Everything one acknowledged turn writes, in one transaction."""
@@ -67,6 +81,7 @@ class TurnCommit:
     position: int  # the state's token position (history length)
     user_tokens: int
     assistant_tokens: int
+    slot_changes: tuple = ()  # what the turn's bank views recorded (storage.BankChanges)
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,10 @@ class Store(Protocol):
     def session_lock(self, tenant_id: str, session_id: str, wait_s: float) -> Any: ...
     def load_state(self, tenant_id: str, session_id: str) -> LoadedState: ...
     def commit_turn(self, commit: TurnCommit) -> tuple[MessageRec, MessageRec]: ...
+    def bank_views(
+        self, tenant_id: str, ns: tuple[str, str], layers: list[int], dims: tuple[int, int, Any]
+    ) -> dict[int, Any]: ...
+    def commit_slots(self, changes: list[Any]) -> list[dict[int, int]]: ...
 
     # documents
     def add_document(

@@ -306,6 +306,20 @@ class StorageStore(SlotAdmin, Store):
                 tenant_id, namespace(*ns), layer, d_key=d_key, d_value=d_value, capacity=capacity
             )
 
+    def bank_views(self, tenant_id, ns, layers, dims):
+        """layer → in-memory view of the namespace's bank, all loaded in one transaction."""
+        d_key, d_value, capacity = dims
+        banks = [self.slot_bank(tenant_id, ns, layer, d_key, d_value, capacity) for layer in layers]
+        with storage_errors():
+            views = self.storage.bank_views(banks)
+        return dict(zip(layers, views, strict=True))
+
+    def commit_slots(self, changes):
+        """Write bank views' changes made outside a turn (feedback), in one transaction;
+        per change set, the view's id → stored id of each new slot."""
+        with storage_errors():
+            return self.storage.commit_slots(changes)
+
     def list_messages(self, tenant_id, session_id, limit):
         with storage_errors():
             self.sessions.get(tenant_id, session_id)
@@ -365,6 +379,7 @@ class StorageStore(SlotAdmin, Store):
                 fingerprint=c.fingerprint,
                 position=c.position,
                 expected_version=c.expected_version,
+                slot_changes=c.slot_changes,
             )
         user, reply = done.messages
         return _msg(user), _msg(reply)

@@ -16,6 +16,7 @@ One lock per bank serialises index writes and searches in the process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -143,10 +144,13 @@ class BankIndex:
             ids, _, extra = self.loader(s, self.bank_id, self.index.ids().tolist())
         self.on_apply(ids, extra, np.empty(0, np.int64))
 
-    def sync(self) -> int:
-        """Apply change-log entries after ``applied_seq``; returns how many were applied."""
+    def sync(self, session: Session | None = None) -> int:
+        """Apply change-log entries after ``applied_seq``; returns how many were applied.
+
+        ``session``: read inside the caller's transaction instead of a new one.
+        """
         with self.lock:
-            with self.db.read() as s:
+            with self._reading(session) as s:
                 head = s.scalar(select(VectorBank.last_seq).where(VectorBank.id == self.bank_id))
                 if head is None:  # the bank itself was deleted (tenant deleted): empty it
                     self._clear()
@@ -176,6 +180,14 @@ class BankIndex:
                 self.on_apply(ids, extra, gone)
             self.applied_seq = int(rows[-1][0])
             return len(rows)
+
+    @contextlib.contextmanager
+    def _reading(self, session: Session | None):
+        if session is not None:
+            yield session
+        else:
+            with self.db.read() as s:
+                yield s
 
     def search(
         self, queries: object, k: int, *, sync: bool = True

@@ -23,6 +23,7 @@ from storage.sessions import (
     append_locked,
 )
 from storage.slot_manager import SlotManager
+from storage.slot_view import BankChanges, BankView, apply_changes, load_view
 from storage.snapshots import SnapshotManager
 from storage.states import StateStore, StoredState
 from storage.tenants import TenantManager
@@ -120,6 +121,7 @@ class Storage:
         fingerprint: str,
         position: int,
         expected_version: int,
+        slot_changes: Sequence[BankChanges] = (),
     ) -> TurnCommitted:
         """A turn's messages and its new state in ONE SQL transaction, then the hot tier.
 
@@ -128,14 +130,36 @@ class Storage:
         ``client_key``: one seen before is returned, not written again). A stale
         ``expected_version`` raises :class:`StaleVersion` and writes nothing at all;
         another tenant's session is :class:`NotFound`. Redis / the LRU is updated only
-        after the commit, as in :meth:`StateStore.save`.
+        after the commit, as in :meth:`StateStore.save`. ``slot_changes`` (what the turn's
+        bank views recorded) are merged in the same transaction, bank by bank in id order
+        (see :mod:`storage.slot_view`).
         """
         state = self.states.prepare(session_id, state_blob, fingerprint, position, expected_version)
         with self.db.write() as s:
             self.states.compare_and_set(s, tenant_id, state)
             infos = [append_locked(s, tenant_id, session_id, m) for m in messages]
+            user_id = next((int(m.id) for m in infos if m.role == "user"), None)
+            fresh = all(m.created for m in infos)  # an idempotent replay writes no slots
+            for ch in sorted(slot_changes, key=lambda c: c.bank_id) if fresh else ():
+                apply_changes(s, ch, user_id)  # bank rows locked in one order: no deadlock
         self.states.committed(tenant_id, state)
         return TurnCommitted(infos, state)
+
+    def bank_views(self, banks: Sequence) -> list[BankView]:
+        """In-memory views of ``banks`` for one turn, caught up and loaded in one transaction."""
+        with self.db.read() as s:
+            return [load_view(s, bank) for bank in banks]
+
+    def commit_slots(self, slot_changes: Sequence[BankChanges]) -> list[dict[int, int]]:
+        """Changes of bank views made outside a turn (feedback) in one transaction.
+
+        Returns, per change set in the given order, the view's id → stored id of new slots.
+        """
+        new: dict[int, dict[int, int]] = {}
+        with self.db.write() as s:
+            for n, ch in sorted(enumerate(slot_changes), key=lambda nc: nc[1].bank_id):
+                new[n] = dict(zip(ch.pending, apply_changes(s, ch, None), strict=True))
+        return [new[n] for n in range(len(slot_changes))]
 
     def delete_session(self, tenant_id: str, session_id: str) -> bool:
         """Delete a session with its messages, state (both tiers) and session-scoped slots."""

@@ -162,3 +162,18 @@ def test_only_the_http_layer_imports_http() -> None:
         if bad:
             offenders[rel] = bad
     assert offenders == {}
+
+
+#: the one storage seam of memsvc (benchmarks and experiments set up data directly)
+STORAGE_SEAM = {"memsvc/store_adapter.py", "memsvc/services/container.py"}
+
+
+def test_only_the_store_adapter_and_the_container_import_storage() -> None:
+    offenders = []
+    for f in sorted((ROOT / "memsvc").rglob("*.py")):
+        rel = f.relative_to(ROOT)
+        if str(rel) in STORAGE_SEAM or rel.parts[1] in ("bench", "experiments"):
+            continue
+        if "storage" in imported_modules(f):
+            offenders.append(str(rel))
+    assert offenders == []

@@ -21,7 +21,7 @@ from typing import Any
 from memsvc.errors import Unprocessable
 from memsvc.records import FeedbackIn, FeedbackOut
 from memsvc.services.forget import ForgetRequest
-from memsvc.store import SessionRec
+from memsvc.store import TURN_USER_MESSAGE, SessionRec, SlotProvenance
 from memsvc.threads import run_in_threadpool
 
 #: A topic forget removes the slot its request reads most only above this share.
@@ -100,6 +100,17 @@ class MemoryManager:
             for layer in self.layers
         }
 
+    def views(self, session: SessionRec) -> dict[int, Any] | None:
+        """layer → in-memory view of the session's bank for one turn (thread pool: SQL).
+
+        The model reads and writes these during the turn without I/O; their changes are
+        committed with the turn (``TurnCommit.slot_changes``).
+        """
+        ns = self.namespace(session) if self.enabled else None
+        if ns is None:
+            return None
+        return self.store.bank_views(session.tenant_id, ns, self.layers, self.dims)
+
     # ------------------------------------------------------------------ writes
     def _write(self, banks, hidden, span, provenance, feedback=None) -> list[str]:
         """Scheduler thread: write one span into every memory layer's bank."""
@@ -118,21 +129,22 @@ class MemoryManager:
                     written.extend(str(i) for i in rec.slot_ids)
         return written
 
-    async def after_turn(self, banks, capture: TurnCapture | None, user_msg, text: str) -> int:
-        """Write the user message's span (gate decides); returns slots written."""
-        if not banks or capture is None or capture.span[1] <= capture.span[0]:
-            return 0
-        from storage import Provenance
+    def write_turn(self, views, capture: TurnCapture | None, session_id: str, text: str) -> int:
+        """Scheduler thread, tensors only: the user message's span into the turn's views.
 
+        The slots are written to SQL by the turn's commit, where their provenance gets
+        the id of the user message committed with them. Returns slots written.
+        """
+        if not views or capture is None or capture.span[1] <= capture.span[0]:
+            return 0
         s, e = capture.span
-        prov = Provenance(
-            session_id=user_msg.session_id,
-            message_id=int(user_msg.id),
+        prov = SlotProvenance(
+            session_id=session_id,
+            message_id=TURN_USER_MESSAGE,
             span=(capture.offset + s, capture.offset + e),
             text=text,
         )
-        ids = await self.scheduler.call(lambda: self._write(banks, capture.hidden, (s, e), prov))
-        return len(ids)
+        return len(self._write(views, capture.hidden, (s, e), prov))
 
     def _encode(self, text: str) -> tuple[dict[int, Any], tuple[int, int]]:
         """Scheduler thread: hidden states of ``text`` fed as a user turn from no state."""
@@ -157,6 +169,7 @@ class MemoryManager:
         banks = await run_in_threadpool(self.banks, session) if self.enabled else None
         if not banks:
             return FeedbackOut(kind=body.kind, applied=False, detail="session has no memory")
+        views = await run_in_threadpool(self.views, session)
         text = body.text if body.text is not None else message.content
         if body.kind == "forget" or (body.kind == "rating" and body.rating < 0):
             gone = await run_in_threadpool(self._forget, banks, message, body.text)
@@ -164,19 +177,24 @@ class MemoryManager:
         if body.kind == "rating" and body.rating == 0:
             return FeedbackOut(kind=body.kind, applied=False, detail="neutral rating")
         feedback = {"remember": True} if body.kind == "remember" else {"rating": 2.0}
-        from storage import Provenance
-
-        prov = Provenance(
+        prov = SlotProvenance(
             session_id=session.id,
             message_id=None if message is None else int(message.id),
             text=text,
         )
 
-        def write() -> list[str]:
+        def write() -> list[list[str]]:  # scheduler thread: tensors into the views only
             hidden, span = self._encode(text)
-            return self._write(banks, hidden, span, prov, feedback)
+            return [self._write({n: v}, hidden, span, prov, feedback) for n, v in views.items()]
 
-        ids = await self.scheduler.call(write)
+        per_layer = await self.scheduler.call(write)
+        changes = [v.changes() for v in views.values()]
+        stored = await run_in_threadpool(self.store.commit_slots, changes)
+        ids = [  # the views' ids of new slots become the stored ones
+            str(new_ids.get(int(i), int(i)))
+            for got, new_ids in zip(per_layer, stored, strict=True)
+            for i in got
+        ]
         return FeedbackOut(kind=body.kind, applied=bool(ids), slots_written=ids)
 
     # ------------------------------------------------------------------ passages

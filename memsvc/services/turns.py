@@ -8,8 +8,10 @@
 4. loads the state (Redis → SQL) and, on the scheduler thread, feeds retrieved
    passages (cached snapshots), the user turn and ``<|assistant|>``;
 5. joins the decode batch and streams text events;
-6. commits the two messages and the new state in one transaction (compare-and-set on
-   the version), writes memory slots, and only then reports completion.
+6. computes the memory write into the turn's bank views (model thread, tensors only),
+   then commits the two messages, the new state (compare-and-set on the version) and
+   the views' new, removed and read slots in one transaction, and only then reports
+   completion.
 
 The turn runs as its own asyncio task, so a client that disconnects mid-stream does
 not cancel it: an accepted turn always ends committed or not at all.
@@ -182,7 +184,7 @@ class TurnManager:
         passages = await self._retrieve(session, req)
         prep = Prepared()
         if req.use_memory and self.memory is not None and self.memory.enabled:
-            prep.banks = await run_in_threadpool(self.memory.banks, session)
+            prep.banks = await run_in_threadpool(self.memory.views, session)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         emit = async_emitter(loop, events)
@@ -192,7 +194,12 @@ class TurnManager:
 
         await self.scheduler.call(prefill)
         done = await self._relay(events, turn.queue)
-        state_bytes = await self.scheduler.call(lambda: self.runtime.state_to_bytes(done.state))
+
+        def finish() -> tuple[bytes, int]:  # scheduler thread: tensors only
+            return self.runtime.state_to_bytes(done.state), self._write_memory(prep, session, req)
+
+        state_bytes, writes = await self.scheduler.call(finish)
+        banks = prep.banks.values() if prep.banks else ()
         commit = TurnCommit(
             tenant_id=session.tenant_id,
             session_id=session.id,
@@ -205,9 +212,9 @@ class TurnManager:
             position=int(done.state.position.reshape(-1)[0]),
             user_tokens=prep.prompt_tokens,
             assistant_tokens=len(done.token_ids),
+            slot_changes=tuple(view.changes() for view in banks),
         )
         user_msg, bot_msg = await run_in_threadpool(self.store.commit_turn, commit)
-        writes = await self._write_memory(prep, user_msg, req.content)
         self._count_tokens(prep, done, loaded)
         usage = Usage(
             prompt_tokens=prep.prompt_tokens,
@@ -230,14 +237,15 @@ class TurnManager:
             passages=prep.passages,
         )
 
-    async def _write_memory(self, prep: Prepared, user_msg: Any, text: str) -> int:
-        """End-of-turn slot write; the turn is already durable, so a failure only logs."""
+    def _write_memory(self, prep: Prepared, session: SessionRec, req: MessageCreate) -> int:
+        """Scheduler thread: the user message's slots into the turn's bank views (tensors
+        only; the commit writes them). A failure only logs: the reply still commits."""
         if not prep.banks:
             return 0
         try:
-            return await self.memory.after_turn(prep.banks, prep.capture, user_msg, text)
+            return self.memory.write_turn(prep.banks, prep.capture, session.id, req.content)
         except Exception:
-            log.exception("memory write after message %s failed", user_msg.id)
+            log.exception("memory write of a turn on session %s failed", session.id)
             return 0
 
     async def _retrieve(self, session: SessionRec, req: MessageCreate) -> list[RetrievedPassage]:
@@ -337,9 +345,9 @@ class TurnManager:
         namespace, or this turn alone when it also reads its own passages."""
         if not reads:
             return ""
-        if fed is not None and self.memory.reads_passages:
-            return f"turn:{id(reads)}"
-        return self.memory.group_key(session)
+        # each turn reads its own view of the banks (its reads, forgets and writes are
+        # its own until the commit), so a turn with memory decodes in a group of one
+        return f"turn:{id(reads)}"
 
     def _head_bytes(self, state: Any) -> bytes | None:
         return None if state is None else self.runtime.state_to_bytes(state)
