@@ -13,13 +13,13 @@ recently used first. Evicting never loses a state: SQL holds every acknowledged 
 Redis layout (``P`` the prefix, ``K`` a key)::
 
     P K            the record: "MHP1", u32 n, n x u64 part lengths, then the parts inline
-                   (records up to inline_bytes), or "MHS1", same table, u64 version: the
-                   parts are in P K:p:<version>:<i>, one key each (a 48 MiB state is never
-                   one huge value, and never passes through a Lua script)
+                   (records up to inline_bytes), or "MHS1", same table, then a part id
+                   "<version>.<hash>": the parts are in P K:p:<id>:<i>, one key each (a
+                   48 MiB state is never one huge value, nor passes through a Lua script)
     P K:v          the record's version (kept when the budget evicts the record, so a
                    replica's in-process copy can still be proven current)
     P hot:lru      sorted set: key -> last use (ms)     P hot:size   hash: key -> bytes
-    P hot:parts    hash: key -> "<version>:<n>"         P hot:total  bytes accounted
+    P hot:parts    hash: key -> "<part id>:<n>"         P hot:total  bytes accounted
 
 A split record is written in two steps: its parts with plain SETs (:meth:`stage`, which
 a caller may run while SQL commits), then one short script that checks the version,
@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import redis
+import xxhash
 
 _INLINE, _SPLIT = b"MHP1", b"MHS1"
 
@@ -47,7 +48,7 @@ local P = ARGV[1]
 local function drop_parts(key, keep)
   local info = redis.call('HGET', P .. 'hot:parts', key)
   if info and info ~= keep then
-    local v, n = string.match(info, '^(%d+):(%d+)$')
+    local v, n = string.match(info, '^([%w%.]+):(%d+)$')
     for i = 0, tonumber(n) - 1 do redis.call('DEL', P .. key .. ':p:' .. v .. ':' .. i) end
   end
   redis.call('HDEL', P .. 'hot:parts', key)
@@ -248,8 +249,14 @@ class RedisCache:
             self._down_until = time.monotonic() + self.retry_after_s
             raise CacheUnavailable(str(exc)) from exc
 
-    def _part_key(self, key: str, version: int, i: int) -> str:
-        return f"{self.prefix}{key}:p:{version}:{i}"
+    def _part_key(self, key: str, pid: str, i: int) -> str:
+        return f"{self.prefix}{key}:p:{pid}:{i}"
+
+    @staticmethod
+    def part_id(parts: Sequence[bytes], version: int) -> str:
+        """``<version>.<hash of the first part>``: two writers racing for one version (one
+        of them will lose its compare-and-set) never share part keys."""
+        return f"{version}.{xxhash.xxh3_64_hexdigest(parts[0]) if parts else ''}"
 
     def is_split(self, parts: Sequence[bytes]) -> bool:
         """Whether a record of these parts is stored one key per part."""
@@ -275,8 +282,8 @@ class RedisCache:
                     return split_inline(head)
             except ValueError:
                 return [head]  # damaged: the caller's integrity check discards it
-            (version,) = struct.unpack(">Q", head[pos : pos + 8].rjust(8, b"\x00"))
-            keys = [self._part_key(key, version, i) for i in range(len(sizes))]
+            pid = head[pos:].decode("ascii", "replace")
+            keys = [self._part_key(key, pid, i) for i in range(len(sizes))]
             parts = self.client.mget(keys) if keys else []
             return None if any(p is None for p in parts) else parts
 
@@ -286,20 +293,22 @@ class RedisCache:
         """Write a split record's parts (invisible until :meth:`put` of that version)."""
         if not self.is_split(parts):
             return
-        ttl = int(ttl_s * 1000)
+        ttl, pid = int(ttl_s * 1000), self.part_id(parts, version)
 
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
             for i, p in enumerate(parts):
-                pipe.set(self._part_key(key, version, i), p, px=ttl)
+                pipe.set(self._part_key(key, pid, i), p, px=ttl)
             pipe.execute()
 
         self.call(write)
 
-    def unstage(self, key: str, n: int, version: int) -> None:
+    def unstage(self, key: str, parts: Sequence[bytes], version: int) -> None:
         """Delete parts staged for a version that was never committed."""
-        if n:
-            self.call(self.client.delete, *[self._part_key(key, version, i) for i in range(n)])
+        pid = self.part_id(parts, version)
+        keys = [self._part_key(key, pid, i) for i in range(len(parts))]
+        if keys and self.is_split(parts):
+            self.call(self.client.delete, *keys)
 
     def put(
         self, key: str, parts: Sequence[bytes], version: int, ttl_s: float, *, staged: bool = False
@@ -314,18 +323,25 @@ class RedisCache:
         if split and not staged:
             self.stage(key, parts, version, ttl_s)
         if split:
-            head, info = (
-                pack_parts(_SPLIT, sizes, struct.pack(">Q", version)),
-                f"{version}:{len(parts)}",
-            )
+            pid = self.part_id(parts, version)
+            head, info = pack_parts(_SPLIT, sizes, pid.encode()), f"{pid}:{len(parts)}"
         else:
             head, info = pack_parts(_INLINE, sizes, b"".join(parts)), ""
         size = len(head) + (sum(sizes) if split else 0)
-        args = [self.prefix, key, head, version, int(ttl_s * 1000), size, self.max_bytes, info,
-                _now_ms()]  # fmt: skip
+        args = [
+            self.prefix,
+            key,
+            head,
+            version,
+            int(ttl_s * 1000),
+            size,
+            self.max_bytes,
+            info,
+            _now_ms(),
+        ]
         done = self.call(lambda: self._commit(keys=[], args=args))
         if split and int(done) == 0:  # a newer version won: its parts are not ours
-            self.unstage(key, len(parts), version)
+            self.unstage(key, parts, version)
 
     def version(self, key: str) -> int | None:
         """The version stored with ``key`` (a few bytes), or None; raises CacheUnavailable."""

@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import struct
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -211,8 +212,13 @@ def encode(blob: bytes, cfg: CodecConfig) -> Encoded:
         return zstandard.ZstdCompressor(level=cfg.level).compress(data) if compress else data
 
     frames = _map(build, plan, cfg.threads)
-    codec = {"v": 1, "z": cfg.compression, "p": precision, "n": len(blob),
-             "fr": [list(p) for p in plan]}  # fmt: skip
+    codec = {
+        "v": 1,
+        "z": cfg.compression,
+        "p": precision,
+        "n": len(blob),
+        "fr": [list(p) for p in plan],
+    }
     return Encoded(frames, codec, checksum(frames), blob)
 
 
@@ -252,8 +258,9 @@ def _bf16_exact(blob: bytes, runs: list[tuple[int, int]], cfg: CodecConfig) -> b
     """Whether every F32 value is a bfloat16 already (its low 16 bits are zero)."""
     plan = _plan(len(blob), runs, "b", cfg.frame_bytes)
     low = [(off, count) for kind, off, count in plan if kind == "b"]
-    hits = _map(lambda p: bool(np.frombuffer(blob, np.uint16, 2 * p[1], p[0])[0::2].any()), low,
-                cfg.threads)  # fmt: skip
+    hits = _map(
+        lambda p: bool(np.frombuffer(blob, np.uint16, 2 * p[1], p[0])[0::2].any()), low, cfg.threads
+    )
     return not any(hits)
 
 
@@ -286,8 +293,13 @@ def _round_and_reseal(blob: bytes, layout: Layout, cfg: CodecConfig) -> bytes | 
 
     from retnet_core.state import RecurrentState
 
-    dtypes = {"F32": torch.float32, "I64": torch.int64, "BF16": torch.bfloat16,
-              "F16": torch.float16, "I32": torch.int32}  # fmt: skip
+    dtypes = {
+        "F32": torch.float32,
+        "I64": torch.int64,
+        "BF16": torch.bfloat16,
+        "F16": torch.float16,
+        "I32": torch.int32,
+    }
     tensors = {}
     for name, (dtype, shape, b, e) in layout.tensors.items():
         if dtype not in dtypes:
@@ -296,8 +308,9 @@ def _round_and_reseal(blob: bytes, layout: Layout, cfg: CodecConfig) -> bytes | 
         tensors[name] = t.view(shape)
     n = int(meta["n_layers"])
     z = [tensors[f"z.{i}"] for i in range(n)] if meta["has_z"] == "True" else None
-    state = RecurrentState([tensors[f"S.{i}"] for i in range(n)], z, tensors["position"],
-                           meta["fingerprint"])  # fmt: skip
+    state = RecurrentState(
+        [tensors[f"S.{i}"] for i in range(n)], z, tensors["position"], meta["fingerprint"]
+    )
     return state.to_bytes()
 
 
@@ -351,10 +364,20 @@ def decode(frames: Sequence[bytes], codec: dict[str, Any] | None, threads: int =
     return out.tobytes()
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
 def _map(fn, items, threads: int) -> list:  # type: ignore[no-untyped-def]
-    """``[fn(x) for x in items]``, on a few threads when there is more than one item."""
+    """``[fn(x) for x in items]``, on a shared pool of ``threads`` threads for 4+ items.
+
+    zstd and numpy release the GIL on large buffers, so frames really run in parallel.
+    """
     items = list(items)
-    if threads <= 1 or len(items) < 2:
+    if threads <= 1 or len(items) < 4:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(threads, len(items))) as pool:
-        return list(pool.map(fn, items))
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="codec")
+    return list(pool.map(fn, items))

@@ -96,9 +96,17 @@ def decode_parts(parts: list[bytes], threads: int = 2) -> StoredState:
         raise ValueError("checksum mismatch")
     blob = decode(frames, codec, threads)
     enc = Encoded(list(frames), codec or dict(RAW_CODEC, n=len(blob)), head["c"], blob)
-    return StoredState(head["s"], head["v"], blob, head["c"], head["f"], head["p"],
-                       codec=describe(codec), stored_size=enc.stored_size,
-                       encoded=enc)  # fmt: skip
+    return StoredState(
+        head["s"],
+        head["v"],
+        blob,
+        head["c"],
+        head["f"],
+        head["p"],
+        codec=describe(codec),
+        stored_size=enc.stored_size,
+        encoded=enc,
+    )
 
 
 def decode_hot(data: bytes) -> StoredState:

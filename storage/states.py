@@ -88,7 +88,7 @@ class StateStore:
         versioned = isinstance(cache, RedisCache) and config.local_bytes > 0
         self.local = LocalStates(config.local_bytes) if versioned else None
         self._stager = ThreadPoolExecutor(1, thread_name_prefix="state-stage")
-        self._staged: dict[tuple[str, int], Future] = {}
+        self._staged: dict[tuple[str, int, str], Future] = {}  # (key, version, checksum)
         self._pending_deletes: set[str] = set()
         self._lock = threading.Lock()
 
@@ -152,7 +152,7 @@ class StateStore:
                 key = self._key(tenant_id, session_id)
                 job = self._stager.submit(self.cache.stage, key, parts, state.version, self.ttl_s)
                 with self._lock:
-                    self._staged[(key, state.version)] = job
+                    self._staged[(key, state.version, state.checksum)] = job
         return state
 
     def compare_and_set(self, s: Session, tenant_id: str, state: StoredState) -> None:
@@ -224,12 +224,13 @@ class StateStore:
         if self._wait_staged(tenant_id, state) and isinstance(self.cache, RedisCache):
             key = self._key(tenant_id, state.session_id)
             with contextlib.suppress(CacheUnavailable):  # else they expire with the TTL
-                self.cache.unstage(key, len(encoded_of(state).frames), state.version)
+                self.cache.unstage(key, encode_hot(state), state.version)
 
     def _wait_staged(self, tenant_id: str, state: StoredState) -> bool:
         """Whether this state's frames were staged in Redis (waits for the staging)."""
         with self._lock:
-            job = self._staged.pop((self._key(tenant_id, state.session_id), state.version), None)
+            key = (self._key(tenant_id, state.session_id), state.version, state.checksum)
+            job = self._staged.pop(key, None)
         if job is None:
             return False
         try:
@@ -293,8 +294,16 @@ class StateStore:
             if row is None:
                 self.version(tenant_id, session_id)  # NotFound for no such session
                 return None
-        return StateMeta(session_id, int(row[0]), row[1], int(row[2]), int(row[3]), row[4],
-                         int(row[5] or row[3]), describe(row[6]))  # fmt: skip
+        return StateMeta(
+            session_id,
+            int(row[0]),
+            row[1],
+            int(row[2]),
+            int(row[3]),
+            row[4],
+            int(row[5] or row[3]),
+            describe(row[6]),
+        )
 
     def version(self, tenant_id: str, session_id: str) -> int:
         """The session's current version from SQL; NotFound for another tenant's session."""
@@ -401,9 +410,17 @@ class StateStore:
             self.metrics.corrupt_blobs.labels("sql").inc()
             raise CorruptStateError(session_id, "sql") from exc
         enc = Encoded(frames, codec or dict(RAW_CODEC, n=len(blob)), digest, blob)
-        return StoredState(session_id, version, blob, digest, fingerprint, position,
-                           codec=describe(codec), stored_size=enc.stored_size,
-                           encoded=enc)  # fmt: skip
+        return StoredState(
+            session_id,
+            version,
+            blob,
+            digest,
+            fingerprint,
+            position,
+            codec=describe(codec),
+            stored_size=enc.stored_size,
+            encoded=enc,
+        )
 
     def _put_hot(self, tenant_id: str, state: StoredState, staged: bool = False) -> None:
         key = self._key(tenant_id, state.session_id)
