@@ -17,11 +17,19 @@ from sqlalchemy.orm import Session
 
 
 def insert_frames(
-    s: Session, table: Table, key: dict[str, Any], frames: Sequence[bytes], tenant_id: str
+    s: Session,
+    table: Table,
+    key: dict[str, Any],
+    frames: Sequence[bytes],
+    tenant_id: str,
+    start: int = 0,
 ) -> None:
-    """Insert ``frames`` as rows ``{**key, idx: i, data: frame}`` (one executemany)."""
+    """Insert ``frames`` as rows ``{**key, idx: start + i, data: frame}`` (one executemany)."""
     if frames:
-        rows = [{**key, "idx": i, "tenant_id": tenant_id, "data": f} for i, f in enumerate(frames)]
+        rows = [
+            {**key, "idx": start + i, "tenant_id": tenant_id, "data": f}
+            for i, f in enumerate(frames)
+        ]
         s.execute(insert(table), rows)
 
 

@@ -154,15 +154,22 @@ class Storage:
         another tenant's session is :class:`NotFound`. Redis / the LRU is updated only
         after the commit, as in :meth:`StateStore.save`.
         """
-        state = self.states.prepare(
-            session_id, state_blob, fingerprint, position, expected_version, tenant_id=tenant_id
-        )
+        state = None
         try:
             with self.db.write() as s:
-                self.states.compare_and_set(s, tenant_id, state)
+                state = self.states.write(
+                    s,
+                    tenant_id,
+                    session_id,
+                    state_blob,
+                    fingerprint=fingerprint,
+                    position=position,
+                    expected_version=expected_version,
+                )
                 infos = [append_locked(s, tenant_id, session_id, m) for m in messages]
         except BaseException:
-            self.states.abandon(tenant_id, state)
+            if state is not None:
+                self.states.abandon(tenant_id, state)
             raise
         self.states.committed(tenant_id, state)
         return TurnCommitted(infos, state)

@@ -38,7 +38,7 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -182,15 +182,28 @@ def from_bf16_bits(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarra
 Plan = list[tuple[str, int, int]]  # (kind, offset, count) per frame
 
 
-def encode(blob: bytes, cfg: CodecConfig) -> Encoded:
-    """Frames of ``blob`` under ``cfg`` (see the module docstring).
+@dataclass(frozen=True)
+class FramePlan:
+    """What :func:`frames` will compress: the (possibly rounded) blob and one piece per frame."""
 
-    Work is done per frame (a few MB at a time, on ``cfg.threads`` threads), so no
-    temporary the size of the blob is made besides the rounded copy for bf16.
+    blob: bytes
+    pieces: Plan
+    codec: dict[str, Any]  # the codec dict :func:`decode` needs
+
+    @property
+    def raw(self) -> bool:
+        """One raw frame: the blob itself (nothing to compute)."""
+        return self.codec["z"] == "none" and len(self.pieces) == 1 and self.pieces[0][0] == "r"
+
+
+def plan(blob: bytes, cfg: CodecConfig) -> FramePlan:
+    """Decide the frames of ``blob``: rounds (and re-seals) it first for bf16.
+
+    Cheap unless rounding is needed; the compression happens in :func:`frames`.
     """
     blob = bytes(blob)
     if len(blob) < cfg.min_bytes or (cfg.compression == "none" and cfg.precision == "fp32"):
-        return Encoded([blob], dict(RAW_CODEC, n=len(blob)), checksum(blob), blob)
+        return FramePlan(blob, [("r", 0, len(blob))], dict(RAW_CODEC, n=len(blob)))
     layout = parse_safetensors(blob)
     runs = layout.float_runs if layout is not None else []
     compress = cfg.compression == "zstd"
@@ -205,21 +218,51 @@ def encode(blob: bytes, cfg: CodecConfig) -> Encoded:
             assert layout is not None and len(layout.float_runs) == len(runs)
             runs = layout.float_runs
     kind = "b" if precision == "bf16" else "f" if compress else "r"
-    plan = _plan(len(blob), runs, kind, cfg.frame_bytes)
-
-    def build(piece: tuple[str, int, int]) -> bytes:
-        data = _frame_data(blob, *piece)
-        return zstandard.ZstdCompressor(level=cfg.level).compress(data) if compress else data
-
-    frames = _map(build, plan, cfg.threads)
+    pieces = _plan(len(blob), runs, kind, cfg.frame_bytes)
     codec = {
         "v": 1,
         "z": cfg.compression,
         "p": precision,
         "n": len(blob),
-        "fr": [list(p) for p in plan],
+        "fr": [list(p) for p in pieces],
     }
-    return Encoded(frames, codec, checksum(frames), blob)
+    return FramePlan(blob, pieces, codec)
+
+
+def frames(fp: FramePlan, cfg: CodecConfig) -> Iterator[bytes]:
+    """The frames of ``fp`` in order, computed ahead on ``cfg.threads`` threads.
+
+    A caller that writes each frame as it comes (SQL rows) overlaps that I/O with the
+    compression of the next frames.
+    """
+    if fp.raw:
+        yield fp.blob
+        return
+    compress = fp.codec["z"] == "zstd"
+
+    def build(piece: tuple[str, int, int]) -> bytes:
+        data = _frame_data(fp.blob, *piece)
+        return zstandard.ZstdCompressor(level=cfg.level).compress(data) if compress else data
+
+    if cfg.threads <= 1 or len(fp.pieces) < 4:
+        yield from map(build, fp.pieces)
+    else:
+        yield from _pool(cfg.threads).map(build, fp.pieces)
+
+
+def finish(fp: FramePlan, frames: list[bytes]) -> Encoded:
+    """The :class:`Encoded` of a plan once its frames are all there."""
+    return Encoded(frames, fp.codec, checksum(frames), fp.blob)
+
+
+def encode(blob: bytes, cfg: CodecConfig) -> Encoded:
+    """Frames of ``blob`` under ``cfg`` (see the module docstring): plan, then compress.
+
+    Work is done per frame (a few MB at a time, on ``cfg.threads`` threads), so no
+    temporary the size of the blob is made besides the rounded copy for bf16.
+    """
+    fp = plan(blob, cfg)
+    return finish(fp, list(frames(fp, cfg)))
 
 
 def _plan(n: int, runs: list[tuple[int, int]], kind: str, frame_bytes: int) -> Plan:
@@ -368,6 +411,15 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``threads`` worker threads (one per size asked for)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="codec")
+        return pool
+
+
 def _map(fn, items, threads: int) -> list:  # type: ignore[no-untyped-def]
     """``[fn(x) for x in items]``, on a shared pool of ``threads`` threads for 4+ items.
 
@@ -376,8 +428,4 @@ def _map(fn, items, threads: int) -> list:  # type: ignore[no-untyped-def]
     items = list(items)
     if threads <= 1 or len(items) < 4:
         return [fn(x) for x in items]
-    with _POOLS_LOCK:
-        pool = _POOLS.get(threads)
-        if pool is None:
-            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="codec")
-    return list(pool.map(fn, items))
+    return list(_pool(threads).map(fn, items))

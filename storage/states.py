@@ -33,19 +33,27 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.blob_rows import delete_frames, fetch_frames, insert_frames
 from storage.cache import CacheUnavailable, HotCache, RedisCache
 from storage.config import StateConfig
 from storage.db import Database
 from storage.errors import CorruptStateError, FingerprintMismatch, NotFound, StaleVersion
 from storage.metrics import StorageMetrics
-from storage.models import ChatSession, SessionState, StateChunk, utcnow
-from storage.state_codec import RAW_CODEC, Encoded, checksum, decode, describe, encode, verify
+from storage.models import ChatSession, SessionState
+from storage.state_codec import (
+    RAW_CODEC,
+    Encoded,
+    checksum,
+    decode,
+    describe,
+    finish,
+    frames,
+    plan,
+    verify,
+)
 from storage.state_records import (
     LocalStates,
     StateMeta,
@@ -53,13 +61,12 @@ from storage.state_records import (
     decode_hot,
     decode_parts,
     encode_hot,
-    encoded_of,
 )
+from storage.state_rows import RowHead, bump_version, read_rows, write_chunks, write_row
 
 __all__ = ["StateStore", "StoredState", "StateMeta", "checksum", "decode_hot", "encode_hot"]
 
 log = logging.getLogger(__name__)
-_CHUNKS = StateChunk.__table__
 
 
 class StateStore:
@@ -107,37 +114,76 @@ class StateStore:
         expected_version: int,
     ) -> StoredState:
         """Store ``blob`` as version ``expected_version + 1``; raises StaleVersion/NotFound."""
-        state = self.prepare(
-            session_id, blob, fingerprint, position, expected_version, tenant_id=tenant_id
-        )
+        state = None
         try:
             with self.db.write() as s:
-                self.compare_and_set(s, tenant_id, state)
+                state = self.write(
+                    s,
+                    tenant_id,
+                    session_id,
+                    blob,
+                    fingerprint=fingerprint,
+                    position=position,
+                    expected_version=expected_version,
+                )
         except BaseException:
-            self.abandon(tenant_id, state)
+            if state is not None:
+                self.abandon(tenant_id, state)
             raise
         self.committed(tenant_id, state)
         return state
 
-    def prepare(
+    def write(
         self,
+        s: Session,
+        tenant_id: str,
         session_id: str,
         blob: bytes,
+        *,
         fingerprint: str,
         position: int,
         expected_version: int,
-        *,
-        tenant_id: str | None = None,
     ) -> StoredState:
-        """The state to write as version ``expected_version + 1``: encoded, checksummed.
+        """Inside the caller's write transaction ``s``: bump the version, write the frames.
 
-        With ``tenant_id`` and Redis, a large state's frames start going to Redis now
-        (invisible until :meth:`committed`); call :meth:`abandon` if the write fails.
+        The compare-and-set on the session's version comes first (it also locks the
+        session row until ``s`` commits), then the frames and the state row; the chunks of
+        every other version are deleted. A lost compare-and-set raises
+        :class:`StaleVersion` (the hot copy is invalidated, so the retry reads SQL) or
+        :class:`NotFound`; the caller's transaction then rolls back. On Postgres the
+        frames are compressed while the earlier ones are being sent; on SQLite, whose write
+        lock is database-wide, before the first statement. With Redis, a large state's
+        frames start going to Redis once encoded (invisible until :meth:`committed`). After
+        the commit call :meth:`committed`; if the transaction fails, :meth:`abandon`.
         """
-        enc = encode(blob, self.codec)
+        fp = plan(blob, self.codec)
+        ready = list(frames(fp, self.codec)) if self.db.sqlite else None
+        current = bump_version(s, tenant_id, session_id, expected_version)
+        if current is not None:
+            self.metrics.conflicts.labels("stale_version").inc()
+            self._invalidate(tenant_id, session_id)  # a stale hot copy may be why
+            raise StaleVersion(session_id, expected_version, current)
+        version = expected_version + 1
+        if len(fp.pieces) == 1:
+            enc = finish(fp, ready or list(frames(fp, self.codec)))
+        else:
+            got = frames(fp, self.codec) if ready is None else ready
+            enc = finish(fp, write_chunks(s, tenant_id, session_id, version, got))
+        inline = len(enc.frames) == 1
+        head = RowHead(version, enc.checksum, fingerprint, position, None if fp.raw else enc.codec)
+        write_row(
+            s,
+            tenant_id,
+            session_id,
+            head,
+            inline=enc.frames[0] if inline else None,
+            n_chunks=0 if inline else len(enc.frames),
+            size=len(enc.blob),
+            stored_size=enc.stored_size,
+        )
         state = StoredState(
             session_id,
-            expected_version + 1,
+            version,
             enc.blob,
             enc.checksum,
             fingerprint,
@@ -146,75 +192,22 @@ class StateStore:
             stored_size=enc.stored_size,
             encoded=enc,
         )
-        if tenant_id is not None and isinstance(self.cache, RedisCache):
-            parts = encode_hot(state)
-            if self.cache.is_split(parts):
-                key = self._key(tenant_id, session_id)
-                job = self._stager.submit(self.cache.stage, key, parts, state.version, self.ttl_s)
-                with self._lock:
-                    self._staged[(key, state.version, state.checksum)] = job
+        self._stage(tenant_id, state)
         return state
 
-    def compare_and_set(self, s: Session, tenant_id: str, state: StoredState) -> None:
-        """Inside the caller's write transaction ``s``: bump the version, write the frames.
-
-        ``UPDATE sessions SET version = v+1 WHERE id AND tenant AND version = v`` (which
-        also takes the session row's lock until ``s`` commits), then the state row, its
-        chunk rows, and the deletion of every other version's chunks. Zero rows updated
-        raises :class:`StaleVersion` (the hot copy is invalidated, so the retry reads SQL)
-        or :class:`NotFound`; the caller's transaction then rolls back.
-        Call :meth:`committed` after the commit.
-        """
-        session_id, expected_version = state.session_id, state.version - 1
-        res = s.execute(
-            update(ChatSession)
-            .where(ChatSession.id == session_id, ChatSession.tenant_id == tenant_id)
-            .where(ChatSession.version == expected_version)
-            .values(version=state.version, updated_at=utcnow())
-        )
-        if res.rowcount != 1:
-            current = s.scalar(
-                select(ChatSession.version).where(
-                    ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
-                )
-            )
-            if current is None:
-                raise NotFound(f"session {session_id} not found")
-            self.metrics.conflicts.labels("stale_version").inc()
-            self._invalidate(tenant_id, session_id)  # a stale hot copy may be why
-            raise StaleVersion(session_id, expected_version, current)
-        enc = encoded_of(state)
-        inline = len(enc.frames) == 1
-        # never read the old blob back: UPDATE, or INSERT when there is none yet (the
-        # session row lock / SQLite's write lock keeps this race-free)
-        values = {
-            "tenant_id": tenant_id,
-            "version": state.version,
-            "blob": enc.frames[0] if inline else b"",
-            "checksum": enc.checksum,
-            "fingerprint": state.fingerprint,
-            "position": state.position,
-            "size": len(state.blob),
-            "updated_at": utcnow(),
-            "codec": None if enc.codec.get("fr") is None else enc.codec,
-            "n_chunks": 0 if inline else len(enc.frames),
-            "stored_size": enc.stored_size,
-        }
-        res = s.execute(
-            update(SessionState).where(SessionState.session_id == session_id).values(values)
-        )
-        if res.rowcount == 0:
-            s.execute(insert(SessionState).values(session_id=session_id, **values))
-        # only the latest state is kept: the previous version's chunks go in this commit
-        delete_frames(
-            s, _CHUNKS, _CHUNKS.c.session_id == session_id, _CHUNKS.c.version != state.version
-        )
-        if not inline:
-            key = {"session_id": session_id, "version": state.version}
-            insert_frames(s, _CHUNKS, key, enc.frames, tenant_id)
+    def _stage(self, tenant_id: str, state: StoredState) -> None:
+        """Start writing a large state's frames to Redis (made visible by :meth:`committed`)."""
+        if not isinstance(self.cache, RedisCache):
+            return
+        parts = encode_hot(state)
+        if self.cache.is_split(parts):
+            key = self._key(tenant_id, state.session_id)
+            job = self._stager.submit(self.cache.stage, key, parts, state.version, self.ttl_s)
+            with self._lock:
+                self._staged[(key, state.version, state.checksum)] = job
 
     def committed(self, tenant_id: str, state: StoredState) -> None:
-        """After the commit of :meth:`compare_and_set`: count it, update the hot tiers."""
+        """After the commit of :meth:`write`: count it, update the hot tiers."""
         self.metrics.state_writes.inc()
         self._remember(tenant_id, state)
         self._put_hot(tenant_id, state, staged=self._wait_staged(tenant_id, state))
@@ -364,43 +357,15 @@ class StateStore:
         return state
 
     def _get_sql(self, tenant_id: str, session_id: str) -> StoredState | None:
-        for _ in range(5):  # a newer version committing between our two reads: read again
-            with self.db.read() as s:
-                row = s.scalar(
-                    select(SessionState).where(
-                        SessionState.session_id == session_id,
-                        SessionState.tenant_id == tenant_id,
-                    )
-                )
-                if row is None:
-                    exists = s.scalar(
-                        select(ChatSession.id).where(
-                            ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
-                        )
-                    )
-                    if exists is None:
-                        raise NotFound(f"session {session_id} not found")
-                    return None
-                frames = [bytes(row.blob)]
-                if row.n_chunks:
-                    key = {"session_id": session_id, "version": row.version}
-                    frames = fetch_frames(s, _CHUNKS, key)
-                    if len(frames) != row.n_chunks:
-                        continue
-                head = (row.version, row.checksum, row.fingerprint, row.position, row.codec)
-            return self._decode_sql(session_id, frames, *head)
+        for head, got in read_rows(self.db, tenant_id, session_id):
+            if head is None:
+                return None  # the session has no state yet
+            if got is not None:
+                return self._decode_sql(session_id, got, head)
         raise CorruptStateError(session_id, "sql")  # chunks never complete: not a race
 
-    def _decode_sql(
-        self,
-        session_id: str,
-        frames: list[bytes],
-        version: int,
-        digest: str,
-        fingerprint: str,
-        position: int,
-        codec: dict[str, Any] | None,
-    ) -> StoredState:
+    def _decode_sql(self, session_id: str, frames: list[bytes], head: RowHead) -> StoredState:
+        digest, codec = head.checksum, head.codec
         try:
             if not verify(frames, digest):
                 raise ValueError("checksum mismatch")
@@ -412,11 +377,11 @@ class StateStore:
         enc = Encoded(frames, codec or dict(RAW_CODEC, n=len(blob)), digest, blob)
         return StoredState(
             session_id,
-            version,
+            head.version,
             blob,
             digest,
-            fingerprint,
-            position,
+            head.fingerprint,
+            head.position,
             codec=describe(codec),
             stored_size=enc.stored_size,
             encoded=enc,
