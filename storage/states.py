@@ -31,7 +31,7 @@ import contextlib
 import json
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 
 from sqlalchemy import select
@@ -96,6 +96,7 @@ class StateStore:
         self.local = LocalStates(config.local_bytes) if versioned else None
         self._stager = ThreadPoolExecutor(1, thread_name_prefix="state-stage")
         self._staged: dict[tuple[str, int, str], Future] = {}  # (key, version, checksum)
+        self._refills: dict[str, Future] = {}  # key -> a refill from SQL in flight
         self._pending_deletes: set[str] = set()
         self._lock = threading.Lock()
 
@@ -256,7 +257,7 @@ class StateStore:
                 self.metrics.state_reads.labels("miss").inc()
                 return None
             self._remember(tenant_id, state)
-            self._put_hot(tenant_id, state)
+            self._refill(tenant_id, state)
         self.metrics.state_reads.labels(tier).inc()
         if fingerprint is not None and state.fingerprint != fingerprint:
             raise FingerprintMismatch(session_id, state.fingerprint, fingerprint)
@@ -335,8 +336,31 @@ class StateStore:
         if self.local is not None:
             self.local.put(self._key(tenant_id, state.session_id), replace(state, encoded=None))
 
+    def _refill(self, tenant_id: str, state: StoredState) -> None:
+        """Put a state read from SQL back into the hot tier: in the background when it is
+        large (the caller need not wait for ~the state's size of Redis writes)."""
+        parts = encode_hot(state)
+        if not (isinstance(self.cache, RedisCache) and self.cache.is_split(parts)):
+            self._put_hot(tenant_id, state)
+            return
+        key = self._key(tenant_id, state.session_id)
+
+        def put() -> None:
+            try:
+                self._put_hot(tenant_id, state)
+            except Exception:  # a cache fill: never worth failing anything for
+                log.exception("session %s: refilling the hot tier failed", state.session_id)
+
+        job = self._stager.submit(put)
+        with self._lock:
+            self._refills[key] = job
+        job.add_done_callback(lambda j: self._refills.get(key) is j and self._refills.pop(key))
+
     def _get_hot(self, tenant_id: str, session_id: str) -> StoredState | None:
         key = self._key(tenant_id, session_id)
+        pending = self._refills.get(key)
+        if pending is not None:  # our own refill of this key: let it land first
+            wait([pending])
         try:
             parts = self.cache.get(key)
         except CacheUnavailable as exc:
