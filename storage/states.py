@@ -426,6 +426,9 @@ class StateStore:
 
     def _invalidate(self, tenant_id: str, session_id: str) -> None:
         key = self._key(tenant_id, session_id)
+        pending = self._refills.get(key)
+        if pending is not None:  # a refill landing after the delete would undo it
+            wait([pending])
         if self.local is not None:
             self.local.drop(key)
         try:

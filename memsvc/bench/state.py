@@ -250,6 +250,37 @@ def model_serialization(state, blob: bytes, n: int) -> dict[str, float]:  # type
     }
 
 
+def floors(st, frames: list[bytes], n: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The same stored bytes without storage's logic: one Postgres transaction inserting
+    them as rows (durable commit), and one Redis MGET of them: what save and load cannot
+    beat on this machine."""
+    raw = st.db.engine.raw_connection()
+    conn = raw.driver_connection
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS bench_floor (idx int PRIMARY KEY, data bytea)")
+        cur.execute("ALTER TABLE bench_floor ALTER COLUMN data SET STORAGE EXTERNAL")
+    conn.commit()
+
+    def pg_write() -> None:
+        with conn.cursor() as cur:
+            cur.execute("DELETE FROM bench_floor")
+            cur.executemany("INSERT INTO bench_floor VALUES (%s, %b)", list(enumerate(frames)))
+        conn.commit()
+
+    client, keys = st.redis.client, [f"{st.redis.prefix}floor:{i}" for i in range(len(frames))]
+    client.mset(dict(zip(keys, frames, strict=True)))
+    rows = [
+        {"op": "floor: Postgres write of the stored bytes", **stats(timed(pg_write, n, 1))},
+        {
+            "op": "floor: Redis MGET of the stored bytes",
+            **stats(timed(lambda: client.mget(keys), n, 1)),
+        },
+    ]
+    client.delete(*keys)
+    raw.close()
+    return rows
+
+
 def measure_large(st, label: str, blob: bytes, n: int) -> list[dict]:  # type: ignore[no-untyped-def]
     """Save and load one large state ``n`` times each through ``st`` (Postgres + Redis)."""
     from storage.state_codec import encode
@@ -288,6 +319,7 @@ def measure_large(st, label: str, blob: bytes, n: int) -> list[dict]:  # type: i
         rows.append(
             {"op": "save (durable), already bf16", **stats(timed(save(saved[0].blob), n, 1))}
         )
+    rows += floors(st, saved[0].encoded.frames, n)
     rows += [
         {"op": "load redis", **stats(timed(load("redis"), n, 1))},
         {"op": "load local+version", **stats(timed(load("local"), n, 1))},
