@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from storage import migrate as _migrate
 from storage.cache import HotCache, LRUCache, RedisCache
+from storage.config import StateConfig
 from storage.db import Database
 from storage.locks import LockManager
 from storage.metrics import StorageMetrics
@@ -56,8 +57,9 @@ class Storage:
         metrics: StorageMetrics | None = None,
         index_dir: Path | None = None,
         index_params: IndexParams | None = None,
-        state_ttl_s: float = 3600.0,
-        local_state_bytes: int = 64 * 2**20,
+        state_ttl_s: float | None = None,
+        local_state_bytes: int | None = None,
+        state_config: StateConfig | None = None,
     ) -> None:
         self.db, self.cache, self.redis = db, cache, redis
         self.metrics = metrics or StorageMetrics()
@@ -65,12 +67,18 @@ class Storage:
         self.sessions = SessionManager(db)
         self.messages = MessageManager(db)
         self.states = StateStore(
-            db, cache, self.metrics, ttl_s=state_ttl_s, local_bytes=local_state_bytes
+            db,
+            cache,
+            self.metrics,
+            ttl_s=state_ttl_s,
+            local_bytes=local_state_bytes,
+            config=state_config,
         )
+        self.state_config = self.states.config
         self.locks = LockManager(db, redis, self.metrics)
         self.slots = SlotManager(db, self.metrics, index_dir=index_dir, params=index_params)
         self.passages = PassageManager(db, self.metrics, index_dir=index_dir, params=index_params)
-        self.snapshots = SnapshotManager(db, self.metrics)
+        self.snapshots = SnapshotManager(db, self.metrics, self.state_config)
 
     @classmethod
     def from_urls(
@@ -83,21 +91,36 @@ class Storage:
         index_dir: Path | None = None,
         index_params: IndexParams | None = None,
         migrate: bool = False,
-        lru_bytes: int = 256 * 2**20,
-        state_ttl_s: float = 3600.0,
-        local_state_bytes: int = 64 * 2**20,
+        lru_bytes: int | None = None,
+        state_ttl_s: float | None = None,
+        local_state_bytes: int | None = None,
+        state_config: StateConfig | None = None,
     ) -> Storage:
         """Storage over ``database_url`` and Redis at ``redis_url`` (None: in-process LRU).
 
-        ``migrate=True`` upgrades the schema first. ``local_state_bytes`` bounds the
-        in-process copies of recent states kept in front of Redis (0: none).
+        ``migrate=True`` upgrades the schema first. ``state_config`` sets how states and
+        snapshots are stored (codec, bf16, Redis byte budget, ...); ``lru_bytes``,
+        ``state_ttl_s`` and ``local_state_bytes`` (the in-process copies of recent states
+        kept in front of Redis, 0: none) override its fields when given.
         ``index_dir`` keeps FAISS index files so a restart catches up from the change log
         instead of rebuilding.
         """
         if migrate:
             _migrate.upgrade(database_url)
-        redis = RedisCache(redis_url, redis_prefix) if redis_url else None
-        cache: HotCache = redis if redis is not None else LRUCache(lru_bytes)
+        cfg = state_config or StateConfig()
+        if lru_bytes is not None:
+            cfg = replace(cfg, lru_bytes=lru_bytes)
+        redis = (
+            RedisCache(
+                redis_url,
+                redis_prefix,
+                max_bytes=cfg.hot_max_bytes,
+                inline_bytes=cfg.hot_inline_bytes,
+            )
+            if redis_url
+            else None
+        )
+        cache: HotCache = redis if redis is not None else LRUCache(cfg.lru_bytes)
         if redis is not None and not redis.available():
             log.warning("redis at %s is not answering; running on SQL until it is", redis_url)
         return cls(
@@ -109,6 +132,7 @@ class Storage:
             index_params=index_params,
             state_ttl_s=state_ttl_s,
             local_state_bytes=local_state_bytes,
+            state_config=cfg,
         )
 
     def commit_turn(
@@ -134,14 +158,27 @@ class Storage:
         bank views recorded) are merged in the same transaction, bank by bank in id order
         (see :mod:`storage.slot_view`).
         """
-        state = self.states.prepare(session_id, state_blob, fingerprint, position, expected_version)
-        with self.db.write() as s:
-            self.states.compare_and_set(s, tenant_id, state)
-            infos = [append_locked(s, tenant_id, session_id, m) for m in messages]
-            user_id = next((int(m.id) for m in infos if m.role == "user"), None)
-            fresh = all(m.created for m in infos)  # an idempotent replay writes no slots
-            for ch in sorted(slot_changes, key=lambda c: c.bank_id) if fresh else ():
-                apply_changes(s, ch, user_id)  # bank rows locked in one order: no deadlock
+        state = None
+        try:
+            with self.db.write() as s:
+                state = self.states.write(
+                    s,
+                    tenant_id,
+                    session_id,
+                    state_blob,
+                    fingerprint=fingerprint,
+                    position=position,
+                    expected_version=expected_version,
+                )
+                infos = [append_locked(s, tenant_id, session_id, m) for m in messages]
+                user_id = next((int(m.id) for m in infos if m.role == "user"), None)
+                fresh = all(m.created for m in infos)  # an idempotent replay writes no slots
+                for ch in sorted(slot_changes, key=lambda c: c.bank_id) if fresh else ():
+                    apply_changes(s, ch, user_id)  # bank rows locked in one order: no deadlock
+        except BaseException:
+            if state is not None:
+                self.states.abandon(tenant_id, state)
+            raise
         self.states.committed(tenant_id, state)
         return TurnCommitted(infos, state)
 
@@ -179,6 +216,7 @@ class Storage:
         """Save index files, close Redis and the connection pool."""
         self.slots.save_indexes()
         self.passages.save_indexes()
+        self.states.close()
         if self.redis is not None:
             self.redis.client.close()
         self.db.dispose()

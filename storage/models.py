@@ -130,7 +130,14 @@ class Message(Base):
 
 
 class SessionState(Base):
-    """The durable copy of a session's recurrent state (opaque bytes)."""
+    """The durable copy of a session's recurrent state (opaque bytes to storage).
+
+    The stored frames (``storage.state_codec``) live inline in ``blob`` when there is one
+    (``n_chunks`` 0), else in ``state_chunks`` rows of this ``version``. ``codec`` says
+    how to decode them (NULL: rows written before it, one raw frame); ``checksum`` is
+    over the stored frames (``xxh3_128:...``, or a bare SHA-256 hex for old rows); ``size``
+    is the decoded blob's length, ``stored_size`` the frames'.
+    """
 
     __tablename__ = "session_states"
     session_id: Mapped[str] = mapped_column(
@@ -144,6 +151,26 @@ class SessionState(Base):
     position: Mapped[int] = mapped_column(BigInteger)
     size: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+    codec: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    n_chunks: Mapped[int] = mapped_column(Integer, server_default="0")
+    stored_size: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class StateChunk(Base):
+    """One stored frame of a large session state: (session, version, idx).
+
+    Written in the transaction of the state row's compare-and-set, which also deletes
+    the chunks of every other version: only the latest state per session is kept.
+    """
+
+    __tablename__ = "state_chunks"
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(tenant_fk(), index=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class VectorBank(Base):
@@ -257,6 +284,22 @@ class StateSnapshot(Base):
     position: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
     used_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+    codec: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    n_chunks: Mapped[int] = mapped_column(Integer, server_default="0")
+    size: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    stored_size: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class SnapshotChunk(Base):
+    """One stored frame of a large snapshot (the frames of ``state_snapshots`` rows)."""
+
+    __tablename__ = "snapshot_chunks"
+    snapshot_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("state_snapshots.id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(tenant_fk(), index=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Lease(Base):

@@ -1,15 +1,22 @@
-"""Recurrent states: write-through Redis (or LRU) over SQL, versioned, checksummed.
+"""Recurrent states: write-through Redis (or LRU) over SQL, versioned, checksummed, chunked.
 
 A state is opaque bytes to storage (the model's ``RecurrentState.to_bytes()``) plus
-metadata: model fingerprint, token position, version, and a SHA-256 checksum computed here.
+metadata: model fingerprint, token position and version. :mod:`storage.state_codec`
+turns it into stored *frames* (raw, or zstd over byte planes, optionally in bf16) and an
+XXH3-128 checksum over them.
 
 - :meth:`StateStore.save` is a compare-and-set on the session's version: it succeeds only
-  if the session is still at ``expected_version``, bumps it, and stores the blob in SQL in
-  the same transaction. Only then is the hot tier updated (an acknowledged state is
-  durable in SQL). A stale writer gets :class:`StaleVersion`, never a silent overwrite.
+  if the session is still at ``expected_version``, bumps it, and stores the frames in SQL
+  in the same transaction: inline in the state row when there is one frame, else one
+  ``state_chunks`` row per frame; the chunks of every other version are deleted in that
+  transaction (only the latest state per session is kept). Only then is the hot tier
+  updated (an acknowledged state is durable in SQL). A stale writer gets
+  :class:`StaleVersion`, never a silent overwrite. A large state's frames are written to
+  Redis while SQL commits, and made visible only after the commit.
 - :meth:`StateStore.load` reads the hot tier, then SQL, then repopulates the hot tier.
   A checksum mismatch in the hot tier is counted and that copy discarded; in SQL it
-  raises :class:`CorruptStateError` naming the session.
+  raises :class:`CorruptStateError` naming the session. Rows written before checksums
+  were XXH3 (bare SHA-256 hex) are still verified and read.
 - With Redis, a small in-process tier of recently used states sits in front of it: a
   local copy is returned only if Redis still holds the *same version* (one GET of a few
   bytes instead of the whole blob and its checksum). Versions are unique per session
@@ -20,134 +27,76 @@ metadata: model fingerprint, token position, version, and a SHA-256 checksum com
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
-import struct
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass, replace
-from datetime import datetime
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.cache import CacheUnavailable, HotCache, RedisCache
+from storage.config import StateConfig
 from storage.db import Database
 from storage.errors import CorruptStateError, FingerprintMismatch, NotFound, StaleVersion
 from storage.metrics import StorageMetrics
-from storage.models import ChatSession, SessionState, utcnow
+from storage.models import ChatSession, SessionState
+from storage.state_codec import (
+    RAW_CODEC,
+    Encoded,
+    checksum,
+    decode,
+    describe,
+    finish,
+    frames,
+    plan,
+    verify,
+)
+from storage.state_records import (
+    LocalStates,
+    StateMeta,
+    StoredState,
+    decode_hot,
+    decode_parts,
+    encode_hot,
+)
+from storage.state_rows import RowHead, bump_version, read_rows, write_chunks, write_row
+
+__all__ = ["StateStore", "StoredState", "StateMeta", "checksum", "decode_hot", "encode_hot"]
 
 log = logging.getLogger(__name__)
-_MAGIC = b"MST1"
-
-
-def checksum(blob: bytes) -> str:
-    """SHA-256 hex digest of ``blob`` (hardware-accelerated on x86-64, faster than BLAKE2b)."""
-    return hashlib.sha256(blob).hexdigest()
-
-
-@dataclass(frozen=True)
-class StoredState:
-    """A session's state as stored."""
-
-    session_id: str
-    version: int
-    blob: bytes
-    checksum: str
-    fingerprint: str
-    position: int
-    tier: str = ""  # which tier answered a load: local | redis | lru | sql ("" when saved)
-
-
-@dataclass(frozen=True)
-class StateMeta:
-    """A stored state's metadata, read without its blob."""
-
-    session_id: str
-    version: int
-    fingerprint: str
-    position: int
-    size: int
-    updated_at: datetime
-
-
-def encode_hot(state: StoredState) -> bytes:
-    """Hot-tier encoding: magic, header length, JSON header, blob."""
-    head = json.dumps(
-        {
-            "s": state.session_id,
-            "v": state.version,
-            "c": state.checksum,
-            "f": state.fingerprint,
-            "p": state.position,
-        }
-    ).encode()
-    return _MAGIC + struct.pack(">I", len(head)) + head + state.blob
-
-
-def decode_hot(data: bytes) -> StoredState:
-    """Inverse of :func:`encode_hot`; raises ValueError on a malformed value."""
-    if data[:4] != _MAGIC:
-        raise ValueError("bad magic")
-    (n,) = struct.unpack(">I", data[4:8])
-    head = json.loads(data[8 : 8 + n])
-    return StoredState(head["s"], head["v"], data[8 + n :], head["c"], head["f"], head["p"])
-
-
-class LocalStates:
-    """In-process LRU of verified :class:`StoredState` objects, bounded by blob bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, StoredState] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> StoredState | None:
-        with self._lock:
-            state = self._items.get(key)
-            if state is not None:
-                self._items.move_to_end(key)
-            return state
-
-    def put(self, key: str, state: StoredState) -> None:
-        if len(state.blob) > self.max_bytes:
-            return
-        with self._lock:
-            old = self._items.get(key)
-            if old is not None and old.version > state.version:
-                return
-            self._drop(key)
-            self._items[key] = state
-            self._bytes += len(state.blob)
-            while self._bytes > self.max_bytes:
-                self._drop(next(iter(self._items)))
-
-    def drop(self, key: str) -> None:
-        with self._lock:
-            self._drop(key)
-
-    def _drop(self, key: str) -> None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._bytes -= len(old.blob)
 
 
 class StateStore:
-    """Session states over a hot cache and SQL; every call takes the tenant."""
+    """Session states over a hot cache and SQL; every call takes the tenant.
+
+    ``config`` (:class:`storage.config.StateConfig`) sets the codec and the tiers' sizes;
+    ``ttl_s`` and ``local_bytes``, when given, override its fields of the same meaning.
+    """
 
     def __init__(
         self,
         db: Database,
         cache: HotCache,
         metrics: StorageMetrics,
-        ttl_s: float = 3600.0,
-        local_bytes: int = 64 * 2**20,
+        ttl_s: float | None = None,
+        local_bytes: int | None = None,
+        config: StateConfig | None = None,
     ) -> None:
-        self.db, self.cache, self.metrics, self.ttl_s = db, cache, metrics, ttl_s
-        versioned = isinstance(cache, RedisCache) and local_bytes > 0
-        self.local = LocalStates(local_bytes) if versioned else None
+        config = config or StateConfig()
+        if ttl_s is not None:
+            config = replace(config, ttl_s=ttl_s)
+        if local_bytes is not None:
+            config = replace(config, local_bytes=local_bytes)
+        self.config, self.codec = config, config.codec
+        self.db, self.cache, self.metrics, self.ttl_s = db, cache, metrics, config.ttl_s
+        versioned = isinstance(cache, RedisCache) and config.local_bytes > 0
+        self.local = LocalStates(config.local_bytes) if versioned else None
+        self._stager = ThreadPoolExecutor(1, thread_name_prefix="state-stage")
+        self._staged: dict[tuple[str, int, str], Future] = {}  # (key, version, checksum)
+        self._refills: dict[str, Future] = {}  # key -> a refill from SQL in flight
         self._pending_deletes: set[str] = set()
         self._lock = threading.Lock()
 
@@ -166,72 +115,124 @@ class StateStore:
         expected_version: int,
     ) -> StoredState:
         """Store ``blob`` as version ``expected_version + 1``; raises StaleVersion/NotFound."""
-        state = self.prepare(session_id, blob, fingerprint, position, expected_version)
-        with self.db.write() as s:
-            self.compare_and_set(s, tenant_id, state)
+        state = None
+        try:
+            with self.db.write() as s:
+                state = self.write(
+                    s,
+                    tenant_id,
+                    session_id,
+                    blob,
+                    fingerprint=fingerprint,
+                    position=position,
+                    expected_version=expected_version,
+                )
+        except BaseException:
+            if state is not None:
+                self.abandon(tenant_id, state)
+            raise
         self.committed(tenant_id, state)
         return state
 
-    @staticmethod
-    def prepare(
-        session_id: str, blob: bytes, fingerprint: str, position: int, expected_version: int
+    def write(
+        self,
+        s: Session,
+        tenant_id: str,
+        session_id: str,
+        blob: bytes,
+        *,
+        fingerprint: str,
+        position: int,
+        expected_version: int,
     ) -> StoredState:
-        """The state to write as version ``expected_version + 1`` (checksum computed here)."""
-        blob = bytes(blob)
-        return StoredState(
-            session_id, expected_version + 1, blob, checksum(blob), fingerprint, position
-        )
+        """Inside the caller's write transaction ``s``: bump the version, write the frames.
 
-    def compare_and_set(self, s: Session, tenant_id: str, state: StoredState) -> None:
-        """Inside the caller's write transaction ``s``: bump the version, write the blob.
-
-        ``UPDATE sessions SET version = v+1 WHERE id AND tenant AND version = v`` (which
-        also takes the session row's lock until ``s`` commits), then the blob row. Zero
-        rows updated raises :class:`StaleVersion` (the hot copy is invalidated, so the
-        retry reads SQL) or :class:`NotFound`; the caller's transaction then rolls back.
-        Call :meth:`committed` after the commit.
+        The compare-and-set on the session's version comes first (it also locks the
+        session row until ``s`` commits), then the frames and the state row; the chunks of
+        every other version are deleted. A lost compare-and-set raises
+        :class:`StaleVersion` (the hot copy is invalidated, so the retry reads SQL) or
+        :class:`NotFound`; the caller's transaction then rolls back. On Postgres the
+        frames are compressed while the earlier ones are being sent; on SQLite, whose write
+        lock is database-wide, before the first statement. With Redis, a large state's
+        frames start going to Redis once encoded (invisible until :meth:`committed`). After
+        the commit call :meth:`committed`; if the transaction fails, :meth:`abandon`.
         """
-        session_id, expected_version = state.session_id, state.version - 1
-        res = s.execute(
-            update(ChatSession)
-            .where(ChatSession.id == session_id, ChatSession.tenant_id == tenant_id)
-            .where(ChatSession.version == expected_version)
-            .values(version=state.version, updated_at=utcnow())
-        )
-        if res.rowcount != 1:
-            current = s.scalar(
-                select(ChatSession.version).where(
-                    ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
-                )
-            )
-            if current is None:
-                raise NotFound(f"session {session_id} not found")
+        fp = plan(blob, self.codec)
+        ready = list(frames(fp, self.codec)) if self.db.sqlite else None
+        current = bump_version(s, tenant_id, session_id, expected_version)
+        if current is not None:
             self.metrics.conflicts.labels("stale_version").inc()
             self._invalidate(tenant_id, session_id)  # a stale hot copy may be why
             raise StaleVersion(session_id, expected_version, current)
-        # never read the old blob back: UPDATE, or INSERT when there is none yet (the
-        # session row lock / SQLite's write lock keeps this race-free)
-        values = {
-            "tenant_id": tenant_id,
-            "version": state.version,
-            "blob": state.blob,
-            "checksum": state.checksum,
-            "fingerprint": state.fingerprint,
-            "position": state.position,
-            "size": len(state.blob),
-            "updated_at": utcnow(),
-        }
-        res = s.execute(
-            update(SessionState).where(SessionState.session_id == session_id).values(values)
+        version = expected_version + 1
+        if len(fp.pieces) == 1:
+            enc = finish(fp, ready or list(frames(fp, self.codec)))
+        else:
+            got = frames(fp, self.codec) if ready is None else ready
+            enc = finish(fp, write_chunks(s, tenant_id, session_id, version, got))
+        inline = len(enc.frames) == 1
+        head = RowHead(version, enc.checksum, fingerprint, position, None if fp.raw else enc.codec)
+        write_row(
+            s,
+            tenant_id,
+            session_id,
+            head,
+            inline=enc.frames[0] if inline else None,
+            n_chunks=0 if inline else len(enc.frames),
+            size=len(enc.blob),
+            stored_size=enc.stored_size,
         )
-        if res.rowcount == 0:
-            s.execute(insert(SessionState).values(session_id=session_id, **values))
+        state = StoredState(
+            session_id,
+            version,
+            enc.blob,
+            enc.checksum,
+            fingerprint,
+            position,
+            codec=describe(enc.codec),
+            stored_size=enc.stored_size,
+            encoded=enc,
+        )
+        self._stage(tenant_id, state)
+        return state
+
+    def _stage(self, tenant_id: str, state: StoredState) -> None:
+        """Start writing a large state's frames to Redis (made visible by :meth:`committed`)."""
+        if not isinstance(self.cache, RedisCache):
+            return
+        parts = encode_hot(state)
+        if self.cache.is_split(parts):
+            key = self._key(tenant_id, state.session_id)
+            job = self._stager.submit(self.cache.stage, key, parts, state.version, self.ttl_s)
+            with self._lock:
+                self._staged[(key, state.version, state.checksum)] = job
 
     def committed(self, tenant_id: str, state: StoredState) -> None:
-        """After the commit of :meth:`compare_and_set`: count it, update the hot tiers."""
+        """After the commit of :meth:`write`: count it, update the hot tiers."""
         self.metrics.state_writes.inc()
         self._remember(tenant_id, state)
-        self._put_hot(tenant_id, state)
+        self._put_hot(tenant_id, state, staged=self._wait_staged(tenant_id, state))
+
+    def abandon(self, tenant_id: str, state: StoredState) -> None:
+        """The write of ``state`` failed: delete frames staged in Redis for it."""
+        if self._wait_staged(tenant_id, state) and isinstance(self.cache, RedisCache):
+            key = self._key(tenant_id, state.session_id)
+            with contextlib.suppress(CacheUnavailable):  # else they expire with the TTL
+                self.cache.unstage(key, encode_hot(state), state.version)
+
+    def _wait_staged(self, tenant_id: str, state: StoredState) -> bool:
+        """Whether this state's frames were staged in Redis (waits for the staging)."""
+        with self._lock:
+            key = (self._key(tenant_id, state.session_id), state.version, state.checksum)
+            job = self._staged.pop(key, None)
+        if job is None:
+            return False
+        try:
+            job.result()
+            return True
+        except CacheUnavailable as exc:
+            self._fallback("put", exc)
+            return False
 
     def load(
         self, tenant_id: str, session_id: str, *, fingerprint: str | None = None
@@ -256,14 +257,14 @@ class StateStore:
                 self.metrics.state_reads.labels("miss").inc()
                 return None
             self._remember(tenant_id, state)
-            self._put_hot(tenant_id, state)
+            self._refill(tenant_id, state)
         self.metrics.state_reads.labels(tier).inc()
         if fingerprint is not None and state.fingerprint != fingerprint:
             raise FingerprintMismatch(session_id, state.fingerprint, fingerprint)
-        return replace(state, tier=tier)
+        return replace(state, tier=tier, encoded=None)
 
     def meta(self, tenant_id: str, session_id: str) -> StateMeta | None:
-        """Version, position, fingerprint and size of the stored state, without the blob.
+        """Version, position, fingerprint and sizes of the stored state, without the blob.
 
         One SQL row read (the blob column is not selected); None when the session has no
         state yet; NotFound for an unknown or another tenant's session. Not a state load:
@@ -275,6 +276,8 @@ class StateStore:
             SessionState.position,
             SessionState.size,
             SessionState.updated_at,
+            SessionState.stored_size,
+            SessionState.codec,
         )
         with self.db.read() as s:
             row = s.execute(
@@ -285,7 +288,16 @@ class StateStore:
             if row is None:
                 self.version(tenant_id, session_id)  # NotFound for no such session
                 return None
-        return StateMeta(session_id, int(row[0]), row[1], int(row[2]), int(row[3]), row[4])
+        return StateMeta(
+            session_id,
+            int(row[0]),
+            row[1],
+            int(row[2]),
+            int(row[3]),
+            row[4],
+            int(row[5] or row[3]),
+            describe(row[6]),
+        )
 
     def version(self, tenant_id: str, session_id: str) -> int:
         """The session's current version from SQL; NotFound for another tenant's session."""
@@ -322,21 +334,44 @@ class StateStore:
 
     def _remember(self, tenant_id: str, state: StoredState) -> None:
         if self.local is not None:
-            self.local.put(self._key(tenant_id, state.session_id), state)
+            self.local.put(self._key(tenant_id, state.session_id), replace(state, encoded=None))
+
+    def _refill(self, tenant_id: str, state: StoredState) -> None:
+        """Put a state read from SQL back into the hot tier: in the background when it is
+        large (the caller need not wait for ~the state's size of Redis writes)."""
+        parts = encode_hot(state)
+        if not (isinstance(self.cache, RedisCache) and self.cache.is_split(parts)):
+            self._put_hot(tenant_id, state)
+            return
+        key = self._key(tenant_id, state.session_id)
+
+        def put() -> None:
+            try:
+                self._put_hot(tenant_id, state)
+            except Exception:  # a cache fill: never worth failing anything for
+                log.exception("session %s: refilling the hot tier failed", state.session_id)
+
+        job = self._stager.submit(put)
+        with self._lock:
+            self._refills[key] = job
+        job.add_done_callback(lambda j: self._refills.get(key) is j and self._refills.pop(key))
 
     def _get_hot(self, tenant_id: str, session_id: str) -> StoredState | None:
         key = self._key(tenant_id, session_id)
+        pending = self._refills.get(key)
+        if pending is not None:  # our own refill of this key: let it land first
+            wait([pending])
         try:
-            data = self.cache.get(key)
+            parts = self.cache.get(key)
         except CacheUnavailable as exc:
             self._fallback("get", exc)
             return None
-        if data is None:
+        if parts is None:
             return None
         try:
-            state = decode_hot(data)
-            ok = state.session_id == session_id and checksum(state.blob) == state.checksum
-        except (ValueError, KeyError, json.JSONDecodeError):
+            state = decode_parts(parts, self.codec.threads)
+            ok = state.session_id == session_id
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             ok = False
         if not ok:
             log.error("session %s: hot copy fails its checksum; discarded", session_id)
@@ -346,49 +381,54 @@ class StateStore:
         return state
 
     def _get_sql(self, tenant_id: str, session_id: str) -> StoredState | None:
-        with self.db.read() as s:
-            row = s.scalar(
-                select(SessionState).where(
-                    SessionState.session_id == session_id, SessionState.tenant_id == tenant_id
-                )
-            )
-            if row is None:
-                exists = s.scalar(
-                    select(ChatSession.id).where(
-                        ChatSession.id == session_id, ChatSession.tenant_id == tenant_id
-                    )
-                )
-                if exists is None:
-                    raise NotFound(f"session {session_id} not found")
-                return None
-            state = StoredState(
-                session_id,
-                row.version,
-                bytes(row.blob),
-                row.checksum,
-                row.fingerprint,
-                row.position,
-            )
-        if checksum(state.blob) != state.checksum:
-            self.metrics.corrupt_blobs.labels("sql").inc()
-            raise CorruptStateError(session_id, "sql")
-        return state
+        for head, got in read_rows(self.db, tenant_id, session_id):
+            if head is None:
+                return None  # the session has no state yet
+            if got is not None:
+                return self._decode_sql(session_id, got, head)
+        raise CorruptStateError(session_id, "sql")  # chunks never complete: not a race
 
-    def _put_hot(self, tenant_id: str, state: StoredState) -> None:
+    def _decode_sql(self, session_id: str, frames: list[bytes], head: RowHead) -> StoredState:
+        digest, codec = head.checksum, head.codec
         try:
-            self.cache.put(
-                self._key(tenant_id, state.session_id),
-                encode_hot(state),
-                state.version,
-                self.ttl_s,
-            )
+            if not verify(frames, digest):
+                raise ValueError("checksum mismatch")
+            blob = decode(frames, codec, self.codec.threads)
+        except ValueError as exc:
+            log.error("session %s: stored state is corrupt (%s)", session_id, exc)
+            self.metrics.corrupt_blobs.labels("sql").inc()
+            raise CorruptStateError(session_id, "sql") from exc
+        enc = Encoded(frames, codec or dict(RAW_CODEC, n=len(blob)), digest, blob)
+        return StoredState(
+            session_id,
+            head.version,
+            blob,
+            digest,
+            head.fingerprint,
+            head.position,
+            codec=describe(codec),
+            stored_size=enc.stored_size,
+            encoded=enc,
+        )
+
+    def _put_hot(self, tenant_id: str, state: StoredState, staged: bool = False) -> None:
+        key = self._key(tenant_id, state.session_id)
+        parts = encode_hot(state)
+        try:
+            if isinstance(self.cache, RedisCache):
+                self.cache.put(key, parts, state.version, self.ttl_s, staged=staged)
+            else:
+                self.cache.put(key, parts, state.version, self.ttl_s)
         except CacheUnavailable as exc:
             self._fallback("put", exc)
             with self._lock:  # an older hot copy may survive the outage: delete it later
-                self._pending_deletes.add(self._key(tenant_id, state.session_id))
+                self._pending_deletes.add(key)
 
     def _invalidate(self, tenant_id: str, session_id: str) -> None:
         key = self._key(tenant_id, session_id)
+        pending = self._refills.get(key)
+        if pending is not None:  # a refill landing after the delete would undo it
+            wait([pending])
         if self.local is not None:
             self.local.drop(key)
         try:
@@ -414,3 +454,7 @@ class StateStore:
     def _fallback(self, op: str, exc: Exception) -> None:
         log.warning("hot cache %s failed (%s); using SQL", op, exc)
         self.metrics.cache_fallbacks.labels(op).inc()
+
+    def close(self) -> None:
+        """Stop the staging thread."""
+        self._stager.shutdown(wait=True)

@@ -188,3 +188,90 @@ def _row(table: str, i: int) -> dict:
         created_at=now,
         used_at=now,
     )
+
+
+def test_large_states_migration_keeps_old_rows_and_downgrades_cleanly(empty_url: str) -> None:
+    """0001 rows (SHA-256, raw blobs) are read after 0002_large_states; a downgrade gives
+    raw rows their SHA-256 back and drops the states 0001 could not read (chunked)."""
+    import hashlib
+
+    import torch
+
+    from retnet_core.state import RecurrentState
+    from storage import Storage
+    from storage.config import StateConfig
+    from storage.snapshots import chain_hash
+    from storage.state_codec import CodecConfig
+
+    migrate.upgrade(empty_url, "0001")
+    old = b"a state written by 0001" * 50
+    engine = create_engine(normalize_url(empty_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Tenant).values(id="t1", name="t", created_at=utcnow()))
+            for sid in ("s1", "s2"):
+                conn.execute(
+                    insert(ChatSession).values(
+                        id=sid,
+                        tenant_id="t1",
+                        title="",
+                        meta={},
+                        version=0,
+                        created_at=utcnow(),
+                        updated_at=utcnow(),
+                    )
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO session_states (session_id, tenant_id, version, blob, checksum, "
+                    "fingerprint, position, size, updated_at) VALUES ('s1', 't1', 0, :b, :c, 'fp', "
+                    "5, :n, :now)"
+                ),
+                {"b": old, "c": hashlib.sha256(old).hexdigest(), "n": len(old), "now": utcnow()},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO state_snapshots (tenant_id, fingerprint, start_hash, "
+                    "chain_hash, passage_ids, blob, checksum, position, created_at, used_at) "
+                    "VALUES ('t1', 'fp', 's', :h, '[1]', :b, :c, 3, :now, :now)"
+                ),
+                {
+                    "h": chain_hash([1]),
+                    "b": old,
+                    "c": hashlib.sha256(old).hexdigest(),
+                    "now": utcnow(),
+                },
+            )
+        migrate.upgrade(empty_url)
+        cfg = StateConfig(codec=CodecConfig(min_bytes=2**18, frame_bytes=2**16))
+        st = Storage.from_urls(empty_url, state_config=cfg)
+        try:
+            got = st.states.load("t1", "s1")
+            assert got is not None and got.blob == old and got.position == 5
+            meta = st.states.meta("t1", "s1")
+            assert meta is not None and meta.stored_size == meta.size == len(old)
+            assert st.snapshots.get("t1", "fp", "s", [1]).blob == old  # type: ignore[union-attr]
+            assert st.snapshots.stored_bytes("t1") == len(old)
+            g = torch.Generator().manual_seed(0)
+            big = RecurrentState(
+                [torch.randn(1, 4, 64, 128, generator=g) for _ in range(4)],
+                None,
+                torch.tensor([1]),
+                "fp",
+            ).to_bytes()
+            st.states.save("t1", "s2", big, fingerprint="fp", position=1, expected_version=0)
+            st.states.save("t1", "s1", b"new raw", fingerprint="fp", position=6, expected_version=0)
+            st.snapshots.put("t1", "fp", "s", [2], big, 4)
+        finally:
+            st.close()
+        migrate.downgrade(empty_url, "0001")
+        assert "state_chunks" not in tables(empty_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT session_id, blob, checksum FROM session_states"))
+            assert [(r[0], bytes(r[1]), r[2]) for r in rows] == [
+                ("s1", b"new raw", hashlib.sha256(b"new raw").hexdigest())
+            ]
+            snaps = conn.execute(text("SELECT chain_hash, checksum FROM state_snapshots")).all()
+            assert len(snaps) == 1 and snaps[0][1] == hashlib.sha256(old).hexdigest()
+    finally:
+        engine.dispose()
