@@ -1,23 +1,25 @@
-"""The inference engine: one scheduler thread owns the model and batches decode steps.
+"""The inference engine: one model thread runs prefills and batched decode steps.
 
-Continuous batching: every loop iteration the scheduler
+The queue holds plain requests (:mod:`memsvc.engine.requests`): token ids, states,
+bank views and sampling parameters, never functions. Every loop iteration the
+scheduler
 
-1. runs the work that arrived since the last step (prefills of new turns, debug probes,
-   memory writes), each a function executed on this thread, so the model never sees
-   two callers at once;
-2. feeds the prompts of every turn that became ready in step 1 as ONE batched prefill
-   (a function may return a :class:`PromptPrefill` instead of a finished DecodeJob:
-   right-padded rows with their lengths, stacked states; see
-   ``ModelRuntime.prefill_rows``), samples each turn's first token from its row's
-   logits and emits it at once, so time-to-first-token does not grow with the number of
-   turns prefilled one after another;
-3. advances every active turn by one token in as few ``model.step`` calls as possible:
-   turns are grouped by their memory bank (same bank → one batched step), states are
-   stacked to (B, ...), stepped, and unbound again.
+1. takes the requests that arrived since the last step. A request whose prefill is
+   one plain prompt (no memory read, no capture) waits for step 2; any other prefill
+   runs at once (its segments in order, reading the banks and capturing hidden states
+   where a segment says so);
+2. feeds the plain prompts of this round as ONE batched prefill (right-padded rows
+   with their lengths, stacked states; see ``ModelRuntime.prefill_rows``);
+3. answers each request with its :class:`PrefillResult`; a :class:`GenerateRequest`
+   then samples its first token at once (time-to-first-token does not grow with the
+   number of prompts prefilled one after another) and joins the decode batch;
+4. advances every decoding turn by one token in as few ``model.step`` calls as
+   possible: turns are grouped by the banks they read (same group → one batched
+   step), states are stacked to (B, ...), stepped, and unbound again.
 
-Turns join after their prefill and leave as soon as their closing ``<|end|>`` has been
-fed (so the state they hand back ends on a turn boundary). Events (text deltas, the
-final state) are pushed to the request's asyncio loop thread-safely.
+Turns leave as soon as their closing ``<|end|>`` has been fed (so the state they hand
+back ends on a turn boundary). Nothing here does I/O: loading states and banks and
+committing a turn happen before and after, on the thread pool.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,48 +36,35 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from memsvc.engine.requests import (
+    DoneEvent,
+    ErrorEvent,
+    EventSink,
+    GenerateRequest,
+    PrefillRequest,
+    PrefillResult,
+    Request,
+    TokenEvent,
+)
 from memsvc.engine.runtime import ModelRuntime
 from memsvc.metrics import Metrics
 from retnet_core.sampling import SamplingParams, sample
 
 log = logging.getLogger("memsvc.engine.scheduler")
 
-
-@dataclass
-class TokenEvent:
-    """New text of the reply (never text that a stop sequence will cut away)."""
-
-    text: str
-
-
-@dataclass
-class DoneEvent:
-    """The turn's decode is over: its final state ends right after ``<|end|>``."""
-
-    finish_reason: str  # "stop" | "length" | "stop_sequence"
-    text: str
-    token_ids: list[int]
-    state: Any
-    ttft_s: float | None
-
-
-@dataclass
-class ErrorEvent:
-    """Decoding failed; nothing of this turn was persisted."""
-
-    error: BaseException
+__all__ = ["DecodeJob", "DoneEvent", "ErrorEvent", "Scheduler", "TokenEvent"]
 
 
 @dataclass
 class DecodeJob:
-    """One turn in the decode batch. Built by a prefill on the scheduler thread."""
+    """One turn in the decode batch, built from a GenerateRequest after its prefill."""
 
     state: Any
-    logits: Tensor  # (V,) next-token logits after the prefill
+    logits: Tensor  # (V,) next-token logits
     params: SamplingParams
     max_new: int
     stops: list[str]
-    emit: Callable[[object], None]
+    sink: EventSink
     group: str = ""  # turns with equal group share one batched step (same memory banks)
     memory: Any = None  # layer index -> slot bank, read during every step
     generated: list[int] = field(default_factory=list)
@@ -91,19 +79,6 @@ class DecodeJob:
     pending: int | None = None  # sampled right after the prefill, fed by the next step
 
 
-@dataclass
-class PromptPrefill:
-    """A turn whose last prompt (``ids`` after ``state``, None: new session) can be fed
-    batched with other turns' prompts (no memory read, no capture, no boundaries).
-
-    ``finish`` builds the turn's DecodeJob from its row's :class:`Prefilled`.
-    """
-
-    ids: list[int]
-    state: Any
-    finish: Callable[[Any], DecodeJob]
-
-
 class Scheduler:
     """Owns the model thread; see the module docstring."""
 
@@ -111,9 +86,9 @@ class Scheduler:
         self.runtime = runtime
         self.metrics = metrics
         self.max_batch = max_batch
-        self._work: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+        self._work: queue.Queue[tuple[Request | None, Future]] = queue.Queue()
         self._active: list[DecodeJob] = []
-        self._ready: list[tuple[PromptPrefill, Future]] = []  # prompts of this round
+        self._ready: list[tuple[Request, Future]] = []  # plain prompts of this round
         self.prefill_batches: list[int] = []  # rows of each batched prefill (recent)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memsvc-scheduler", daemon=True)
@@ -124,7 +99,7 @@ class Scheduler:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self._work.put((lambda: None, Future()))
+        self._work.put((None, Future()))
         self._thread.join(timeout)
 
     @property
@@ -132,15 +107,17 @@ class Scheduler:
         return self._thread.is_alive()
 
     # ------------------------------------------------------------------ API
-    def submit(self, fn: Callable[[], Any]) -> Future:
-        """Run ``fn()`` on the scheduler thread; a DecodeJob result joins the batch."""
+    def submit(self, request: Request) -> Future:
+        """Queue a request; the future resolves to its :class:`PrefillResult`."""
+        if not isinstance(request, PrefillRequest | GenerateRequest):
+            raise TypeError(f"the scheduler takes plain requests, not {type(request).__name__}")
         fut: Future = Future()
-        self._work.put((fn, fut))
+        self._work.put((request, fut))
         return fut
 
-    async def call(self, fn: Callable[[], Any]) -> Any:
-        """Await ``fn()`` run on the scheduler thread (for model work outside decoding)."""
-        return await asyncio.wrap_future(self.submit(fn))
+    async def run(self, request: Request) -> PrefillResult:
+        """Await a request's prefill result (a GenerateRequest goes on decoding)."""
+        return await asyncio.wrap_future(self.submit(request))
 
     # ------------------------------------------------------------------ loop
     def _run(self) -> None:
@@ -154,17 +131,17 @@ class Scheduler:
                 except Exception as exc:  # a failed step fails its turns, never the thread
                     log.exception("decode step failed")
                     for job in self._active:
-                        job.emit(ErrorEvent(exc))
+                        job.sink.put(ErrorEvent(exc))
                     self._active.clear()
 
     def _drain_work(self, block: bool) -> None:
-        """Run every queued function; block for the first one when nothing is decoding."""
+        """Take every queued request; block for the first one when nothing is decoding."""
         try:
             item = self._work.get(timeout=0.5) if block else self._work.get_nowait()
         except queue.Empty:
             return
         while True:
-            self._run_one(*item)
+            self._take(*item)
             if len(self._active) + len(self._ready) >= self.max_batch:
                 return
             try:
@@ -172,43 +149,84 @@ class Scheduler:
             except queue.Empty:
                 return
 
-    def _run_one(self, fn: Callable[[], Any], fut: Future) -> None:
-        if not fut.set_running_or_notify_cancel():
+    @staticmethod
+    def _prefill_of(request: Request) -> PrefillRequest:
+        return request.prefill if isinstance(request, GenerateRequest) else request
+
+    def _take(self, request: Request | None, fut: Future) -> None:
+        """Plain prompts wait for the round's batched prefill; other prefills run now."""
+        if request is None or not fut.set_running_or_notify_cancel():
+            return
+        if self._prefill_of(request).batchable:
+            self._ready.append((request, fut))
             return
         try:
-            result = fn()
+            result = self._prefill(self._prefill_of(request))
         except BaseException as exc:
             fut.set_exception(exc)
             return
-        if isinstance(result, PromptPrefill):
-            self._ready.append((result, fut))  # answered by _prefill_ready
-            return
-        if isinstance(result, DecodeJob):
-            result.generator = result.params.generator()
-            self._active.append(result)
+        self._answer(request, fut, result)
+
+    def _prefill(self, req: PrefillRequest) -> PrefillResult:
+        """Feed the segments in order (one model call each); see :class:`Segment`."""
+        result = PrefillResult(logits=None, state=req.state)
+        for seg in req.segments:
+            capture: dict | None = {} if seg.capture else None
+            memory = req.memory if seg.read_memory else None
+            out = self.runtime.prefill(seg.ids, result.state, list(seg.cuts), memory, capture)
+            result.state, result.logits = out.state, out.logits
+            if seg.keep:
+                result.kept.append(out.state)
+            if capture is not None:
+                result.capture = capture
+        return result
+
+    def _answer(self, request: Request, fut: Future, result: PrefillResult) -> None:
+        """Resolve the future; a generate request samples its first token and joins."""
+        if isinstance(request, GenerateRequest):
+            try:
+                job = self._job(request, result)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                return
+            self._active.append(job)
         fut.set_result(result)
+
+    def _job(self, request: GenerateRequest, result: PrefillResult) -> DecodeJob:
+        logits = result.logits if request.prefill.segments else request.logits
+        if logits is None:
+            raise ValueError("a generate request without segments needs its logits")
+        job = DecodeJob(
+            state=result.state,
+            logits=logits,
+            params=request.params,
+            max_new=request.max_new,
+            stops=list(request.stops),
+            sink=request.sink,
+            group=request.group,
+            memory=request.prefill.memory,
+            started=request.started,
+        )
+        job.generator = job.params.generator()
+        job.pending = self._next_input(job)  # first token now, not after a step
+        return job
 
     def _prefill_ready(self) -> None:
         """One batched prefill of every ready prompt; first tokens are sampled and sent."""
         ready, self._ready = self._ready, []
+        prefills = [self._prefill_of(r) for r, _ in ready]
         try:
-            outs = self.runtime.prefill_rows([p.ids for p, _ in ready], [p.state for p, _ in ready])
+            outs = self.runtime.prefill_rows(
+                [p.segments[0].ids for p in prefills], [p.state for p in prefills]
+            )
         except BaseException as exc:  # the turns fail, the thread goes on
             log.exception("batched prefill failed")
             for _, fut in ready:
                 fut.set_exception(exc)
             return
         self.prefill_batches = [*self.prefill_batches[-999:], len(ready)]
-        for (prompt, fut), out in zip(ready, outs, strict=True):
-            try:
-                job = prompt.finish(out)
-                job.generator = job.params.generator()
-                job.pending = self._next_input(job)  # first token now, not after a step
-            except BaseException as exc:
-                fut.set_exception(exc)
-                continue
-            self._active.append(job)
-            fut.set_result(job)
+        for (request, fut), out in zip(ready, outs, strict=True):
+            self._answer(request, fut, PrefillResult(logits=out.logits, state=out.state))
 
     def _step_all(self) -> None:
         """Advance every active turn by one token; finished turns leave the batch."""
@@ -290,7 +308,7 @@ class Scheduler:
             hold = max((len(s) - 1 for s in job.stops), default=0)
             safe = max(job.emitted, safe - hold)
         if safe > job.emitted:
-            job.emit(TokenEvent(text[job.emitted : safe]))
+            job.sink.put(TokenEvent(text[job.emitted : safe]))
             job.emitted = safe
 
     def _finish(self, job: DecodeJob) -> None:
@@ -298,16 +316,7 @@ class Scheduler:
         job.finish, job.done = job.finish or "stop", True
         text = job.text.rstrip("\ufffd") if job.finish != "stop_sequence" else job.text
         if len(text) > job.emitted:
-            job.emit(TokenEvent(text[job.emitted :]))
+            job.sink.put(TokenEvent(text[job.emitted :]))
             job.emitted = len(text)
         ttft = None if job.first_token_at is None else job.first_token_at - job.started
-        job.emit(DoneEvent(job.finish, text, list(job.generated), job.state, ttft))
-
-
-def async_emitter(loop: asyncio.AbstractEventLoop, q: asyncio.Queue) -> Callable[[object], None]:
-    """An ``emit`` callable that hands events from the scheduler thread to ``q`` on ``loop``."""
-
-    def emit(event: object) -> None:
-        loop.call_soon_threadsafe(q.put_nowait, event)
-
-    return emit
+        job.sink.put(DoneEvent(job.finish, text, list(job.generated), job.state, ttft))

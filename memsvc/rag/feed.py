@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from memsvc.engine.requests import Segment
+
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?…])[\"')\]]*\s+(?=\S)")
 _MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
@@ -218,30 +220,51 @@ class FedPassage:
     snapshot_hit: bool
 
 
-@dataclass(frozen=True)
-class FeedResult:
-    state: Any
-    fed: list[FedPassage]
-    tokens_fed: int  # tokens actually run through the model (misses only)
+@dataclass
+class FeedPlan:
+    """What a passage feed needs from storage, looked up before the model runs.
+
+    ``start_at`` passages come from the cached snapshot ``cached`` (bytes, None when no
+    prefix was cached); ``segments`` are the rest, each fed on its own chunk boundary
+    with its state kept (it becomes the next snapshot).
+    """
+
+    tenant_id: str
+    start_hash: str
+    passages: list[RetrievedPassage]
+    rendered: list[list[int]]
+    start_at: int
+    cached: bytes | None
+
+    @property
+    def segments(self) -> list[Segment]:
+        return [Segment(ids, keep=True) for ids in self.rendered[self.start_at :]]
+
+    def fed(self) -> list[FedPassage]:
+        """Every passage with its tokens, end offset and whether its snapshot was a hit."""
+        out, offset = [], 0
+        for i, (p, ids) in enumerate(zip(self.passages, self.rendered, strict=True)):
+            offset += len(ids)
+            out.append(FedPassage(p, len(ids), offset, i < self.start_at))
+        return out
 
 
 class PassageFeeder:
-    """Feed passages after a start state, reusing cached snapshots (scheduler thread)."""
+    """Passages as prefill segments, reusing cached snapshots.
+
+    :meth:`plan` (thread pool: the snapshot look-up may read storage) finds the longest
+    cached prefix of the chain; the engine feeds the remaining passages, each ending on a
+    chunk boundary; :meth:`store` (thread pool) saves the state after each as a snapshot.
+    """
 
     def __init__(self, runtime: Any, cache: SnapshotCache, on_lookup: Callable[[bool], None]):
         self.runtime = runtime
         self.cache = cache
         self.on_lookup = on_lookup
 
-    def feed(
-        self, tenant_id: str, state: Any, start_hash: str, passages: Sequence[RetrievedPassage]
-    ) -> FeedResult:
-        """Feed each passage as its own chunk; the state after each is a cached snapshot.
-
-        The longest cached prefix of the chain is loaded instead of recomputed; every
-        passage after it is fed through chunkwise prefill ending on a boundary at the
-        passage's last token, and its snapshot stored.
-        """
+    def plan(
+        self, tenant_id: str, start_hash: str, passages: Sequence[RetrievedPassage]
+    ) -> FeedPlan:
         rt = self.runtime
         tok = rt.tokenizer
         rendered = [tok.render_turn({"role": "passage", "content": p.text}) for p in passages]
@@ -252,21 +275,17 @@ class PassageFeeder:
             if cached is not None:
                 start_at = n
                 break
-        if cached is not None:
-            state = rt.state_from_bytes(cached)
-        fed: list[FedPassage] = []
-        offset = tokens_fed = 0
-        for i, (p, ids) in enumerate(zip(passages, rendered, strict=True)):
-            hit = i < start_at
-            self.on_lookup(hit)
-            if not hit:
-                state = rt.prefill(ids, state, [len(ids)]).state
-                position = int(state.position.reshape(-1)[0])
-                blob = rt.state_to_bytes(state)
-                self.cache.put(
-                    tenant_id, rt.fingerprint, start_hash, chain[: i + 1], blob, position
-                )
-                tokens_fed += len(ids)
-            offset += len(ids)
-            fed.append(FedPassage(p, len(ids), offset, hit))
-        return FeedResult(state=state, fed=fed, tokens_fed=tokens_fed)
+        for i in range(len(chain)):
+            self.on_lookup(i < start_at)
+        return FeedPlan(tenant_id, start_hash, list(passages), rendered, start_at, cached)
+
+    def store(self, plan: FeedPlan, kept: Sequence[Any]) -> None:
+        """Save the state after each newly fed passage as the snapshot of its chain."""
+        rt = self.runtime
+        chain = [p.passage_id for p in plan.passages]
+        for i, state in enumerate(kept, start=plan.start_at):
+            position = int(state.position.reshape(-1)[0])
+            blob = rt.state_to_bytes(state)
+            self.cache.put(
+                plan.tenant_id, rt.fingerprint, plan.start_hash, chain[: i + 1], blob, position
+            )

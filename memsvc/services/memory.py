@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from memsvc.engine.requests import PrefillRequest, Segment
 from memsvc.errors import Unprocessable
 from memsvc.records import FeedbackIn, FeedbackOut
 from memsvc.services.forget import ForgetRequest
@@ -113,7 +114,8 @@ class MemoryManager:
 
     # ------------------------------------------------------------------ writes
     def _write(self, banks, hidden, span, provenance, feedback=None) -> list[str]:
-        """Scheduler thread: write one span into every memory layer's bank."""
+        """Thread pool, after the engine's prefill: one span into every memory layer's bank
+        (the layer's write gate: pure tensor functions of its weights, no model state)."""
         from retnet_core.layers import EMBEDS, TOKENS
         from retnet_core.memory import Feedback
 
@@ -130,7 +132,7 @@ class MemoryManager:
         return written
 
     def write_turn(self, views, capture: TurnCapture | None, session_id: str, text: str) -> int:
-        """Scheduler thread, tensors only: the user message's span into the turn's views.
+        """Thread pool, tensors only: the user message's span into the turn's views.
 
         The slots are written to SQL by the turn's commit, where their provenance gets
         the id of the user message committed with them. Returns slots written.
@@ -146,12 +148,13 @@ class MemoryManager:
         )
         return len(self._write(views, capture.hidden, (s, e), prov))
 
-    def _encode(self, text: str) -> tuple[dict[int, Any], tuple[int, int]]:
-        """Scheduler thread: hidden states of ``text`` fed as a user turn from no state."""
-        ids = self.runtime.tokenizer.render_turn({"role": "user", "content": text})
-        capture: dict[int, Any] = {}
-        self.runtime.prefill(ids, None, [], capture=capture)
-        return capture, (1, len(ids) - 1)
+    async def _encode(
+        self, text: str, role: str = "user"
+    ) -> tuple[dict[int, Any], tuple[int, int]]:
+        """Hidden states of ``text`` fed as a ``role`` turn from no state (the engine)."""
+        ids = self.runtime.tokenizer.render_turn({"role": role, "content": text})
+        result = await self.scheduler.run(PrefillRequest([Segment(ids, capture=True)]))
+        return result.capture, (1, len(ids) - 1)
 
     # ------------------------------------------------------------------ feedback
     async def feedback(self, tenant_id: str, session_id: str, body: FeedbackIn) -> FeedbackOut:
@@ -183,11 +186,12 @@ class MemoryManager:
             text=text,
         )
 
-        def write() -> list[list[str]]:  # scheduler thread: tensors into the views only
-            hidden, span = self._encode(text)
+        hidden, span = await self._encode(text)
+
+        def write() -> list[list[str]]:  # thread pool: tensors into the views only
             return [self._write({n: v}, hidden, span, prov, feedback) for n, v in views.items()]
 
-        per_layer = await self.scheduler.call(write)
+        per_layer = await run_in_threadpool(write)
         changes = [v.changes() for v in views.values()]
         stored = await run_in_threadpool(self.store.commit_slots, changes)
         ids = [  # the views' ids of new slots become the stored ones
@@ -198,29 +202,36 @@ class MemoryManager:
         return FeedbackOut(kind=body.kind, applied=bool(ids), slots_written=ids)
 
     # ------------------------------------------------------------------ passages
-    def passage_reads(self, banks: dict[int, Any] | None, passages: list[str]) -> dict[int, Any]:
-        """Scheduler thread: what this turn reads: the banks plus the fed passages.
+    async def passage_reads(
+        self, banks: dict[int, Any] | None, passages: list[str]
+    ) -> dict[int, Any]:
+        """What this turn reads: the banks plus the fed passages.
 
         A copying model answers from a passage by reading it from memory (it was
-        trained so: ``document`` dialogues), so each passage is written as token slots
-        into a turn-local bank, read through beside the session's persistent bank
-        (``retnet_core.slots.ReadThrough``); nothing of it is stored.
+        trained so: ``document`` dialogues), so each passage is encoded (the engine
+        prefills it from no state, capturing the memory layers' inputs) and written as
+        token slots (thread pool) into a turn-local bank, read through beside the
+        session's persistent bank (``retnet_core.slots.ReadThrough``); nothing of it
+        is stored.
         """
+        from retnet_core.slots import ReadThrough
+
+        encoded = [await self._encode(text, "passage") for text in passages]
+        extra = await run_in_threadpool(self._passage_bank, encoded)
+        return {layer: ReadThrough((banks or {}).get(layer), extra[layer]) for layer in extra}
+
+    def _passage_bank(self, encoded: list[tuple[dict[int, Any], tuple[int, int]]]) -> dict:
+        """Thread pool: a turn-local exact bank per memory layer holding the passages."""
         from retnet_core.layers import EMBEDS, TOKENS
-        from retnet_core.slots import ExactSlotStore, ReadThrough
+        from retnet_core.slots import ExactSlotStore
 
         d_key, d_value, _ = self.dims
         extra = {layer: ExactSlotStore(d_key, d_value) for layer in self.layers}
-        tok = self.runtime.tokenizer
-        for text in passages:
-            ids = tok.render_turn({"role": "passage", "content": text})
-            hidden: dict[int, Any] = {}
-            self.runtime.prefill(ids, None, [], capture=hidden)
+        for hidden, span in encoded:
             for layer, bank in extra.items():
                 mem = self.runtime.model.blocks[layer].memory
-                span = [(1, len(ids) - 1)]
-                mem.write(bank, hidden[layer], span, embeds=hidden[EMBEDS], tokens=hidden[TOKENS])
-        return {layer: ReadThrough((banks or {}).get(layer), extra[layer]) for layer in extra}
+                mem.write(bank, hidden[layer], [span], embeds=hidden[EMBEDS], tokens=hidden[TOKENS])
+        return extra
 
     @property
     def reads_passages(self) -> bool:
@@ -231,7 +242,7 @@ class MemoryManager:
     def forget_request(
         self, banks, request: ForgetRequest, hidden: dict[int, Any], position: int
     ) -> list[str]:
-        """Scheduler thread: remove what a forget request said in chat names.
+        """Thread pool, tensors only: remove what a forget request said in chat names.
 
         ``topic``: the slot that the request's token at ``position`` (its ``<|end|>``)
         reads most, if it takes at least ``FORGET_MIN_ATTENTION`` of the read (the model

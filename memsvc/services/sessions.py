@@ -7,6 +7,7 @@ unknown id and another tenant's id both end as 404.
 from __future__ import annotations
 
 from memsvc.config import Settings
+from memsvc.engine.requests import PrefillRequest, Segment
 from memsvc.engine.runtime import ModelRuntime, logits_digest
 from memsvc.engine.scheduler import Scheduler
 from memsvc.errors import NotFound, TooLarge
@@ -105,12 +106,9 @@ class SessionManager:
         if loaded.data is None:
             raise NotFound(f"session {session_id} has no state yet (no turn was taken)")
         rt = self.runtime
-
-        def probe():
-            state = rt.state_from_bytes(loaded.data)
-            return rt.prefill(rt.tokenizer.generation_prompt(), state, []).logits
-
-        logits = await self.scheduler.call(probe)
+        state = await run_in_threadpool(rt.state_from_bytes, loaded.data)
+        probe = Segment(rt.tokenizer.generation_prompt(), alone=True)
+        logits = (await self.scheduler.run(PrefillRequest([probe], state))).logits
         values, ids = logits.topk(min(top, logits.numel()))
         return LogitsOut(
             session_id=session.id,

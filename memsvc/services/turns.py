@@ -5,10 +5,12 @@
 1. checks the request against the limits (413) and the session's ownership (404);
 2. answers from the idempotency key when this exact turn was already committed;
 3. takes the session's lock (busy → 409, or waits ``lock_wait_s``);
-4. loads the state (Redis → SQL) and, on the scheduler thread, feeds retrieved
-   passages (cached snapshots), the user turn and ``<|assistant|>``;
-5. joins the decode batch and streams text events;
-6. computes the memory write into the turn's bank views (model thread, tensors only),
+4. loads, on the thread pool, the state (Redis → SQL; a new session starts from its
+   system prompt's shared state), the bank views and cached passage snapshots;
+5. hands the engine plain data (a :class:`GenerateRequest`: the user turn and
+   ``<|assistant|>`` to prefill, the state, the views, sampling parameters); the model
+   thread prefills, joins the decode batch and streams text events;
+6. computes the memory write into the turn's bank views (thread pool, tensors only),
    then commits the two messages, the new state (compare-and-set on the version) and
    the views' new, removed and read slots in one transaction, and only then reports
    completion.
@@ -27,22 +29,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memsvc.config import Settings
-from memsvc.engine.runtime import ModelRuntime, Prefilled
-from memsvc.engine.scheduler import (
-    DecodeJob,
+from memsvc.engine.requests import (
+    AsyncSink,
     DoneEvent,
     ErrorEvent,
-    PromptPrefill,
-    Scheduler,
+    GenerateRequest,
+    PrefillRequest,
+    Segment,
     TokenEvent,
-    async_emitter,
 )
+from memsvc.engine.runtime import ModelRuntime
+from memsvc.engine.scheduler import Scheduler
 from memsvc.errors import BadRequest, Conflict, SessionBusy, TooLarge, Unavailable
 from memsvc.metrics import Metrics
 from memsvc.rag.feed import PassageFeeder, RetrievedPassage
 from memsvc.records import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
 from memsvc.services.forget import parse_forget
 from memsvc.services.memory import TurnCapture
+from memsvc.services.system_prompts import SystemPromptCache
 from memsvc.store import Busy, LoadedState, SessionRec, Store, TurnCommit
 from memsvc.threads import run_in_threadpool
 
@@ -62,6 +66,8 @@ class Prepared:
     banks: Any = None  # memory-layer index -> slot bank read by this turn
     capture: Any = None  # memsvc.memory.TurnCapture for the end-of-turn write
     forgotten: list[str] = field(default_factory=list)  # slots a forget request removed
+    offset: int = 0  # session position where the user turn starts
+    user_end: int = 0  # the user turn's ``<|end|>`` within the prompt
 
 
 @dataclass
@@ -86,6 +92,7 @@ class TurnManager:
         retriever: Any,
         memory: Any,
         metrics: Metrics,
+        system_prompts: SystemPromptCache | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -95,6 +102,7 @@ class TurnManager:
         self.retriever = retriever
         self.memory = memory
         self.metrics = metrics
+        self.system_prompts = system_prompts or SystemPromptCache(runtime, scheduler)
 
     # ------------------------------------------------------------------ checks
     def check_limits(self, req: MessageCreate) -> int:
@@ -185,20 +193,30 @@ class TurnManager:
         prep = Prepared()
         if req.use_memory and self.memory is not None and self.memory.enabled:
             prep.banks = await run_in_threadpool(self.memory.views, session)
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        emit = async_emitter(loop, events)
-
-        def prefill() -> DecodeJob | PromptPrefill:
-            return self._prefill(session, loaded, passages, req, max_new, emit, prep, accepted)
-
-        await self.scheduler.call(prefill)
+        gen = await self._request(session, loaded, passages, req, max_new, prep, events)
+        gen.started = accepted
+        request = parse_forget(req.content) if prep.banks else None
+        if request is None:
+            result = await self.scheduler.run(gen)
+        else:  # the forget removes slots before the reply decodes; it is not itself a memory
+            result = await self.scheduler.run(gen.prefill)
+            prep.forgotten = await run_in_threadpool(
+                self.memory.forget_request, prep.banks, request, result.capture, prep.user_end
+            )
+            gen.prefill = PrefillRequest([], result.state, gen.prefill.memory)
+            gen.logits = result.logits
+            await self.scheduler.run(gen)
+        if prep.banks and request is None:
+            prep.capture = TurnCapture(
+                hidden=result.capture, span=(1, prep.user_end), offset=prep.offset
+            )
         done = await self._relay(events, turn.queue)
 
-        def finish() -> tuple[bytes, int]:  # scheduler thread: tensors only
+        def finish() -> tuple[bytes, int]:  # thread pool: tensors into the views, no model
             return self.runtime.state_to_bytes(done.state), self._write_memory(prep, session, req)
 
-        state_bytes, writes = await self.scheduler.call(finish)
+        state_bytes, writes = await run_in_threadpool(finish)
         banks = prep.banks.values() if prep.banks else ()
         commit = TurnCommit(
             tenant_id=session.tenant_id,
@@ -238,7 +256,7 @@ class TurnManager:
         )
 
     def _write_memory(self, prep: Prepared, session: SessionRec, req: MessageCreate) -> int:
-        """Scheduler thread: the user message's slots into the turn's bank views (tensors
+        """Thread pool: the user message's slots into the turn's bank views (tensors
         only; the commit writes them). A failure only logs: the reply still commits."""
         if not prep.banks:
             return 0
@@ -263,50 +281,38 @@ class TurnManager:
             self.settings.rag_threshold,
         )
 
-    def _prefill(
-        self, session, loaded, passages, req, max_new, emit, prep, accepted
-    ) -> DecodeJob | PromptPrefill:
-        """Scheduler thread: passages (snapshots), then the user turn and ``<|assistant|>``.
+    async def _request(
+        self, session, loaded, passages, req, max_new, prep, events
+    ) -> GenerateRequest:
+        """The turn as plain data: the state after the system prompt (shared, cached) and
+        the passages (cached snapshots; misses fed here), then the user turn and
+        ``<|assistant|>`` to prefill and decode.
 
-        Without memory banks the last prompt is handed back as a :class:`PromptPrefill`:
-        the scheduler feeds it batched with the other turns that are ready in the same
-        round. With banks (read by the prompt, captured for the write) it is fed here.
-        A copying model also reads the fed passages from a turn-local bank.
+        Without memory the prompt is plain: the scheduler feeds it batched with the other
+        turns ready in the same round. With banks it reads them and its hidden states
+        are captured for the memory write. A copying model also reads the fed passages
+        from a turn-local bank.
         """
         tok = self.runtime.tokenizer
         # empty banks read exactly zero: such turns decode with memory=None, so they can
         # share batched steps with every other session (a bank is per tenant and scope)
         reads = prep.banks if prep.banks and any(len(b) for b in prep.banks.values()) else None
-        state = self.runtime.state_from_bytes(loaded.data) if loaded.data else None
-        head: list[int] = []
-        if state is None and session.system_prompt:
-            head = tok.render_turn({"role": "system", "content": session.system_prompt})
-        if head:
-            state = self.runtime.prefill(head, None, [len(head)], memory=reads).state
-        start_hash = self.runtime.state_hash(loaded.data or self._head_bytes(state))
-        fed = self.feeder.feed(session.tenant_id, state, start_hash, passages) if passages else None
-        if fed is not None:
-            state = fed.state
-            prep.passage_tokens = sum(f.tokens for f in fed.fed)
-            prep.snapshot_hits = sum(f.snapshot_hit for f in fed.fed)
-            prep.snapshot_misses = len(fed.fed) - prep.snapshot_hits
-            prep.passages = [
-                PassageRef(
-                    passage_id=f.passage.passage_id,
-                    document_id=f.passage.document_id,
-                    score=f.passage.score,
-                    tokens=f.tokens,
-                    boundary=f.boundary,
-                    snapshot_hit=f.snapshot_hit,
-                )
-                for f in fed.fed
-            ]
-        if fed is not None and self.memory is not None and self.memory.reads_passages:
-            reads = self.memory.passage_reads(reads, [f.passage.text for f in fed.fed])
+        data, head = loaded.data, 0
+        if data is None and session.system_prompt:
+            system = await self.system_prompts.get(session.tenant_id, session.system_prompt)
+            data, head = system.data, system.tokens
+        state = await run_in_threadpool(self.runtime.state_from_bytes, data) if data else None
+        if passages:
+            state = await self._feed(session, state, data, passages, prep)
+            if self.memory is not None and self.memory.reads_passages:
+                texts = [p.text for p in passages]
+                reads = await self.memory.passage_reads(reads, texts)
         user = tok.render_turn({"role": "user", "content": req.content})
         ids = user + tok.generation_prompt()
-        prep.prompt_tokens = len(head) + prep.passage_tokens + len(ids)
-        prep.turn_tokens = len(head) + prep.passage_tokens + len(ids)
+        prep.prompt_tokens = head + prep.passage_tokens + len(ids)
+        prep.turn_tokens = prep.prompt_tokens
+        prep.offset = 0 if state is None else int(state.position.reshape(-1)[0])
+        prep.user_end = len(user) - 1
         params = self.runtime.sampling.with_overrides(
             temperature=req.temperature,
             top_p=req.top_p,
@@ -314,31 +320,46 @@ class TurnManager:
             repetition_penalty=req.repetition_penalty,
             seed=req.seed,
         )
-
-        def job(out: Prefilled) -> DecodeJob:
-            return DecodeJob(
-                state=out.state,
-                logits=out.logits,
-                params=params,
-                max_new=max_new,
-                stops=list(req.stop),
-                emit=emit,
-                group=self._group(session, reads, fed),
-                memory=reads,
-                started=accepted,
-            )
-
         if not prep.banks and reads is None:  # nothing read or captured: batched prefill
-            return PromptPrefill(ids=ids, state=state, finish=job)
-        capture: dict = {}
-        offset = 0 if state is None else int(state.position.reshape(-1)[0])
-        out = self.runtime.prefill(ids, state, [len(user)], memory=reads, capture=capture)
-        request = parse_forget(req.content) if prep.banks else None
-        if request is not None:  # removed before the reply decodes; not itself a memory
-            prep.forgotten = self.memory.forget_request(prep.banks, request, capture, len(user) - 1)
-        elif prep.banks:
-            prep.capture = TurnCapture(hidden=capture, span=(1, len(user) - 1), offset=offset)
-        return job(out)
+            prompt = Segment(ids)
+        else:
+            prompt = Segment(ids, (len(user),), read_memory=True, capture=bool(prep.banks))
+        return GenerateRequest(
+            prefill=PrefillRequest([prompt], state, reads),
+            params=params,
+            max_new=max_new,
+            sink=AsyncSink(asyncio.get_running_loop(), events),
+            stops=list(req.stop),
+            group=self._group(session, reads, passages),
+        )
+
+    async def _feed(self, session, state, start_data, passages, prep: Prepared) -> Any:
+        """Passages after ``state``: cached snapshots (thread pool), the rest fed by the
+        engine, their snapshots stored (thread pool). Returns the state after them."""
+        start_hash = self.runtime.state_hash(start_data)
+        plan = await run_in_threadpool(self.feeder.plan, session.tenant_id, start_hash, passages)
+        if plan.cached is not None:
+            state = await run_in_threadpool(self.runtime.state_from_bytes, plan.cached)
+        if plan.segments:
+            result = await self.scheduler.run(PrefillRequest(plan.segments, state))
+            state = result.state
+            await run_in_threadpool(self.feeder.store, plan, result.kept)
+        fed = plan.fed()
+        prep.passage_tokens = sum(f.tokens for f in fed)
+        prep.snapshot_hits = sum(f.snapshot_hit for f in fed)
+        prep.snapshot_misses = len(fed) - prep.snapshot_hits
+        prep.passages = [
+            PassageRef(
+                passage_id=f.passage.passage_id,
+                document_id=f.passage.document_id,
+                score=f.passage.score,
+                tokens=f.tokens,
+                boundary=f.boundary,
+                snapshot_hit=f.snapshot_hit,
+            )
+            for f in fed
+        ]
+        return state
 
     def _group(self, session: SessionRec, reads: Any, fed: Any) -> str:
         """Decode steps are shared by turns that read the same banks: the session's
@@ -348,9 +369,6 @@ class TurnManager:
         # each turn reads its own view of the banks (its reads, forgets and writes are
         # its own until the commit), so a turn with memory decodes in a group of one
         return f"turn:{id(reads)}"
-
-    def _head_bytes(self, state: Any) -> bytes | None:
-        return None if state is None else self.runtime.state_to_bytes(state)
 
     async def _relay(self, events: asyncio.Queue, out: asyncio.Queue) -> DoneEvent:
         """Forward text events to the turn's queue until the decode is done."""

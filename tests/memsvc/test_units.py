@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import time
 from pathlib import Path
@@ -10,8 +11,16 @@ import pytest
 import torch
 
 from memsvc.config import Settings
+from memsvc.engine.requests import (
+    DoneEvent,
+    GenerateRequest,
+    PrefillRequest,
+    PrefillResult,
+    Segment,
+    TokenEvent,
+)
 from memsvc.engine.runtime import ModelRuntime
-from memsvc.engine.scheduler import DecodeJob, DoneEvent, PromptPrefill, Scheduler, TokenEvent
+from memsvc.engine.scheduler import Scheduler
 from memsvc.metrics import Metrics
 from memsvc.rag.feed import split_passages
 from memsvc.services.forget import ForgetRequest, parse_forget
@@ -75,31 +84,29 @@ def test_threads_setting_applied_at_model_load(checkpoint: Path, monkeypatch) ->
 
 def _decode(sched: Scheduler, rt: ModelRuntime, prompts: list[str], **kw) -> list[DoneEvent]:
     """Submit all prompts at once (they share decode steps); wait for every DoneEvent."""
-    events: queue.Queue = queue.Queue()
+    sinks = [queue.Queue() for _ in prompts]
 
-    def job(text: str, idx: int) -> DecodeJob:
+    def request(text: str, sink: queue.Queue) -> GenerateRequest:
         ids = rt.tokenizer.render_turn({"role": "user", "content": text}) + [
             rt.tokenizer.assistant_id
         ]
-        out = rt.prefill(ids, None, [len(ids) - 1])
-        return DecodeJob(
-            out.state,
-            out.logits,
-            SamplingParams(),
-            kw.get("max_new", 12),
-            kw.get("stops", []),
-            lambda e, i=idx: events.put((i, e)),
+        prefill = PrefillRequest([Segment(ids, (len(ids) - 1,))])
+        return GenerateRequest(
+            prefill, SamplingParams(), kw.get("max_new", 12), sink, kw.get("stops", [])
         )
 
-    futures = [sched.submit(lambda t=t, i=i: job(t, i)) for i, t in enumerate(prompts)]
+    futures = [sched.submit(request(t, s)) for t, s in zip(prompts, sinks, strict=True)]
     done: dict[int, DoneEvent] = {}
     texts: dict[int, str] = {i: "" for i in range(len(prompts))}
     while len(done) < len(prompts):
-        i, e = events.get(timeout=60)
-        if isinstance(e, TokenEvent):
-            texts[i] += e.text
-        elif isinstance(e, DoneEvent):
-            done[i] = e
+        for i, sink in enumerate(sinks):
+            while i not in done and not sink.empty():
+                e = sink.get_nowait()
+                if isinstance(e, TokenEvent):
+                    texts[i] += e.text
+                elif isinstance(e, DoneEvent):
+                    done[i] = e
+        time.sleep(0.005)
     assert all(f.done() for f in futures)
     for i, e in done.items():
         assert texts[i] == e.text  # streamed pieces add up to the final text
@@ -190,33 +197,32 @@ def test_scheduler_prefills_ready_prompts_as_one_batch(runtime: ModelRuntime, mo
 
     def run(indices: list[int]) -> dict[int, tuple]:
         sched = Scheduler(runtime, Metrics())
-        events: queue.Queue = queue.Queue()
-        prefilled: dict[int, object] = {}
-
-        def finish(out, i: int) -> DecodeJob:
-            prefilled[i] = out
-            emit = lambda e: events.put((i, e))  # noqa: E731
-            return DecodeJob(out.state, out.logits, SamplingParams(), 6, [], emit)
-
-        futures = [
-            sched.submit(lambda i=i: PromptPrefill(rows[i], states[i], lambda o, i=i: finish(o, i)))
+        sinks = {i: queue.Queue() for i in indices}
+        requests = {
+            i: GenerateRequest(
+                PrefillRequest([Segment(rows[i])], states[i]), SamplingParams(), 6, sinks[i]
+            )
             for i in indices
-        ]  # all queued before the loop starts: one scheduling round
+        }
+        # all queued before the loop starts: one scheduling round
+        futures = {i: sched.submit(r) for i, r in requests.items()}
         step_times.clear()
         sched.start()
         done: dict[int, DoneEvent] = {}
         try:
-            while len(done) < len(indices):
-                i, e = events.get(timeout=60)
-                if isinstance(e, DoneEvent):
-                    done[i] = e
+            for i in indices:
+                while i not in done:
+                    e = sinks[i].get(timeout=60)
+                    if isinstance(e, DoneEvent):
+                        done[i] = e
         finally:
             sched.stop()
-        assert all(isinstance(f.result(), DecodeJob) for f in futures)
+        assert all(isinstance(f.result(), PrefillResult) for f in futures.values())
         # every first token was sampled from the prefill logits, before any decode step
-        assert max(f.result().first_token_at for f in futures) < min(step_times)
+        first_at = [requests[i].started + done[i].ttft_s for i in indices]
+        assert max(first_at) < min(step_times)
         assert sched.prefill_batches == [len(indices)]
-        return {i: (prefilled[i], done[i]) for i in indices}
+        return {i: (futures[i].result(), done[i]) for i in indices}
 
     together = run(list(range(len(rows))))
     for i in range(len(rows)):
@@ -266,3 +272,37 @@ def test_forget_requests_are_recognised(text: str, scope: str, topic: str) -> No
 )
 def test_non_requests_are_not_forget_requests(text: str) -> None:
     assert parse_forget(text) is None
+
+
+def test_scheduler_works_from_plain_data_only(runtime: ModelRuntime) -> None:
+    """The queue takes requests that are data (ids, states, views, parameters), never a
+    function; a prefill request answers with logits, the state, kept states and the
+    captured memory-layer inputs, equal to the runtime's own prefill."""
+    sched = Scheduler(runtime, Metrics())
+    with pytest.raises(TypeError):
+        sched.submit(lambda: None)  # type: ignore[arg-type]
+    tok = runtime.tokenizer
+    first = tok.render_turn({"role": "user", "content": "I like tea"})
+    second = tok.render_turn({"role": "user", "content": "and cats"}) + tok.generation_prompt()
+    request = PrefillRequest([Segment(first, keep=True), Segment(second, capture=True)])
+    sink: queue.Queue = queue.Queue()
+    generate = GenerateRequest(PrefillRequest([Segment(second)]), SamplingParams(), 4, sink)
+    for r in (request, generate):  # nothing callable inside: plain data all the way down
+        for f in dataclasses.fields(r):
+            assert not callable(getattr(r, f.name)), f.name
+    futures = [sched.submit(request), sched.submit(generate)]
+    sched.start()
+    try:
+        got = futures[0].result(timeout=60)
+        while not isinstance(event := sink.get(timeout=60), DoneEvent):
+            pass
+    finally:
+        sched.stop()
+    a = runtime.prefill(first, None, [])
+    capture: dict = {}
+    b = runtime.prefill(second, a.state, [], capture=capture)
+    assert torch.equal(got.logits, b.logits)
+    assert torch.equal(got.kept[0].S[0], a.state.S[0]) and len(got.kept) == 1
+    assert set(got.capture) == set(capture)
+    assert event.finish_reason in ("stop", "length")
+    assert isinstance(futures[1].result(), PrefillResult)
