@@ -78,14 +78,40 @@ def rounds_for(n: int, min_samples: int, max_rounds: int) -> int:
     return max(1, min(max_rounds, math.ceil(min_samples / n)))
 
 
+async def _remember(client: httpx.AsyncClient, key: str, sid: str, memories: int) -> None:
+    """``memories`` remembered facts for the session's user (feedback ``remember``)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    for i in range(memories):
+        body = {"kind": "remember", "text": f"Fact {i}: my favourite number {i} is {7 * i + 3}."}
+        r = await client.post(f"/v1/sessions/{sid}/feedback", json=body, headers=headers)
+        if r.status_code != 200 or not r.json().get("applied"):
+            raise RuntimeError(f"remember failed: {r.status_code} {r.text[:300]}")
+
+
+async def _sessions(clients, key: str, memories: int) -> list[str]:
+    """One session per client; with ``memories``, each of its own user with that many."""
+    if not memories:
+        return await asyncio.gather(*(create_session(c, key, memory_scope="none") for c in clients))
+    sids = await asyncio.gather(
+        *(
+            create_session(c, key, memory_scope="user", user_id=f"bench-{uuid.uuid4().hex[:8]}")
+            for c in clients
+        )
+    )
+    await asyncio.gather(
+        *(_remember(c, key, s, memories) for c, s in zip(clients, sids, strict=True))
+    )
+    return sids
+
+
 async def _level(
-    url: str, key: str, n: int, rounds: int, max_tokens: int, timeout_s: float
+    url: str, key: str, n: int, rounds: int, max_tokens: int, timeout_s: float, memories: int = 0
 ) -> dict[str, Any]:
     """N clients, N sessions, ``rounds`` simultaneous streaming turns each."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     clients = [httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) for _ in range(n)]
     try:
-        sids = await asyncio.gather(*(create_session(c, key, memory_scope="none") for c in clients))
+        sids = await _sessions(clients, key, memories)
         before = await _server_counters(clients[0])
         turns: list[dict[str, Any]] = []
         round_rates: list[float] = []
@@ -156,6 +182,7 @@ def run(
     threads: int | None = None,
     command: str = "",
     extra_env: dict[str, str] | None = None,
+    memories: int = 0,
 ) -> dict[str, Any]:
     """Run every level against one live server; write service.json/.md/.png to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +206,7 @@ def run(
             for n in levels:
                 rounds = rounds_for(n, min_samples, max_rounds)
                 results.append(
-                    asyncio.run(_level(server.url, key, n, rounds, max_tokens, timeout_s))
+                    asyncio.run(_level(server.url, key, n, rounds, max_tokens, timeout_s, memories))
                 )
     finally:
         _cleanup_redis(redis_url, extra.get("MEMSVC_REDIS_PREFIX"))
@@ -193,6 +220,7 @@ def run(
         if database_url and redis_url
         else ("postgres" if database_url else "sqlite (embedded default)"),
         "max_tokens": max_tokens,
+        "memories": memories,
         "threads": threads,
         "message": MESSAGE,
         "machine_before": before,
@@ -243,8 +271,13 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Model: {report['model']} (`configs/default.yaml` model section); backend: "
         f"{report['backend']}; `max_tokens` {report['max_tokens']}; server torch threads "
-        f"{report['threads'] or 'default'}; "
-        f"{b['cpus']} CPUs; load average (1/5/15 min) before {b['loadavg_1_5_15']}, "
+        f"{report['threads'] or 'default'}; memory: "
+        + (
+            f"on, each session a user with {report['memories']} memories; "
+            if report.get("memories")
+            else "off; "
+        )
+        + f"{b['cpus']} CPUs; load average (1/5/15 min) before {b['loadavg_1_5_15']}, "
         f"after {a['loadavg_1_5_15']}; {b['time_utc']}.",
         "",
         "| N | turns | TTFT p50 ms | TTFT p99 ms | tokens/s (all sessions) "
@@ -336,6 +369,9 @@ def cli(
     threads: Annotated[
         int | None, typer.Option(help="torch threads of the server (OMP_NUM_THREADS)")
     ] = None,
+    memories: Annotated[
+        int, typer.Option(help="memory on: each session a user with this many memories")
+    ] = 0,
 ) -> None:
     """N concurrent streaming sessions against a live server: TTFT p50/p99, tokens/s and
     per-token latency against N."""
@@ -350,6 +386,7 @@ def cli(
         + (["--database-url …"] if database_url else [])
         + ([f"--redis-url {redis_url}"] if redis_url else [])
         + ([f"--threads {threads}"] if threads else [])
+        + ([f"--memories {memories}"] if memories else [])
     )
     exit_on_sigterm()
     t0 = time.perf_counter()
@@ -364,6 +401,7 @@ def cli(
         redis_url,
         threads=threads,
         command=command,
+        memories=memories,
     )
     typer.echo(markdown(report))
     took = time.perf_counter() - t0

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from memsvc.config import Settings
 from memsvc.engine.runtime import ModelRuntime
 from memsvc.engine.scheduler import Scheduler
@@ -84,6 +86,8 @@ class Services:
         runtime = ModelRuntime.load(
             settings.resolved_model_dir(), settings.resolved_device(), settings.threads
         )
+        if settings.threads is None and runtime.device == "cpu":
+            torch.set_num_threads(runtime.cpu_threads())
         scheduler = Scheduler(runtime, metrics, settings.max_batch)
         embedder = Embedder(settings.embedder_device)
         snapshots = SnapshotCache(settings.snapshot_cache_size, backing=store)

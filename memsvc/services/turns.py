@@ -122,23 +122,40 @@ class TurnManager:
     async def start(self, tenant_id: str, session_id: str, req: MessageCreate) -> Turn:
         """Validate, then either replay a committed turn or start a new one."""
         max_new = self.check_limits(req)
-        session = await run_in_threadpool(self.store.get_session, tenant_id, session_id, False)
         turn = Turn(queue=asyncio.Queue())
-        if req.idempotency_key:
-            done = await run_in_threadpool(
-                self.store.find_turn, tenant_id, session_id, req.idempotency_key
-            )
+        # one thread-pool hop: the session (404), a committed replay, else the lock
+        session, done, lock = await run_in_threadpool(
+            self._open, tenant_id, session_id, req.idempotency_key
+        )
+        if done is not None:
+            turn.result = self._replayed(session, *done)
+            return turn
+        turn.task = asyncio.create_task(self._run(turn, lock, session, req, max_new))
+        return turn
+
+    def _open(self, tenant_id: str, session_id: str, key: str | None) -> tuple:
+        """Thread pool: (session, committed turn or None, held lock or None)."""
+        session = self.store.get_session(tenant_id, session_id, False)
+        if key:
+            done = self.store.find_turn(tenant_id, session_id, key)
             if done is not None:
-                turn.result = self._replayed(session, *done)
-                return turn
+                return session, done, None
         lock = self.store.session_lock(tenant_id, session_id, self.settings.lock_wait_s)
         try:
-            await run_in_threadpool(lock.__enter__)
+            lock.__enter__()
         except Busy as exc:
             self.metrics.turns.labels("busy").inc()
             raise SessionBusy(f"session {session_id} is busy with another turn") from exc
-        turn.task = asyncio.create_task(self._run(turn, lock, session, req, max_new))
-        return turn
+        return session, None, lock
+
+    def _load(self, session: SessionRec, req: MessageCreate) -> tuple:
+        """Thread pool: the state (bytes and tensors), and the bank views when memory is on."""
+        loaded = self.store.load_state(session.tenant_id, session.id)
+        state = self.runtime.state_from_bytes(loaded.data) if loaded.data else None
+        banks = None
+        if req.use_memory and self.memory is not None and self.memory.enabled:
+            banks = self.memory.views(session)
+        return loaded, state, banks
 
     async def events(self, turn: Turn) -> AsyncIterator[object]:
         """Text events, then the committed :class:`TurnOut` (or an exception)."""
@@ -186,15 +203,12 @@ class TurnManager:
             )
             if done is not None:
                 return self._replayed(session, *done)
-        loaded: LoadedState = await run_in_threadpool(
-            self.store.load_state, session.tenant_id, session.id
-        )
+        loaded, state, banks = await run_in_threadpool(self._load, session, req)
+        loaded: LoadedState
         passages = await self._retrieve(session, req)
-        prep = Prepared()
-        if req.use_memory and self.memory is not None and self.memory.enabled:
-            prep.banks = await run_in_threadpool(self.memory.views, session)
+        prep = Prepared(banks=banks)
         events: asyncio.Queue = asyncio.Queue()
-        gen = await self._request(session, loaded, passages, req, max_new, prep, events)
+        gen = await self._request(session, loaded, state, passages, req, max_new, prep, events)
         gen.started = accepted
         request = parse_forget(req.content) if prep.banks else None
         if request is None:
@@ -282,7 +296,7 @@ class TurnManager:
         )
 
     async def _request(
-        self, session, loaded, passages, req, max_new, prep, events
+        self, session, loaded, state, passages, req, max_new, prep, events
     ) -> GenerateRequest:
         """The turn as plain data: the state after the system prompt (shared, cached) and
         the passages (cached snapshots; misses fed here), then the user turn and
@@ -301,7 +315,7 @@ class TurnManager:
         if data is None and session.system_prompt:
             system = await self.system_prompts.get(session.tenant_id, session.system_prompt)
             data, head = system.data, system.tokens
-        state = await run_in_threadpool(self.runtime.state_from_bytes, data) if data else None
+            state = await run_in_threadpool(self.runtime.state_from_bytes, data)
         if passages:
             state = await self._feed(session, state, data, passages, prep)
             if self.memory is not None and self.memory.reads_passages:
