@@ -277,7 +277,8 @@ class StorageStore(SlotAdmin, Store):
     def list_sessions(self, tenant_id, user_id, limit):
         """Newest first; the user filter is applied in SQL, before the limit."""
         infos = self.sessions.admin_list(tenant_id=tenant_id, external_user_id=user_id, limit=limit)
-        return [self._rec(info) for info in infos]
+        positions = self.states.positions([info.id for info in infos])
+        return [self._rec(info, positions.get(info.id, 0)) for info in infos]
 
     def delete_session(self, tenant_id: str, session_id: str) -> None:
         """Messages, states (both tiers) and session-scoped slots go with the session."""

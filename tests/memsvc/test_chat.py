@@ -41,8 +41,10 @@ def test_chat_turns_report_usage_and_persist_messages(api: Client) -> None:
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
     assert msgs[0]["content"] == "Hello there" and msgs[2]["content"] == "And again"
     assert msgs[1]["content"] == first["message"]["content"]
-    listed = api("GET", "/v1/sessions").json()["data"]
-    assert sid in [s["id"] for s in listed]
+    listed = {s["id"]: s for s in api("GET", "/v1/sessions").json()["data"]}
+    one = api("GET", f"/v1/sessions/{sid}").json()
+    # lists report the same real token count as the single read (it used to be 0)
+    assert listed[sid]["token_count"] == one["token_count"] > after_first["token_count"]
 
 
 def test_stream_sends_deltas_then_done_after_commit(api: Client) -> None:
