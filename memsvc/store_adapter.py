@@ -202,7 +202,9 @@ class StorageStore(SlotAdmin, Store):
         return self.tenants.resolve_api_key(key)
 
     def create_tenant(self, name: str) -> tuple[str, str]:
-        tenant = self.tenants.create(name)
+        """A new tenant and its first key; :class:`Conflict` when the name is taken."""
+        with storage_errors():
+            tenant = self.tenants.create(name)
         key, _ = self.tenants.create_api_key(tenant.id, name="default")
         return tenant.id, key
 
