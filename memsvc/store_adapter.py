@@ -202,7 +202,9 @@ class StorageStore(SlotAdmin, Store):
         return self.tenants.resolve_api_key(key)
 
     def create_tenant(self, name: str) -> tuple[str, str]:
-        tenant = self.tenants.create(name)
+        """A new tenant and its first key; :class:`Conflict` when the name is taken."""
+        with storage_errors():
+            tenant = self.tenants.create(name)
         key, _ = self.tenants.create_api_key(tenant.id, name="default")
         return tenant.id, key
 
@@ -277,7 +279,8 @@ class StorageStore(SlotAdmin, Store):
     def list_sessions(self, tenant_id, user_id, limit):
         """Newest first; the user filter is applied in SQL, before the limit."""
         infos = self.sessions.admin_list(tenant_id=tenant_id, external_user_id=user_id, limit=limit)
-        return [self._rec(info) for info in infos]
+        positions = self.states.positions([info.id for info in infos])
+        return [self._rec(info, positions.get(info.id, 0)) for info in infos]
 
     def delete_session(self, tenant_id: str, session_id: str) -> None:
         """Messages, states (both tiers) and session-scoped slots go with the session."""

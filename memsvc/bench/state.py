@@ -69,7 +69,7 @@ def stats(ms: np.ndarray) -> dict[str, float]:
 
 def measure(st, backend: str, size: int, n: int) -> list[dict]:  # type: ignore[no-untyped-def]
     """Time save / load hot / load sql of a ``size``-byte state on one Storage."""
-    tenant = st.tenants.create("bench").id
+    tenant = st.tenants.create(f"bench-{size}-{time.monotonic_ns()}").id  # names are unique
     sid = st.sessions.create(tenant).id
     blob = os.urandom(size)
     version = [0]
