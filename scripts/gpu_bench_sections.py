@@ -217,11 +217,17 @@ class Bench:
         dispatch = retention_dispatch(env.device)
         got: dict[str, Any] = {}
 
-        def prefill() -> dict:
-            r, got["state"] = ours_prefill(model, env, length, f"chunkwise, {dispatch} kernel")
+        def prefill(variant: str) -> dict:
+            r, got["state"] = ours_prefill(model, env, length, variant)
             return r
 
-        self.row(f"ours prefill L={length}", prefill)
+        r = self.row(f"ours prefill L={length}", lambda: prefill(f"chunkwise, {dispatch} kernel"))
+        if r is not None and r["status"] == "error" and dispatch == "fla":
+            with torch_retention():  # the decode rows still need a prompt state
+                self.row(
+                    f"ours prefill L={length}, torch fallback",
+                    lambda: prefill("chunkwise, torch kernel (fla failed)"),
+                )
         state = got.get("state")
         if state is None:
             self.skip(f"ours decode at L={length}: no prompt state")

@@ -53,24 +53,42 @@ def pick_configs(configs: list, keep: int) -> list:
     return kept
 
 
+def autotuners(obj: Any) -> list:
+    """The Triton autotuners inside a module-level kernel object.
+
+    fla stacks ``@triton.heuristics`` over ``@triton.autotune`` for its main kernels
+    (chunk_fwd_kernel_h, chunk_fwd_kernel_o, fused_recurrent_fwd_kernel), so the module
+    attribute is a Heuristics whose ``.fn`` is the Autotuner: follow ``.fn`` down.
+    """
+    from triton.runtime.autotuner import Autotuner
+
+    found = []
+    for _ in range(4):  # heuristics -> autotune -> jit -> function, at most
+        if isinstance(obj, Autotuner):
+            found.append(obj)
+        obj = getattr(obj, "fn", None)
+        if obj is None:
+            break
+    return found
+
+
 def prune_autotune(keep: int) -> int:
     """Cut every loaded fla autotuner to ``keep`` configs (0: all); returns how many were cut.
 
-    fla tunes some kernels over 48 configs, each a separate compilation. Timings may be a
-    little worse than a full autotune's; the report says how many configs were kept.
+    fla tunes chunk_fwd_kernel_h over 48 configs, each a separate compilation. Timings may
+    be a little worse than a full autotune's; the report says how many configs were kept.
     """
     if keep <= 0:
         return 0
-    from triton.runtime.autotuner import Autotuner
-
     cut = 0
     for name, module in list(sys.modules.items()):
         if not name.startswith("fla.ops") or module is None:
             continue
         for obj in vars(module).values():
-            if isinstance(obj, Autotuner) and len(obj.configs) > keep:
-                obj.configs = pick_configs(obj.configs, keep)
-                cut += 1
+            for tuner in autotuners(obj):
+                if len(tuner.configs) > keep:
+                    tuner.configs = pick_configs(tuner.configs, keep)
+                    cut += 1
     return cut
 
 

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -230,3 +231,17 @@ def test_pick_configs_keeps_a_smaller_tile_beside_the_best():
     warps_only = [SimpleNamespace(kwargs={}, num_warps=w, num_stages=3) for w in (8, 4)]
     assert [c.num_warps for c in pick_configs(warps_only, 1)] == [4]
     assert [c.num_warps for c in pick_configs(warps_only, 2)] == [4, 8]
+
+
+def test_warm_up_workers_past_the_deadline_are_killed():
+    from gpu_bench_triton import wait_warm_workers
+
+    start = time.time()
+    workers = [
+        ("slow", subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]), start),
+        ("fast", subprocess.Popen([sys.executable, "-c", "pass"]), start),
+    ]
+    done = wait_warm_workers(workers, deadline=start + 3)
+    assert done["slow"]["rc"] == "killed at the warm-up deadline"
+    assert done["fast"]["rc"] == 0
+    assert time.time() - start < 30
