@@ -66,7 +66,8 @@ case " $* " in
   *" --smoke "*) ;;  # CPU smoke: no fla, transformers optional
   *)
     importable einops || install einops einops "einops"
-    importable fla || install fla fla_core "fla-core==$FLA_VERSION"
+    # fla's top level imports lazily: its kernels' module is the real test
+    importable fla.ops.simple_gla || install fla.ops.simple_gla fla_core "fla-core==$FLA_VERSION"
     importable transformers || install transformers transformers "transformers>=5,<6"
     ;;
 esac

@@ -5,10 +5,11 @@ Order (a run cut short by its budget keeps the most valuable rows):
 1. ours at the headline length: prefill, then decode at every batch;
 2. full-head Llama decode at the headline length (its default dynamic cache);
 3. the chunkwise kernels alone at the headline length (fla's own bf16 vs ours);
-4. ours at the other lengths; 5. full-head Llama at the other lengths;
-6. full-head Llama with a static (preallocated) cache at the headline length;
-7. full-head Llama prefill; 8. the kernels at the other lengths;
-9. grouped-head Llama decode (for the record); 10. ours with the pure-torch step.
+4. ours and the full-head Llama at the extra batches (headline length only);
+5. ours at the other lengths; 6. full-head Llama at the other lengths;
+7. full-head Llama with a static (preallocated) cache at the headline length;
+8. full-head Llama prefill; 9. the kernels at the other lengths;
+10. grouped-head Llama decode (for the record); 11. ours with the pure-torch step.
 
 No row starts once fewer than ``ROW_NEED_S`` seconds of the budget are left; what was
 not run is listed under ``skipped``. gpu.json and gpu.md are rewritten after every row.
@@ -104,6 +105,7 @@ class Bench:
         self.plan, self.out, self.budget = plan, out, Budget(plan.budget_s)
         self.models: dict[str, Any] = {}
         self.states: dict[int, Any] = {}
+        self.oom_at: dict[tuple, int] = {}  # (model, cache, L) -> first batch that ran out
         self.env: Env | None = None
         self.report: dict[str, Any] = {
             "command": command,
@@ -124,7 +126,9 @@ class Bench:
     def save(self) -> None:
         self.report["elapsed_s"] = self.budget.elapsed()
         p = self.plan
-        self.report.update(summarize(self.report["rows"], p.headline_length, p.memory_batch))
+        self.report.update(
+            summarize(self.report["rows"], p.headline_length, p.memory_batch, p.batches)
+        )
         dump(self.report, self.out)
 
     def skip(self, what: str) -> None:
@@ -228,12 +232,19 @@ class Bench:
                     f"ours prefill L={length}, torch fallback",
                     lambda: prefill("chunkwise, torch kernel (fla failed)"),
                 )
-        state = got.get("state")
-        if state is None:
+        if got.get("state") is None:
             self.skip(f"ours decode at L={length}: no prompt state")
             return
-        self.states[length] = state
-        for b in self.plan.batches:
+        self.states[length] = got["state"]
+        self.ours_decode(length, self.plan.batches)
+
+    def ours_decode(self, length: int, batches: list[int]) -> None:
+        model, env, state = self.models["ours"], self.env, self.states.get(length)
+        if state is None:
+            self.skip(f"ours decode at L={length} B={batches}: no prompt state")
+            return
+        dispatch = retention_dispatch(env.device)
+        for b in batches:
             self.row(
                 f"ours decode L={length} B={b}",
                 lambda b=b: ours_decode(model, env, state, b, f"{dispatch} step"),
@@ -254,15 +265,17 @@ class Bench:
                     lambda b=b: ours_decode(model, self.env, state, b, "torch step"),
                 )
 
-    def llama_decode(self, name: str, cache: str, lengths: list[int]) -> None:
+    def llama_decode(
+        self, name: str, cache: str, lengths: list[int], batches: list[int] | None = None
+    ) -> None:
         model = self.llama(name)
         if model is None:
             return
         for length in lengths:
-            oom_at = None
-            for b in self.plan.batches:
+            for b in batches or self.plan.batches:
                 label = f"{name} {cache} decode L={length} B={b}"
-                if oom_at is not None:
+                oom_at = self.oom_at.get((name, cache, length))
+                if oom_at is not None and b > oom_at:
                     self.report["rows"].append(
                         {"kind": "decode", "model": name, "variant": f"sdpa, {cache} cache",
                          "L": length, "B": b, "status": "oom", "simulated": False,
@@ -273,8 +286,8 @@ class Bench:
                     label,
                     lambda b=b, n=length: llama_decode(model, self.env, name, cache, n, b),
                 )
-                if r is not None and r["status"] == "oom":
-                    oom_at = b
+                if r is not None and r["status"] == "oom" and oom_at is None:
+                    self.oom_at[(name, cache, length)] = b
 
     def llama_prefill(self, name: str, lengths: list[int]) -> None:
         model = self.llama(name)
@@ -351,6 +364,8 @@ class Bench:
             lambda: self.ours_at(H),
             lambda: self.llama_decode("llama-full", "dynamic", [H]),
             lambda: self.kernels([H]),
+            lambda: self.ours_decode(H, p.extra_batches),
+            lambda: self.llama_decode("llama-full", "dynamic", [H], p.extra_batches),
             lambda: [self.ours_at(n) for n in rest],
             lambda: self.llama_decode("llama-full", "dynamic", rest),
             lambda: self.llama_decode("llama-full", "static", [H]),

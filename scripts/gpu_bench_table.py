@@ -5,6 +5,7 @@ Ratios (None when a side is missing; each comes with the rows it was taken from)
 - ``throughput_ratio_8k``: our best decode tokens/s over any batch and dispatch at the
   headline length, over the full-head Llama's best over the batches that fit (any cache);
 - ``throughput_ratio_8k_dynamic``: the same against Llama's default (dynamic) cache only;
+- ``throughput_ratio_8k_grid``: the same over the issue's batches only (1, 8, 32, 64);
 - ``throughput_ratio_8k_same_batch``: ours at the batch where Llama peaks, over Llama there;
 - ``memory_saving_b32``: 1 − our peak / the full-head Llama's peak (dynamic cache, else
   static) at the memory batch and the headline length;
@@ -47,10 +48,17 @@ def _ratio(a: dict | None, b: dict | None) -> float | None:
     return a["tokens_s"] / b["tokens_s"] if a and b else None
 
 
-def summarize(rows: list[dict], length: int, memory_batch: int) -> dict[str, Any]:
-    """The headline ratios (module docstring) and which rows they came from."""
+def summarize(
+    rows: list[dict], length: int, memory_batch: int, grid: list[int] | None = None
+) -> dict[str, Any]:
+    """The headline ratios (module docstring) and which rows they came from; ``grid``: the
+    batches of ``throughput_ratio_8k_grid`` (None: every batch)."""
     ours = _ok(rows, kind="decode", model="ours", L=length)
     llama = _ok(rows, kind="decode", model="llama-full", L=length)
+
+    def in_grid(rs: list[dict]) -> list[dict]:
+        return [r for r in rs if grid is None or r["B"] in grid]
+
     llama_dyn = [r for r in llama if "dynamic" in r["variant"]]
     best_ours, best_llama, best_dyn = _best(ours), _best(llama), _best(llama_dyn)
     same = _best([r for r in ours if best_llama and r["B"] == best_llama["B"]])
@@ -73,6 +81,7 @@ def summarize(rows: list[dict], length: int, memory_batch: int) -> dict[str, Any
     values = {
         "throughput_ratio_8k": _ratio(best_ours, best_llama),
         "throughput_ratio_8k_dynamic": _ratio(best_ours, best_dyn),
+        "throughput_ratio_8k_grid": _ratio(_best(in_grid(ours)), _best(in_grid(llama))),
         "throughput_ratio_8k_same_batch": _ratio(same, best_llama),
         "memory_saving_b32": saving,
         "prefill_kernel_ratio_8k": _ratio(fla_own, our_kernel),
@@ -149,6 +158,7 @@ def _rows_table(rows: list[dict], kind: str) -> list[str]:
 
 def _headline(report: dict) -> list[str]:
     s, length = report, report["plan"]["headline_length"]
+    grid = ", ".join(str(b) for b in report["plan"]["batches"])
     b = report["plan"]["memory_batch"]
     src = s["from"]
 
@@ -175,6 +185,8 @@ def _headline(report: dict) -> list[str]:
         f"| the same against Llama's default dynamic cache | "
         f"{_num(s['throughput_ratio_8k_dynamic'], '.2f')}× | "
         f"{who(src['llama_best_dynamic'])} | | |",
+        f"| the same over batches {grid} only | "
+        f"{_num(s['throughput_ratio_8k_grid'], '.2f')}× | | | |",
         f"| the same at Llama's peak batch | {_num(s['throughput_ratio_8k_same_batch'], '.2f')}× "
         f"| {who(src['ours_at_llama_peak_batch'])} | | |",
         f"| GPU memory saving at B={b}, L={length} | {_num(s['memory_saving_b32'], '.1%')} | "

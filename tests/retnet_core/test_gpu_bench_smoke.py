@@ -103,9 +103,13 @@ def test_rows_cover_the_plan_with_their_fields(smoke):
         assert [x["status"] for x in _rows(r, kind="prefill", model="ours", L=length)] == ["ok"]
         assert len(_rows(r, kind="kernel", model="ours", L=length, status="ok")) == 1
         got = sorted(x["B"] for x in _rows(r, kind="decode", model="ours", L=length, status="ok"))
-        assert got == plan["batches"]
+        extra = plan["extra_batches"] if length == plan["headline_length"] else []
+        assert got == plan["batches"] + extra
     assert len(_rows(r, kind="decode", model="llama-gqa", status="ok")) == 6
-    assert len(_rows(r, kind="decode", model="llama-full", variant="sdpa, dynamic cache")) == 6
+    dynamic = _rows(r, kind="decode", model="llama-full", variant="sdpa, dynamic cache")
+    assert sorted((x["L"], x["B"]) for x in dynamic) == [
+        (16, 1), (16, 2), (16, 4), (64, 1), (64, 2), (64, 4), (64, 6)
+    ]  # fmt: skip
     assert len(_rows(r, kind="prefill", model="llama-full", status="ok")) == 2
 
 
@@ -116,6 +120,8 @@ def test_oom_is_a_row_and_the_run_goes_on(smoke):
     assert all(x["status"] == "oom" and x["simulated"] for x in oom), oom
     ok = _rows(r, model="llama-full", L=64, B=2, status="ok")
     assert len(ok) == 2  # the batch below the cap fits, in both caches
+    (beyond,) = _rows(r, model="llama-full", L=64, B=6)  # an extra batch, after the OOM
+    assert beyond["status"] == "oom" and beyond["error"].startswith("not tried: B=4")
     after = r["rows"].index(oom[0]) + 1
     assert any(x["status"] == "ok" for x in r["rows"][after:])  # the run went on
 
@@ -127,6 +133,13 @@ def test_headline_ratios_come_from_the_rows(smoke):
         x["tokens_s"] for x in _rows(r, kind="decode", model="llama-full", L=64, status="ok")
     )
     assert r["throughput_ratio_8k"] == pytest.approx(ours / llama)
+    grid = r["plan"]["batches"]
+    ours_grid = max(
+        x["tokens_s"]
+        for x in _rows(r, kind="decode", model="ours", L=64, status="ok")
+        if x["B"] in grid
+    )
+    assert r["throughput_ratio_8k_grid"] == pytest.approx(ours_grid / llama)  # Llama: B ≤ 2
     mine = _rows(r, kind="decode", model="ours", L=64, B=2)[0]["peak_bytes"]
     theirs = _rows(r, kind="decode", model="llama-full", L=64, B=2, variant="sdpa, dynamic cache")
     assert r["memory_saving_b32"] == pytest.approx(1 - mine / theirs[0]["peak_bytes"])
@@ -157,7 +170,7 @@ def test_without_transformers_ours_is_still_reported(tmp_path):
     assert not [x for x in r["rows"] if x["model"].startswith("llama")]
     assert any(s.startswith("llama-full: cannot build") for s in r["skipped"]), r["skipped"]
     assert r["throughput_ratio_8k"] is None and r["memory_saving_b32"] is None
-    assert len(_rows(r, kind="decode", model="ours", status="ok")) == 6
+    assert len(_rows(r, kind="decode", model="ours", status="ok")) == 7  # 2 lengths × 3 + 1 extra
 
 
 def test_report_script_copies_into_docs(smoke, tmp_path):
@@ -189,6 +202,7 @@ def test_summarize_takes_the_best_fitting_rows_at_the_headline_length():
         _row("decode", "ours", 8, 1, 200, peak=10),
         _row("decode", "ours", 8, 2, 500, peak=12),
         _row("decode", "ours", 8, 4, 9999, status="error"),  # failed rows never count
+        _row("decode", "ours", 8, 16, 600),  # beyond the grid
         _row("decode", "ours", 4, 2, 8888),  # another length
         _row("decode", "llama-full", 8, 1, 100, peak=40, variant=dyn),
         _row("decode", "llama-full", 8, 2, None, status="oom", variant=dyn),
@@ -197,9 +211,10 @@ def test_summarize_takes_the_best_fitting_rows_at_the_headline_length():
         _row("kernel", "fla-bf16", 8, 1, 1000),
         _row("kernel", "ours", 8, 1, 800),
     ]
-    s = summarize(rows, length=8, memory_batch=1)
-    assert s["throughput_ratio_8k"] == pytest.approx(500 / 150)
-    assert s["throughput_ratio_8k_dynamic"] == pytest.approx(500 / 100)
+    s = summarize(rows, length=8, memory_batch=1, grid=[1, 2, 4])
+    assert s["throughput_ratio_8k"] == pytest.approx(600 / 150)
+    assert s["throughput_ratio_8k_grid"] == pytest.approx(500 / 150)
+    assert s["throughput_ratio_8k_dynamic"] == pytest.approx(600 / 100)
     assert s["throughput_ratio_8k_same_batch"] == pytest.approx(200 / 150)  # Llama peaks at B=1
     assert s["memory_saving_b32"] == pytest.approx(1 - 10 / 40)  # the dynamic cache's row
     assert s["prefill_kernel_ratio_8k"] == pytest.approx(1.25)
@@ -209,7 +224,7 @@ def test_summarize_takes_the_best_fitting_rows_at_the_headline_length():
         "memory_saving_b32": True,
         "prefill_kernel_ratio_8k": True,
     }
-    assert s["from"]["llama_best"]["variant"] == static
+    assert s["from"]["llama_best"]["variant"] == static and s["from"]["ours_best"]["B"] == 16
     assert summarize(rows, length=8, memory_batch=2)["memory_saving_b32"] is None  # Llama OOM
 
 
