@@ -32,6 +32,8 @@ OUT=${OUT:-out/gpu_bench/local}
 CACHE_TGZ=${GPU_BENCH_CACHE_TGZ:-out/gpu_bench/triton_cache.tgz}
 HARD_S=${GPU_BENCH_HARD_S:-460}  # python is interrupted here (its own budget is 420 s)
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/gpu_bench_triton}
+# big KV caches come and go (and some run out of memory): let the allocator grow segments
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 mkdir -p "$OUT" "$TRITON_CACHE_DIR"
 echo "== gpu_bench.sh: OUT=$OUT TRITON_CACHE_DIR=$TRITON_CACHE_DIR"
 

@@ -23,6 +23,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,11 +53,18 @@ def log(msg: str) -> None:
 
 
 def dump(report: dict, out: Path) -> None:
-    """Write gpu.json and gpu.md, each atomically (a kill mid-write keeps the previous)."""
+    """Write gpu.json, then gpu.md, each atomically (a kill mid-write keeps the previous).
+
+    The JSON is the record: a table that fails to render never costs it.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    for name, body in (("gpu.json", json.dumps(report, indent=2) + "\n"), ("gpu.md", None)):
+    try:
+        md = markdown(report)
+    except Exception as exc:  # a rendering bug must not lose the measurements
+        md = f"# GPU benchmark\n\ngpu.md could not be rendered ({exc!r}); see gpu.json.\n"
+    for name, body in (("gpu.json", json.dumps(report, indent=2) + "\n"), ("gpu.md", md)):
         tmp = out / f".{name}.tmp"
-        tmp.write_text(body if body is not None else markdown(report))
+        tmp.write_text(body)
         os.replace(tmp, out / name)
 
 
@@ -351,7 +359,13 @@ class Bench:
         t_warm = time.perf_counter()
         self.save()
         log(f"building models ({p.name}); fla: {fla}")
-        self.build_ours()
+        try:
+            self.build_ours()
+        except Exception as exc:  # nothing to measure without our model: say why, stop
+            traceback.print_exc()
+            self.skip(f"everything: our model could not be built: {type(exc).__name__}: {exc}")
+            self.save()
+            return 1
         self.llama("llama-full")
         if workers:
             wait = min(WARM_WAIT_S, max(0.0, p.budget_s - self.budget.elapsed() - 120))
@@ -374,8 +388,12 @@ class Bench:
             lambda: self.llama_decode("llama-gqa", "dynamic", p.lengths),
             lambda: self.ours_torch_step(H),
         ]
-        for section in sections:
-            section()
+        for i, section in enumerate(sections, 1):
+            try:
+                section()
+            except Exception as exc:  # a bug in one section must not cost the others
+                traceback.print_exc()
+                self.skip(f"the rest of section {i}: {type(exc).__name__}: {exc}"[:300])
         self.report["complete"] = True
         self.save()
         log(f"done in {self.budget.elapsed():.0f} s: {self.out / 'gpu.json'}")

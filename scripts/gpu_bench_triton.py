@@ -100,7 +100,8 @@ def load_fla(plan: Any) -> dict:
         import retnet_core.fla_ops  # noqa: F401 - loads fla's kernels so they can be pruned
     except Exception as exc:  # no fla here: the model falls back to the torch reference
         return {"fla": None, "why": f"fla not importable: {exc}"}
-    return {"fla": version("fla-core"), "pruned": prune_autotune(plan.autotune_keep)}
+    found = version("fla-core") or "imported (version unknown)"
+    return {"fla": found, "pruned": prune_autotune(plan.autotune_keep)}
 
 
 def warm_kernel(name: str, plan: Any) -> int:
