@@ -337,6 +337,7 @@ class Bench:
             "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR"),
             "triton_cache_restored": os.environ.get("GPU_BENCH_CACHE_RESTORED", "no"),
             "triton_f32_default": os.environ.get("TRITON_F32_DEFAULT", "unset (tf32)"),
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         }
         if self.env.cuda:
             info["gpu_memory_bytes"] = torch.cuda.get_device_properties(dev).total_memory
