@@ -235,17 +235,30 @@ def chat(
 # ------------------------------------------------------------------ model
 @app.command()
 def convert(
-    source_format: Annotated[str, typer.Argument(help="source library: torchscale")],
-    src: Annotated[Path, typer.Argument(help="torch file: state dict or fairseq-style dict")],
+    source_format: Annotated[str, typer.Argument(help="source: torchscale | llama")],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="torchscale: torch file (state dict or fairseq-style dict); "
+            "llama: a .gguf file or a Hugging Face LlamaForCausalLM directory"
+        ),
+    ],
     dst: Annotated[Path, typer.Argument(help="checkpoint folder to write")],
     config: Annotated[
-        Path | None, typer.Option(help="JSON with torchscale RetNetConfig fields")
+        Path | None, typer.Option(help="torchscale: JSON with torchscale RetNetConfig fields")
     ] = None,
     trust_pickle: Annotated[
-        bool, typer.Option(help="unpickle arbitrary objects in SRC (trusted files only)")
+        bool, typer.Option(help="torchscale: unpickle arbitrary objects in SRC (trusted only)")
     ] = False,
+    mixer: Annotated[
+        str, typer.Option(help="llama: retention | hybrid | softmax (the teacher)")
+    ] = "retention",
 ) -> None:
-    """Convert a RetNet from another library into a memsvc checkpoint folder."""
+    """Convert a model from another library into a memsvc checkpoint folder."""
+    if source_format == "llama":
+        from retnet_core.convert_llama import cli as run_llama
+
+        raise typer.Exit(run_llama([str(src), str(dst), "--mixer", mixer]))
     from retnet_core.convert import cli as run_convert
 
     run_convert(source_format, src, dst, config, trust_pickle)

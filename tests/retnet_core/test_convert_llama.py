@@ -247,3 +247,21 @@ def test_cli_writes_a_checkpoint_and_refuses_non_llama(source, tmp_path, capsys)
     assert "not a LlamaForCausalLM" in capsys.readouterr().err
     with pytest.raises(SourceError):
         load_llama(bad)
+
+
+def test_memsvc_convert_llama_command(source, tmp_path):
+    """`memsvc convert llama SRC DST --mixer softmax` writes the teacher checkpoint."""
+    from typer.testing import CliRunner
+
+    from memsvc.cli.main import app
+
+    hf_dir, _, _ = source
+    dst = tmp_path / "teacher"
+    result = CliRunner().invoke(
+        app, ["convert", "llama", str(hf_dir), str(dst), "--mixer", "softmax"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((dst / "config.json").read_text())["mixer"] == "softmax"
+    assert (dst / "generation_config.json").is_file() and (dst / "tokenizer.json").is_file()
+    bad = CliRunner().invoke(app, ["convert", "llama", str(tmp_path / "nope"), str(tmp_path / "z")])
+    assert bad.exit_code == 2
