@@ -15,20 +15,12 @@ import httpx
 import pytest
 from server_util import Server, sse_events
 from service_testkit import Backend, Client
-from talkative_model import make_talkative_checkpoint, talkative_server
-
-
-@pytest.fixture(scope="module")
-def talkative_http(backend, tmp_path_factory, pytestconfig):
-    srv = talkative_server(backend, tmp_path_factory, pytestconfig)
-    with httpx.Client(base_url=srv.url, timeout=120) as http:
-        yield http
+from talkative_model import make_talkative_checkpoint
 
 
 @pytest.fixture
-def api(talkative_http: httpx.Client, backend: Backend) -> Client:
-    """A brand-new tenant on the talkative server."""
-    return Client(talkative_http, backend.new_tenant("idem"))
+def api(talkative_api: Client) -> Client:
+    return talkative_api
 
 
 def new_session(api: Client) -> str:
