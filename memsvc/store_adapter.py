@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from memsvc.errors import Conflict, NotFound
+from memsvc.errors import Conflict, IdempotencyMismatch, NotFound
 from memsvc.store import (
     Busy,
     DocumentRec,
@@ -51,6 +51,8 @@ def storage_errors():
         raise NotFound(str(exc)) from exc
     except serr.LockHeld as exc:
         raise Busy(str(exc)) from exc
+    except serr.IdempotencyMismatch as exc:
+        raise IdempotencyMismatch(str(exc)) from exc
     except serr.Conflict as exc:
         raise Conflict(str(exc)) from exc
 
@@ -328,11 +330,20 @@ class StorageStore(SlotAdmin, Store):
             self.sessions.get(tenant_id, session_id)
         return [_msg(m) for m in self.messages.list(tenant_id, session_id, limit=limit)]
 
-    def find_turn(self, tenant_id, session_id, key):
-        """The committed turn of idempotency ``key``: two probes of the client-key index."""
+    def find_turn(self, tenant_id, session_id, key, content=None):
+        """The committed turn of idempotency ``key``: two probes of the client-key index.
+
+        With ``content``, a committed turn whose user message differs raises
+        :class:`IdempotencyMismatch` (409), as the commit would.
+        """
         user = self.messages.by_client_key(tenant_id, session_id, key)
         if user is None:
             return None
+        if content is not None and user.content != content:
+            raise IdempotencyMismatch(
+                f"idempotency key {key!r} was already used in session {session_id} "
+                "for a different message"
+            )
         reply = self.messages.by_client_key(tenant_id, session_id, key + REPLY_SUFFIX)
         if reply is None:
             return None
@@ -371,6 +382,7 @@ class StorageStore(SlotAdmin, Store):
                 c.assistant_content,
                 client_key=(key + REPLY_SUFFIX) if key else None,
                 meta={"tokens": c.assistant_tokens},
+                key_binds_content=False,  # generated: a redo may word it differently
             ),
         ]
         with storage_errors():

@@ -15,6 +15,7 @@ from memsvc.records import Count, Finite, PositiveCount, Seed
 
 MODEL_ID = "memsvc"
 SESSION_HEADER = "X-Memsvc-Session"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _no_nul(value: Any) -> Any:

@@ -118,7 +118,7 @@ class TurnManager:
         turn = Turn(queue=asyncio.Queue())
         if req.idempotency_key:
             done = await run_in_threadpool(
-                self.store.find_turn, tenant_id, session_id, req.idempotency_key
+                self.store.find_turn, tenant_id, session_id, req.idempotency_key, req.content
             )
             if done is not None:
                 turn.result = self._replayed(session, *done)
@@ -174,7 +174,11 @@ class TurnManager:
     async def _run_locked(self, turn, session, req, max_new, accepted) -> TurnOut:
         if req.idempotency_key:  # committed while we waited for the lock: replay, not redo
             done = await run_in_threadpool(
-                self.store.find_turn, session.tenant_id, session.id, req.idempotency_key
+                self.store.find_turn,
+                session.tenant_id,
+                session.id,
+                req.idempotency_key,
+                req.content,
             )
             if done is not None:
                 return self._replayed(session, *done)

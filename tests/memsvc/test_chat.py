@@ -48,19 +48,6 @@ def test_chat_turns_report_usage_and_persist_messages(api: Client) -> None:
     assert listed[sid]["token_count"] == one["token_count"] > after_first["token_count"]
 
 
-def test_stream_sends_deltas_then_done_after_commit(api: Client) -> None:
-    sid = new_session(api)
-    r = api("POST", f"/v1/sessions/{sid}/messages", json={"content": "Tell me", "stream": True})
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = sse_events(r.text)
-    assert events[-1][0] == "done"
-    done = events[-1][1]
-    deltas = "".join(d["text"] for name, d in events if name == "delta")
-    assert deltas == done["message"]["content"]
-    msgs = api("GET", f"/v1/sessions/{sid}/messages").json()["data"]
-    assert msgs[-1]["id"] == done["message"]["id"]
-
-
 def test_stop_sequence_and_seeded_sampling(api: Client) -> None:
     sid_a, sid_b = new_session(api), new_session(api)
     body = {"content": "Hi", "temperature": 0.9, "top_p": 0.9, "top_k": 50, "seed": 7}
