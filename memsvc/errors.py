@@ -45,6 +45,12 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+class IdempotencyMismatch(Conflict):
+    """An idempotency key already committed in the session, sent with other content."""
+
+    code = "idempotency_mismatch"
+
+
 class SessionBusy(Conflict):
     """Another turn holds the session."""
 

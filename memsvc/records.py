@@ -11,11 +11,26 @@ checked by the managers and answered with 413.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Id = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+
+# ---- bounded scalars: every number a client sends is one of these ------------------------
+# Python ints are unbounded, SQL BIGINT and torch int64 are not: a value outside 64 bits
+# must be a 422 at validation, never an overflow deep in a driver (a 500). Floats must be
+# finite, and seconds small enough for ``datetime - timedelta`` (which overflows near
+# 2.7e11 s).
+I64_MAX = 2**63 - 1
+MAX_SECONDS = 1e10  # ~317 years: older than anything stored
+Count = Annotated[int, Field(ge=0, le=I64_MAX)]
+PositiveCount = Annotated[int, Field(ge=1, le=I64_MAX)]
+Seed = Annotated[int, Field(ge=0, le=I64_MAX)]
+Seconds = Annotated[float, Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+FilterId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 def _reject_nul(value: Any) -> Any:
@@ -73,14 +88,14 @@ class SessionList(BaseModel):
 class MessageCreate(Strict):
     content: str = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: PositiveCount | None = None
     # None: the checkpoint's generation_config.json decides (the shipped model: greedy)
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0, le=1_000_000)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     stop: list[str] | str | None = Field(default=None, validate_default=True)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: Seed | None = None
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=190)
     use_documents: bool = True
     use_memory: bool = True
@@ -226,13 +241,13 @@ class SlotList(BaseModel):
 
 
 class EvictIn(Strict):
-    tenant_id: str | None = Field(default=None, min_length=1)
-    user_id: str | None = Field(default=None, min_length=1)
-    session_id: str | None = Field(default=None, min_length=1)
-    layer: int | None = Field(default=None, ge=0)
-    max_gate: float | None = Field(default=None, ge=0.0, le=1.0)
-    max_reads: int | None = Field(default=None, ge=0)
-    older_than_s: float | None = Field(default=None, ge=0.0)
+    tenant_id: FilterId | None = None
+    user_id: FilterId | None = None
+    session_id: FilterId | None = None
+    layer: Count | None = None
+    max_gate: Fraction | None = None
+    max_reads: Count | None = None
+    older_than_s: Seconds | None = None
 
 
 class EvictOut(BaseModel):

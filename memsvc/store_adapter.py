@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from memsvc.errors import Conflict, NotFound
+from memsvc.errors import Conflict, IdempotencyMismatch, NotFound
 from memsvc.store import (
     Busy,
     DocumentRec,
@@ -51,6 +51,8 @@ def storage_errors():
         raise NotFound(str(exc)) from exc
     except serr.LockHeld as exc:
         raise Busy(str(exc)) from exc
+    except serr.IdempotencyMismatch as exc:
+        raise IdempotencyMismatch(str(exc)) from exc
     except serr.Conflict as exc:
         raise Conflict(str(exc)) from exc
 
@@ -202,7 +204,9 @@ class StorageStore(SlotAdmin, Store):
         return self.tenants.resolve_api_key(key)
 
     def create_tenant(self, name: str) -> tuple[str, str]:
-        tenant = self.tenants.create(name)
+        """A new tenant and its first key; :class:`Conflict` when the name is taken."""
+        with storage_errors():
+            tenant = self.tenants.create(name)
         key, _ = self.tenants.create_api_key(tenant.id, name="default")
         return tenant.id, key
 
@@ -277,7 +281,8 @@ class StorageStore(SlotAdmin, Store):
     def list_sessions(self, tenant_id, user_id, limit):
         """Newest first; the user filter is applied in SQL, before the limit."""
         infos = self.sessions.admin_list(tenant_id=tenant_id, external_user_id=user_id, limit=limit)
-        return [self._rec(info) for info in infos]
+        positions = self.states.positions([info.id for info in infos])
+        return [self._rec(info, positions.get(info.id, 0)) for info in infos]
 
     def delete_session(self, tenant_id: str, session_id: str) -> None:
         """Messages, states (both tiers) and session-scoped slots go with the session."""
@@ -325,11 +330,20 @@ class StorageStore(SlotAdmin, Store):
             self.sessions.get(tenant_id, session_id)
         return [_msg(m) for m in self.messages.list(tenant_id, session_id, limit=limit)]
 
-    def find_turn(self, tenant_id, session_id, key):
-        """The committed turn of idempotency ``key``: two probes of the client-key index."""
+    def find_turn(self, tenant_id, session_id, key, content=None):
+        """The committed turn of idempotency ``key``: two probes of the client-key index.
+
+        With ``content``, a committed turn whose user message differs raises
+        :class:`IdempotencyMismatch` (409), as the commit would.
+        """
         user = self.messages.by_client_key(tenant_id, session_id, key)
         if user is None:
             return None
+        if content is not None and user.content != content:
+            raise IdempotencyMismatch(
+                f"idempotency key {key!r} was already used in session {session_id} "
+                "for a different message"
+            )
         reply = self.messages.by_client_key(tenant_id, session_id, key + REPLY_SUFFIX)
         if reply is None:
             return None
@@ -368,6 +382,7 @@ class StorageStore(SlotAdmin, Store):
                 c.assistant_content,
                 client_key=(key + REPLY_SUFFIX) if key else None,
                 meta={"tokens": c.assistant_tokens},
+                key_binds_content=False,  # generated: a redo may word it differently
             ),
         ]
         with storage_errors():

@@ -1,4 +1,5 @@
-"""Checkpoint directories: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``).
+"""Checkpoint directories: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``,
+and ``chat_format.json`` when the model keeps its source's chat format).
 
 config.json is :meth:`RetNetConfig.to_json` (it carries ``format`` and ``format_version``;
 an unknown one is refused with :class:`CheckpointError`). model.safetensors holds the
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from retnet_core.config import ConfigError, RetNetConfig
 from retnet_core.model import RetNetLM
+from retnet_core.tokenizer import CHAT_FORMAT_FILE
 
 __all__ = [
     "CONFIG_NAME",
@@ -56,6 +58,9 @@ def save_pretrained(model: RetNetLM, directory: str | Path, tokenizer: Any = Non
         if isinstance(tokenizer, str | Path):
             if Path(tokenizer).resolve() != target.resolve():
                 shutil.copyfile(tokenizer, target)
+                fmt = Path(tokenizer).with_name(CHAT_FORMAT_FILE)
+                if fmt.is_file():  # the model's own chat format travels with its tokenizer
+                    shutil.copyfile(fmt, out / CHAT_FORMAT_FILE)
         else:
             tokenizer.save(str(target))
     return out

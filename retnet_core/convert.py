@@ -331,7 +331,9 @@ def cli(
     """
     try:
         if source_format != "torchscale":
-            raise ConvertError(f"unknown source format {source_format!r}; supported: torchscale")
+            raise ConvertError(
+                f"unknown source format {source_format!r}; supported: torchscale, llama"
+            )
         model = convert_torchscale(src, dst, config, trust_pickle)
     except ConvertError as exc:  # a user error: one line, no traceback, exit status 2
         print(f"error: {exc}", file=sys.stderr)

@@ -30,7 +30,7 @@ from retnet_core.layers import (
     RetentionContext,
     RetNetBlock,
     RMSNorm,
-    head_log_decay,
+    head_log_decays,
     rotary_angles,
     rotation_tables,
 )
@@ -93,17 +93,26 @@ class RetNetLM(nn.Module):
         key = (self.device, self.state_dtype)
         if key not in self._tables:
             c = self.config
-            ld = head_log_decay(c.n_heads, c.decay_base).to(self.device, self.state_dtype)
-            self._tables[key] = (ld, rotary_angles(c.key_dim, c.rotary_base).to(self.device))
+            ld = head_log_decays(c).to(self.device, self.state_dtype)
+            angles = rotary_angles(c.key_dim, c.rotary_base, c.rotary).to(self.device)
+            self._tables[key] = (ld, angles)
         return self._tables[key]
+
+    def context(self, positions: Tensor, mode: str = "parallel", **kw: Any) -> RetentionContext:
+        """What every layer of one call shares, for calling a block or its mixer alone
+        (e.g. attention transfer: ``block.retention(norm(x), model.context(pos), None)``).
+
+        positions (B, T) absolute; mode "parallel" | "chunkwise" | "step"; ``kw``: the
+        other :class:`RetentionContext` fields (lengths, chunk_size, boundaries).
+        """
+        return self._context(positions, mode, **kw)
 
     def _context(self, positions: Tensor, mode: str, **kw: Any) -> RetentionContext:
         log_decay, angles = self._decay_and_angles()
         rot = rotation_tables(positions, angles, self.state_dtype)
-        norm = self.config.retention_norm
-        decay_norm = (
-            None if norm == "none" else retention_denominator("decay", log_decay, positions)
-        )
+        c = self.config
+        unused = c.retention_norm == "none" or c.mixer == "softmax" or c.decay == "learned"
+        decay_norm = None if unused else retention_denominator("decay", log_decay, positions)
         return RetentionContext(positions, rot, log_decay, decay_norm, mode, **kw)
 
     # ---- fingerprint ----------------------------------------------------------------------
@@ -144,19 +153,10 @@ class RetNetLM(nn.Module):
     # ---- state ----------------------------------------------------------------------------
     def init_state(self, batch_size: int = 1) -> RecurrentState:
         """The empty state (position 0) of ``batch_size`` sequences."""
-        c, dev, dt = self.config, self.device, self.state_dtype
-        s = [
-            torch.zeros(batch_size, c.n_heads, c.key_dim, c.head_value_dim, device=dev, dtype=dt)
-            for _ in range(c.n_layers)
-        ]
-        z = None
-        if c.retention_norm == "torchscale":
-            z = [
-                torch.zeros(batch_size, c.n_heads, c.key_dim, device=dev, dtype=dt)
-                for _ in range(c.n_layers)
-            ]
+        dev, dt = self.device, self.state_dtype
+        layers = [b.retention.empty_state(batch_size, dev, dt) for b in self.blocks]
         pos = torch.zeros(batch_size, dtype=torch.long, device=dev)
-        return RecurrentState(s, z, pos, self.fingerprint)  # hashed when first needed
+        return self._pack(layers, pos, self.fingerprint)  # hashed when first needed
 
     def check_state(self, state: RecurrentState, batch_size: int | None = None) -> str:
         """Refuse a state of another model (StateMismatchError) or of the wrong batch.
@@ -186,7 +186,7 @@ class RetNetLM(nn.Module):
         state: RecurrentState | None,
         memory: Memory,
         capture: dict[int, Tensor] | None,
-    ) -> tuple[Tensor, list[tuple[Tensor, Tensor | None] | None]]:
+    ) -> tuple[Tensor, list[dict[str, Tensor] | None]]:
         """Blocks over embedded tokens -> final hidden (B, T, d), per-layer new states."""
         x = self._embed(tokens)
         ctx.embeds, ctx.tokens = x, tokens
@@ -303,6 +303,23 @@ class RetNetLM(nn.Module):
             self.device.type == "cpu"  # CUDA keeps the fla_ops seam of the generic path
             and c.retention_norm != "torchscale"
             and (c.dropout == 0.0 or not self.training)
+            and self._classic
+        )
+
+    @property
+    def _classic(self) -> bool:
+        """The layout :meth:`_step_layers` is written for: no variant field in use."""
+        c = self.config
+        return (
+            c.mixer == "retention"
+            and c.kv_heads == c.n_heads
+            and c.n_heads * c.key_dim == c.d_model
+            and c.rotary == "torchscale"
+            and c.qk_scale is None
+            and c.out_gate
+            and c.head_norm != "none"
+            and c.decay == "fixed"
+            and c.feature_map == "identity"
         )
 
     def _step_rotation(self, position: Tensor) -> Tensor:
@@ -410,9 +427,12 @@ class RetNetLM(nn.Module):
         return self._tables[key]
 
     def _pack(self, layers: list, position: Tensor, fingerprint: Any) -> RecurrentState:
-        s = [st[0] for st in layers]
-        z = [st[1] for st in layers] if self.config.retention_norm == "torchscale" else None
-        return RecurrentState(s, z, position, fingerprint)
+        """Per-layer state dicts -> one :class:`RecurrentState` (S, z, named extras)."""
+        s = [st["S"] for st in layers]
+        z = [st["z"] for st in layers] if "z" in layers[0] else None
+        names = [n for n in layers[0] if n not in ("S", "z")]
+        extra = {n: [st[n] for st in layers] for n in names}
+        return RecurrentState(s, z, position, fingerprint, extra)
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied head counts once)."""

@@ -1,13 +1,19 @@
 """RecurrentState: everything a session needs to continue decoding, in a few hundred KB.
 
-Per layer l: S_l (B, H, D_k, D_v) and, for ``retention_norm="torchscale"`` models, the
-decayed key sum z_l (B, H, D_k); the absolute position of the next token of each
+Per layer l: S_l (B, H, D_φ, D_v) and, for ``retention_norm="torchscale"`` models, the
+decayed key sum z_l (B, H, D_φ); the absolute position of the next token of each
 sequence (B,) int64 (it drives the rotation); and the fingerprint of the model that
 produced it (weights, config and every setting the state depends on).
 
-Bytes: a safetensors blob (tensors ``S.{l}``, ``z.{l}``, ``position``) whose metadata holds
-the format version, the fingerprint and a BLAKE2b checksum of everything else, so a
-truncated or damaged blob is refused as corrupt and a foreign one as a mismatch.
+Mixers other than retention keep named ``extra`` tensors per layer (see
+``retnet_core.attention``): the hybrid's window ring ``win_k``/``win_v`` (B, H_kv, w, D)
+and sinks ``sink_k``/``sink_v`` (B, H_kv, s, D), fixed size; the softmax teacher's KV
+cache ``kv_k``/``kv_v`` (B, H_kv, P, D), which grows with the position P (its S is empty).
+
+Bytes: a safetensors blob (tensors ``S.{l}``, ``z.{l}``, ``{extra}.{l}``, ``position``)
+whose metadata holds the format version, the fingerprint and a BLAKE2b checksum of
+everything else, so a truncated or damaged blob is refused as corrupt and a foreign one
+as a mismatch. A state without extras writes exactly the bytes it wrote before they existed.
 """
 
 from __future__ import annotations
@@ -67,8 +73,10 @@ class RecurrentState:
         z: list[Tensor] | None,
         position: Tensor,
         fingerprint: str | Callable[[], str],
+        extra: dict[str, list[Tensor]] | None = None,
     ) -> None:
         self.S, self.z, self.position = S, z, position
+        self.extra: dict[str, list[Tensor]] = dict(extra or {})
         self._fingerprint = fingerprint
 
     @property
@@ -95,21 +103,27 @@ class RecurrentState:
     @property
     def nbytes(self) -> int:
         """Bytes held by the tensors (S, z and positions)."""
-        tensors = [*self.S, *(self.z or []), self.position]
+        tensors = [*self.S, *(self.z or []), *_flat(self.extra), self.position]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @property
     def device(self) -> torch.device:
         return self.position.device
 
-    def layer(self, i: int) -> tuple[Tensor, Tensor | None]:
-        """(S_i, z_i) of layer i."""
-        return self.S[i], (None if self.z is None else self.z[i])
+    def layer(self, i: int) -> dict[str, Tensor]:
+        """Layer i's tensors by name: ``S``, ``z`` (when kept) and the extras."""
+        out = {"S": self.S[i], **{name: ts[i] for name, ts in self.extra.items()}}
+        if self.z is not None:
+            out["z"] = self.z[i]
+        return out
 
     # ---- copies ---------------------------------------------------------------------------
     def _map(self, fn) -> RecurrentState:
         z = None if self.z is None else [fn(t) for t in self.z]
-        return RecurrentState([fn(t) for t in self.S], z, fn(self.position), self.fingerprint)
+        extra = {name: [fn(t) for t in ts] for name, ts in self.extra.items()}
+        return RecurrentState(
+            [fn(t) for t in self.S], z, fn(self.position), self.fingerprint, extra
+        )
 
     def to(self, device: torch.device | str) -> RecurrentState:
         """The same state on ``device``."""
@@ -145,16 +159,22 @@ class RecurrentState:
         for s in states[1:]:
             if s.fingerprint != first.fingerprint:
                 raise StateMismatchError(s.fingerprint, first.fingerprint)
-            if s.n_layers != first.n_layers or (s.z is None) != (first.z is None):
+            same = s.n_layers == first.n_layers and set(s.extra) == set(first.extra)
+            if not same or (s.z is None) != (first.z is None):
                 raise StateError("cannot stack states of different layouts")
         z = None
         if first.z is not None:
             z = [torch.cat([s.z[i] for s in states]) for i in range(first.n_layers)]
+        extra = {
+            name: [_cat_padded([s.extra[name][i] for s in states]) for i in range(first.n_layers)]
+            for name in first.extra
+        }
         return cls(
             S=[torch.cat([s.S[i] for s in states]) for i in range(first.n_layers)],
             z=z,
             position=torch.cat([s.position for s in states]),
             fingerprint=first.fingerprint,
+            extra=extra,
         )
 
     # ---- bytes ----------------------------------------------------------------------------
@@ -163,6 +183,8 @@ class RecurrentState:
         out = {f"S.{i}": s for i, s in enumerate(self.S)}
         for i, z in enumerate(self.z or []):
             out[f"z.{i}"] = z
+        for name, ts in self.extra.items():
+            out.update({f"{name}.{i}": t for i, t in enumerate(ts)})
         out["position"] = self.position
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
@@ -175,6 +197,8 @@ class RecurrentState:
             "n_layers": str(self.n_layers),
             "has_z": str(self.z is not None),
         }
+        if self.extra:  # absent otherwise: retention states keep their old bytes
+            meta["extra"] = ",".join(sorted(self.extra))
         return st_save(tensors, metadata={**meta, "checksum": _checksum(tensors, meta)})
 
     @classmethod
@@ -197,7 +221,8 @@ class RecurrentState:
             raise StateMismatchError(found, fingerprint)
         n = int(meta["n_layers"])
         z = [tensors[f"z.{i}"] for i in range(n)] if meta["has_z"] == "True" else None
-        state = cls([tensors[f"S.{i}"] for i in range(n)], z, tensors["position"], found)
+        extra = {name: [tensors[f"{name}.{i}"] for i in range(n)] for name in _extras(meta)}
+        state = cls([tensors[f"S.{i}"] for i in range(n)], z, tensors["position"], found, extra)
         return state.to(device)
 
 
@@ -216,6 +241,28 @@ def _read_blob(data: bytes) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         n = int(meta["n_layers"])
         _ = [tensors[f"S.{i}"] for i in range(n)], tensors["position"]
+        _ = [tensors[f"{name}.{i}"] for name in _extras(meta) for i in range(n)]
     except KeyError as exc:
         raise StateCorruptError(f"recurrent state bytes lack tensor {exc}") from exc
     return tensors, meta
+
+
+def _extras(meta: dict[str, str]) -> list[str]:
+    """Names of the extra per-layer tensors recorded in a blob's metadata."""
+    return [name for name in meta.get("extra", "").split(",") if name]
+
+
+def _flat(extra: dict[str, list[Tensor]]) -> list[Tensor]:
+    return [t for ts in extra.values() for t in ts]
+
+
+def _cat_padded(parts: list[Tensor]) -> Tensor:
+    """Concatenate along the batch, zero-padding dim 2 (a KV cache's time) to the longest."""
+    longest = max(p.shape[2] for p in parts) if parts[0].dim() > 2 else None
+    if longest is not None:
+        parts = [
+            torch.nn.functional.pad(p, (0, 0, 0, longest - p.shape[2])) if p.shape[2] < longest
+            else p
+            for p in parts
+        ]  # fmt: skip
+    return torch.cat(parts)

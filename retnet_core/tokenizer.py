@@ -20,13 +20,25 @@ all at once, and every turn end is a chunk boundary. To generate a reply, feed
 
 Message content is encoded with special-token matching switched off: a user who types
 ``<|end|>`` gets the bytes of that string, never the control token.
+
+Other chat formats (a converted model keeps its source's): a :class:`ChatFormat` gives
+each role's opening text, the closing token and the padding token, and lives in
+``chat_format.json`` beside ``tokenizer.json`` (absent: the memsvc format above). ChatML
+(SmolLM2, Qwen, ...) is rendered as::
+
+    \n<|im_start|>role\n content <|im_end|>
+
+The source's template puts the newline after ``<|im_end|>``; here it opens the next turn,
+so that a turn still ends on its closing token (the engine feeds back just that one token
+after a reply) and a conversation is still the concatenation of its turns. The only
+difference from the source's rendering is one newline before the very first turn.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -45,6 +57,45 @@ ROLES: dict[str, str] = {
     "passage": PASSAGE,
 }
 TOKENIZER_FILE = "tokenizer.json"
+CHAT_FORMAT_FILE = "chat_format.json"
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How turns are rendered: ``openings[role] + content + end``.
+
+    ``openings``: role -> the text that opens its turn (special tokens in it are matched);
+    ``end``: the special token that closes every turn (generation stops on it); ``pad``:
+    a token used only for padding (never sampled); ``template``: the source's Jinja chat
+    template, kept for the record.
+    """
+
+    openings: dict[str, str]
+    end: str
+    pad: str
+    name: str = "custom"
+    template: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def chatml(
+        cls, pad: str = "<|endoftext|>", passage_role: str = "passage", template: str | None = None
+    ) -> ChatFormat:
+        """ChatML (see the module docstring); ``passage`` turns use ``passage_role``."""
+        names = {"system": "system", "user": "user", "assistant": "assistant"}
+        names["passage"] = passage_role
+        openings = {role: f"\n<|im_start|>{name}\n" for role, name in names.items()}
+        return cls(openings, "<|im_end|>", pad, "chatml", template)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ChatFormat:
+        return cls(**json.loads(text))
+
+
+MEMSVC_FORMAT = ChatFormat(openings=dict(ROLES), end=END, pad=PAD, name="memsvc")
 
 
 @dataclass(frozen=True)
@@ -99,24 +150,33 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int =
 
 
 class ChatTokenizer:
-    """A trained :class:`tokenizers.Tokenizer` plus the chat template."""
+    """A trained :class:`tokenizers.Tokenizer` plus the chat template (its :class:`ChatFormat`)."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        for i, name in enumerate(SPECIAL_TOKENS):
-            if tokenizer.token_to_id(name) != i:
-                raise ValueError(f"special token {name} must have id {i}")
+    def __init__(self, tokenizer: Tokenizer, chat_format: ChatFormat | None = None) -> None:
+        fmt = chat_format or MEMSVC_FORMAT
+        if fmt.name == "memsvc":
+            for i, name in enumerate(SPECIAL_TOKENS):
+                if tokenizer.token_to_id(name) != i:
+                    raise ValueError(f"special token {name} must have id {i}")
         self._tok = tokenizer
+        self.chat_format = fmt
+        tokenizer.encode_special_tokens = False  # openings are markup: match their tokens
+        self._openings = {
+            role: tokenizer.encode(text, add_special_tokens=False).ids
+            for role, text in fmt.openings.items()
+        }
         # Content is plain text: a literal "<|end|>" typed by a user stays bytes.
         self._tok.encode_special_tokens = True
-        (
-            self.pad_id,
-            self.system_id,
-            self.user_id,
-            self.assistant_id,
-            self.passage_id,
-            self.end_id,
-        ) = range(len(SPECIAL_TOKENS))
-        self._role_ids = {role: tokenizer.token_to_id(t) for role, t in ROLES.items()}
+        ids = {name: tokenizer.token_to_id(name) for name in (fmt.end, fmt.pad)}
+        missing = [name for name, i in ids.items() if i is None]
+        if missing or sorted(ROLES) != sorted(self._openings):
+            raise ValueError(f"chat format {fmt.name}: tokens {missing} unknown or roles missing")
+        self.end_id, self.pad_id = ids[fmt.end], ids[fmt.pad]
+        # the id that opens (first id of) each role's turn; single ids in the memsvc format
+        self._role_ids = {role: opening[0] for role, opening in self._openings.items()}
+        self.system_id, self.user_id = self._role_ids["system"], self._role_ids["user"]
+        self.assistant_id = self._role_ids["assistant"]
+        self.passage_id = self._role_ids["passage"]
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -128,19 +188,25 @@ class ChatTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> ChatTokenizer:
-        """Load from a ``tokenizer.json`` file or a checkpoint directory holding one."""
+        """Load from a ``tokenizer.json`` file or a checkpoint directory holding one (and
+        ``chat_format.json`` beside it, when the model has its own chat format)."""
         path = Path(path)
         if path.is_dir():
             path = path / TOKENIZER_FILE
-        return cls(Tokenizer.from_file(str(path)))
+        fmt_path = path.with_name(CHAT_FORMAT_FILE)
+        fmt = ChatFormat.from_json(fmt_path.read_text()) if fmt_path.is_file() else None
+        return cls(Tokenizer.from_file(str(path)), fmt)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``tokenizer.json`` (into ``path`` if it is a directory); returns the file."""
+        """Write ``tokenizer.json`` (into ``path`` if it is a directory), and
+        ``chat_format.json`` beside it unless the format is memsvc's; returns the file."""
         path = Path(path)
         if path.is_dir() or path.suffix != ".json":
             path = path / TOKENIZER_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(path))
+        if self.chat_format.name != "memsvc":
+            path.with_name(CHAT_FORMAT_FILE).write_text(self.chat_format.to_json() + "\n")
         return path
 
     def to_json(self) -> str:
@@ -171,16 +237,23 @@ class ChatTokenizer:
 
     # ---------------------------------------------------------------- chat template
     def role_id(self, role: str) -> int:
-        """The id that opens a turn of ``role``."""
+        """The (first) id that opens a turn of ``role``."""
         try:
             return self._role_ids[role]
+        except KeyError:
+            raise ValueError(f"unknown role {role!r}") from None
+
+    def opening(self, role: str) -> list[int]:
+        """The ids that open a turn of ``role`` (one id in the memsvc format)."""
+        try:
+            return list(self._openings[role])
         except KeyError:
             raise ValueError(f"unknown role {role!r}") from None
 
     def render_turn(self, message: Message | dict) -> list[int]:
         """One turn: ``<|role|> content <|end|>``. Accepts a Message or {role, content}."""
         msg = _as_message(message)
-        return [self.role_id(msg.role), *self.encode(msg.content), self.end_id]
+        return [*self.opening(msg.role), *self.encode(msg.content), self.end_id]
 
     def render(
         self,
@@ -202,7 +275,8 @@ class ChatTokenizer:
             ids.extend(turn)
             boundaries.append(len(ids))
             on = msg.role in train
-            targets.extend([False] + [on] * (len(turn) - 1))
+            given = len(self._openings[msg.role])
+            targets.extend([False] * given + [on] * (len(turn) - given))
         return Rendered(ids=ids, boundaries=boundaries, targets=targets)
 
     def render_ids(self, messages: Sequence[Message | dict]) -> list[int]:
@@ -210,26 +284,25 @@ class ChatTokenizer:
         return self.render(messages).ids
 
     def generation_prompt(self, role: str = "assistant") -> list[int]:
-        """What to feed before generating a reply: the role token alone."""
-        return [self.role_id(role)]
+        """What to feed before generating a reply: the role's opening alone."""
+        return self.opening(role)
 
     def parse(self, ids: Sequence[int]) -> list[Message]:
         """Inverse of :meth:`render` for complete turns; an unterminated tail is dropped."""
-        by_id = {v: k for k, v in self._role_ids.items()}
+        ids = [int(t) for t in ids]
         out: list[Message] = []
-        role: str | None = None
-        body: list[int] = []
-        for t in ids:
+        i = 0
+        while i < len(ids):
+            role = next((r for r, o in self._openings.items() if ids[i : i + len(o)] == o), None)
             if role is None:
-                role = by_id.get(int(t))
-                if role is None:
-                    raise ValueError(f"expected a role token, got id {t}")
-                body = []
-            elif t == self.end_id:
-                out.append(Message(role, self.decode(body)))
-                role = None
-            else:
-                body.append(int(t))
+                raise ValueError(f"expected a turn opening, got id {ids[i]}")
+            start = i + len(self._openings[role])
+            try:
+                end = ids.index(self.end_id, start)
+            except ValueError:
+                break
+            out.append(Message(role, self.decode(ids[start:end])))
+            i = end + 1
         return out
 
 

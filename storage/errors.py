@@ -18,6 +18,10 @@ class Conflict(StorageError):
     """A write lost: stale version (compare-and-set failed) or a lock is held by another."""
 
 
+class IdempotencyMismatch(Conflict):
+    """A client key seen before in the session, sent again with other content."""
+
+
 class StaleVersion(Conflict):
     """Compare-and-set on a session's version failed: someone else wrote first."""
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -56,7 +57,24 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-Stamp = DateTime(timezone=True)
+class UtcStamp(TypeDecorator):
+    """A timezone-aware UTC timestamp on both databases.
+
+    SQLite keeps no zone and reads back naive datetimes; they are UTC (every stamp is
+    written by :func:`utcnow`), so they come back aware, equal to what was written: a
+    replayed turn reports the same ``created_at`` as its first answer.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+Stamp = UtcStamp()
 
 
 def tenant_fk() -> ForeignKey:

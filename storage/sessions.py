@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.errors import NotFound
+from storage.errors import IdempotencyMismatch, NotFound
 from storage.models import ChatSession, Message, User, new_id, utcnow
 
 
@@ -67,12 +67,18 @@ def _message_info(r: Message, created: bool = True) -> MessageInfo:
 
 @dataclass(frozen=True)
 class MessageIn:
-    """A message to append: role, content, optional idempotency key and metadata."""
+    """A message to append: role, content, optional idempotency key and metadata.
+
+    ``key_binds_content``: the key names this exact content, so the key seen again with
+    other content is a mismatch. False for a message the server generates (a reply,
+    whose retry may legitimately word it differently; the stored one is kept).
+    """
 
     role: str
     content: str
     client_key: str | None = None
     meta: dict | None = None
+    key_binds_content: bool = True
 
 
 def append_locked(s: Session, tenant_id: str, session_id: str, msg: MessageIn) -> MessageInfo:
@@ -80,7 +86,9 @@ def append_locked(s: Session, tenant_id: str, session_id: str, msg: MessageIn) -
 
     (``SELECT ... FOR UPDATE`` or the ``UPDATE`` of a compare-and-set on Postgres;
     SQLite's write lock.) With a ``client_key`` seen before in the session, the existing
-    message is returned (``created=False``) and nothing is written.
+    message is returned (``created=False``) and nothing is written; if that message's
+    role or content differs (and ``msg.key_binds_content``), :class:`IdempotencyMismatch`
+    is raised instead: a reused key must never silently answer another request.
     """
     if msg.client_key is not None:
         old = s.scalar(
@@ -91,6 +99,12 @@ def append_locked(s: Session, tenant_id: str, session_id: str, msg: MessageIn) -
             )
         )
         if old is not None:
+            differs = old.role != msg.role or old.content != msg.content
+            if differs and msg.key_binds_content:
+                raise IdempotencyMismatch(
+                    f"idempotency key {msg.client_key!r} was already used in session "
+                    f"{session_id} for a different message"
+                )
             return _message_info(old, created=False)
     last = s.scalar(select(func.max(Message.seq)).where(Message.session_id == session_id))
     row = Message(

@@ -17,7 +17,7 @@ them back to float32 exactly: bf16 bits << 16). Byte planes put the sign/exponen
 of neighbouring floats together, which is what makes float data compress at all.
 
 Precision ``bf16`` rounds every F32 tensor of a safetensors blob to the nearest bfloat16
-(round half to even): relative error ≤ 2^-9 per value. The decoded blob carries those
+(round half to even): relative error ≤ 2^-8 per value. The decoded blob carries those
 rounded values as float32. A blob that checks itself (the model's state: a ``checksum``
 entry in the safetensors metadata) is re-sealed through :mod:`retnet_core.state` after
 rounding, so ``decode(encode(blob))`` is a valid state; a self-checking blob this module

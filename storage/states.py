@@ -299,6 +299,19 @@ class StateStore:
             describe(row[6]),
         )
 
+    def positions(self, session_ids: list[str]) -> dict[str, int]:
+        """Token position of each session's stored state, in one SQL read (no blobs).
+
+        Sessions without a state are absent from the result (their position is 0).
+        """
+        if not session_ids:
+            return {}
+        query = select(SessionState.session_id, SessionState.position).where(
+            SessionState.session_id.in_(session_ids)
+        )
+        with self.db.read() as s:
+            return {sid: int(pos) for sid, pos in s.execute(query)}
+
     def version(self, tenant_id: str, session_id: str) -> int:
         """The session's current version from SQL; NotFound for another tenant's session."""
         with self.db.read() as s:

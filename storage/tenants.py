@@ -46,9 +46,18 @@ class TenantManager:
         self.db = db
 
     def create(self, name: str, tenant_id: str | None = None) -> TenantInfo:
-        """A new tenant; :class:`Conflict` when ``tenant_id`` is taken."""
+        """A new tenant; :class:`Conflict` when ``tenant_id`` or ``name`` is taken.
+
+        Names are what operators tell tenants apart by, so a second tenant of the same
+        name is refused rather than created silently.
+        """
         try:
             with self.db.write() as s:
+                taken = s.scalar(select(Tenant.id).where(Tenant.name == name).limit(1))
+                if taken is not None:
+                    raise Conflict(
+                        f"a tenant named {name!r} already exists (id {taken}); choose another name"
+                    )
                 t = Tenant(id=tenant_id or new_id(), name=name, created_at=utcnow())
                 s.add(t)
         except IntegrityError as exc:

@@ -8,9 +8,13 @@ from memsvc.api.deps import Admin, Svc
 from memsvc.records import (
     AdminSessionList,
     AdminSessionOut,
+    Count,
     EvictIn,
     EvictOut,
+    FilterId,
+    Fraction,
     ReindexOut,
+    Seconds,
     SlotList,
     SlotOut,
     StatsOut,
@@ -23,15 +27,15 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Admin])
 @router.get("/memory/slots", response_model=SlotList)
 async def list_slots(
     services: Svc,
-    tenant_id: str | None = Query(default=None, min_length=1),
-    user_id: str | None = Query(default=None, min_length=1),
-    session_id: str | None = Query(default=None, min_length=1),
-    layer: int | None = Query(default=None, ge=0),
-    min_gate: float | None = Query(default=None, ge=0.0, le=1.0),
-    max_gate: float | None = Query(default=None, ge=0.0, le=1.0),
-    min_reads: int | None = Query(default=None, ge=0),
-    max_reads: int | None = Query(default=None, ge=0),
-    older_than_s: float | None = Query(default=None, ge=0.0),
+    tenant_id: FilterId | None = None,
+    user_id: FilterId | None = None,
+    session_id: FilterId | None = None,
+    layer: Count | None = None,
+    min_gate: Fraction | None = None,
+    max_gate: Fraction | None = None,
+    min_reads: Count | None = None,
+    max_reads: Count | None = None,
+    older_than_s: Seconds | None = None,
     limit: int = Query(default=100, ge=1, le=10_000),
 ) -> SlotList:
     """Slots matching every given filter (provenance included)."""
@@ -83,8 +87,8 @@ async def reindex(services: Svc) -> ReindexOut:
 @router.get("/sessions", response_model=AdminSessionList)
 async def sessions(
     services: Svc,
-    tenant_id: str | None = Query(default=None, min_length=1),
-    user_id: str | None = Query(default=None, min_length=1),
+    tenant_id: FilterId | None = None,
+    user_id: FilterId | None = None,
     limit: int = Query(default=100, ge=1, le=10_000),
 ) -> AdminSessionList:
     """Sessions of every tenant (or one)."""

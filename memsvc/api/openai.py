@@ -26,6 +26,7 @@ from memsvc.engine.scheduler import TokenEvent
 from memsvc.records import TurnOut
 from memsvc.services.openai import MappedTurn, OpenAIChat, completion_id, finish_reason, usage_of
 from memsvc.services.openai_schemas import (
+    IDEMPOTENCY_HEADER,
     SESSION_HEADER,
     ChatCompletion,
     ChatCompletionRequest,
@@ -42,6 +43,16 @@ SessionHeader = Annotated[
         description="memsvc session to continue (default: a new session)",
     ),
 ]
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        min_length=1,
+        max_length=190,
+        description="retry-safe turn: the same key and message answer the committed turn "
+        "again; the key with another message is 409 (needs a named session)",
+    ),
+]
 
 
 @router.get("/models", response_model=ModelList)
@@ -53,7 +64,10 @@ async def list_models(tenant: Tenant, services: Svc) -> ModelList:
 @router.post(
     "/chat/completions",
     response_model=ChatCompletion,
-    responses={200: {"content": {"text/event-stream": {}}}, 400: {}, 404: {}, 409: {}, 413: {}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **{code: {} for code in (400, 404, 409, 413, 422)},
+    },
 )
 async def chat_completions(
     body: ChatCompletionRequest,
@@ -61,10 +75,11 @@ async def chat_completions(
     services: Svc,
     response: Response,
     session: SessionHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ):
     """One turn of a session, in OpenAI's Chat Completions format (JSON or SSE)."""
     chat = OpenAIChat(services)
-    mapped = await chat.map(tenant, body, session)
+    mapped = await chat.map(tenant, body, session, idempotency_key)
     headers = {SESSION_HEADER: mapped.session_id}
     if not body.stream:
         response.headers.update(headers)
@@ -103,6 +118,8 @@ class ChunkWriter:
             if isinstance(event, TokenEvent):
                 yield self.chunk({"content": event.text})
             elif isinstance(event, TurnOut):
+                if event.replayed:  # an idempotent replay: the stored text as one delta
+                    yield self.chunk({"content": event.message.content})
                 yield self.chunk({}, finish_reason(event))
                 if self.usage:
                     usage = usage_of(event).model_dump()

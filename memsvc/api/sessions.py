@@ -75,7 +75,8 @@ async def post_message(session_id: str, body: MessageCreate, tenant: Tenant, ser
     """One turn: the reply and usage; with ``stream: true`` Server-Sent Events.
 
     SSE events: ``delta`` ({"text"}) per piece of the reply, then ``done`` (the same body
-    as the non-streaming answer, sent only after the turn is durable) or ``error``.
+    as the non-streaming answer, sent only after the turn is durable) or ``error``. The
+    deltas always add up to the stored reply (a replay sends it as one delta).
     """
     turn = await services.turns.start(tenant, session_id, body)
     if not body.stream:
@@ -93,6 +94,8 @@ async def _sse(events: AsyncIterator[object]) -> AsyncIterator[str]:
         if isinstance(event, TokenEvent):
             yield f"event: delta\ndata: {json.dumps({'text': event.text})}\n\n"
         elif isinstance(event, TurnOut):
+            if event.replayed:  # an idempotent replay streams its stored text as one delta
+                yield f"event: delta\ndata: {json.dumps({'text': event.message.content})}\n\n"
             yield f"event: done\ndata: {event.model_dump_json()}\n\n"
         elif isinstance(event, BaseException):
             code = event.code if isinstance(event, ApiError) else "internal_error"

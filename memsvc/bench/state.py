@@ -47,12 +47,21 @@ PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def timed(fn: Callable[[], object], n: int, warmup: int = 5) -> np.ndarray:
-    """Wall time of n calls in ms (after ``warmup`` untimed calls)."""
+def timed(
+    fn: Callable[[], object],
+    n: int,
+    warmup: int = 5,
+    setup: Callable[[], object] | None = None,
+) -> np.ndarray:
+    """Wall time of n calls in ms, after ``warmup`` untimed calls; ``setup`` runs untimed."""
     for _ in range(warmup):
+        if setup is not None:
+            setup()
         fn()
     out = np.empty(n)
     for i in range(n):
+        if setup is not None:
+            setup()
         t0 = time.perf_counter()
         fn()
         out[i] = (time.perf_counter() - t0) * 1e3
@@ -69,7 +78,7 @@ def stats(ms: np.ndarray) -> dict[str, float]:
 
 def measure(st, backend: str, size: int, n: int) -> list[dict]:  # type: ignore[no-untyped-def]
     """Time save / load hot / load sql of a ``size``-byte state on one Storage."""
-    tenant = st.tenants.create("bench").id
+    tenant = st.tenants.create(f"bench-{size}-{time.monotonic_ns()}").id  # names are unique
     sid = st.sessions.create(tenant).id
     blob = os.urandom(size)
     version = [0]
@@ -302,14 +311,16 @@ def measure_large(st, label: str, blob: bytes, n: int) -> list[dict]:  # type: i
 
     def load(tier: str) -> Callable[[], None]:
         def go() -> None:
-            if tier == "redis":
-                st.states.local.drop(key)
-            elif tier == "sql":
-                st.states.evict_hot(tenant, sid)
             got = st.states.load(tenant, sid)
             assert got is not None and got.tier == tier and len(got.blob) == len(saved[0].blob)
 
         return go
+
+    def drop_local() -> None:
+        st.states.local.drop(key)
+
+    def drop_hot() -> None:  # also waits for the previous load's refill of Redis
+        st.states.evict_hot(tenant, sid)
 
     rows = [
         {"op": "encode (codec only)", **stats(timed(lambda: encode(blob, st.states.codec), n, 1))},
@@ -321,9 +332,12 @@ def measure_large(st, label: str, blob: bytes, n: int) -> list[dict]:  # type: i
         )
     rows += floors(st, saved[0].encoded.frames, n)
     rows += [
-        {"op": "load redis", **stats(timed(load("redis"), n, 1))},
+        {"op": "load redis", **stats(timed(load("redis"), n, 1, drop_local))},
         {"op": "load local+version", **stats(timed(load("local"), n, 1))},
-        {"op": "load sql (+ refill Redis)", **stats(timed(load("sql"), n, 1))},
+        {
+            "op": "load sql (Redis refilled in the background)",
+            **stats(timed(load("sql"), n, 1, drop_hot)),
+        },
         {"op": "sql read + decode", **stats(timed(lambda: st.states._get_sql(tenant, sid), n, 1))},
     ]
     for r in rows:
@@ -429,7 +443,7 @@ def markdown_large(report: dict) -> str:
             ("save (durable)", TARGET_SAVE_MS),
             ("save (durable), already bf16", TARGET_SAVE_MS),
             ("load redis", TARGET_LOAD_MS),
-            ("load sql (+ refill Redis)", TARGET_LOAD_MS),
+            ("load sql (Redis refilled in the background)", TARGET_LOAD_MS),
         ):
             ms = got[op]["p50_ms"]
             verdict = "meets it" if ms <= target else f"misses it by {ms - target:.0f} ms"

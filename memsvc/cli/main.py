@@ -46,6 +46,10 @@ def describe(exc: BaseException) -> str:
         orig = getattr(exc, "orig", None)
         first = (str(orig).strip().splitlines() or [first])[0] if orig else first
         return f"database: {first}"
+    from memsvc.errors import DomainError
+
+    if isinstance(exc, DomainError):  # written for people already: the message alone
+        return exc.message
     if type(exc).__name__ in {"MemsvcError", "ConvertError", "FileNotFoundError", "ValueError"}:
         return first or type(exc).__name__
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
@@ -69,6 +73,23 @@ experiment_app = typer.Typer(
     help="Retention Layer experiments: each writes JSON, a Markdown table and a PNG.",
     no_args_is_help=True,
 )
+_VERBOSE = [False]  # set by the top-level --verbose
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="show libraries' INFO logs (Alembic, faiss)")
+    ] = False,
+) -> None:
+    """Quiet by default: only warnings and errors of libraries reach stderr."""
+    if verbose:
+        import logging
+
+        _VERBOSE[0] = True
+        logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+
+
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(bench_app, name="bench")
 app.add_typer(experiment_app, name="experiment")
@@ -92,6 +113,9 @@ def serve(
         str | None, typer.Option(help="checkpoint folder [default: MEMSVC_MODEL_DIR]")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="also libraries' logs (Alembic, faiss)")
+    ] = False,
 ) -> None:
     """Serve the HTTP API (REST, OpenAI-compatible, admin); settings from MEMSVC_* / .env.
 
@@ -100,7 +124,7 @@ def serve(
     """
     from memsvc.server import serve as run_server
 
-    run_server(host, port, model_dir, log_level)
+    run_server(host, port, model_dir, log_level, verbose or _VERBOSE[0])
 
 
 @app.command()
@@ -211,17 +235,30 @@ def chat(
 # ------------------------------------------------------------------ model
 @app.command()
 def convert(
-    source_format: Annotated[str, typer.Argument(help="source library: torchscale")],
-    src: Annotated[Path, typer.Argument(help="torch file: state dict or fairseq-style dict")],
+    source_format: Annotated[str, typer.Argument(help="source: torchscale | llama")],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="torchscale: torch file (state dict or fairseq-style dict); "
+            "llama: a .gguf file or a Hugging Face LlamaForCausalLM directory"
+        ),
+    ],
     dst: Annotated[Path, typer.Argument(help="checkpoint folder to write")],
     config: Annotated[
-        Path | None, typer.Option(help="JSON with torchscale RetNetConfig fields")
+        Path | None, typer.Option(help="torchscale: JSON with torchscale RetNetConfig fields")
     ] = None,
     trust_pickle: Annotated[
-        bool, typer.Option(help="unpickle arbitrary objects in SRC (trusted files only)")
+        bool, typer.Option(help="torchscale: unpickle arbitrary objects in SRC (trusted only)")
     ] = False,
+    mixer: Annotated[
+        str, typer.Option(help="llama: retention | hybrid | softmax (the teacher)")
+    ] = "retention",
 ) -> None:
-    """Convert a RetNet from another library into a memsvc checkpoint folder."""
+    """Convert a model from another library into a memsvc checkpoint folder."""
+    if source_format == "llama":
+        from retnet_core.convert_llama import cli as run_llama
+
+        raise typer.Exit(run_llama([str(src), str(dst), "--mixer", mixer]))
     from retnet_core.convert import cli as run_convert
 
     run_convert(source_format, src, dst, config, trust_pickle)

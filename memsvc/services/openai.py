@@ -21,6 +21,14 @@ Session mapping
       user/assistant messages) starts from a system prompt that holds that history as
       a transcript; those messages count as the session's history afterwards.
     - System messages only matter when a session is created.
+
+Idempotency
+    An ``Idempotency-Key`` request header becomes the turn's idempotency key, as on
+    ``POST /v1/sessions/{id}/messages``: a retry with the same key and the same new user
+    message answers the committed turn again (whatever history it resends, since that
+    history no longer ends where the session does); other content under the key is 409
+    ``idempotency_mismatch``. Keys are per session, so a key needs a named session: with
+    no session the request would start a new one each time, and a key is 422.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from memsvc.services.openai_schemas import (
     ModelList,
     PromptTokensDetails,
 )
+from memsvc.threads import run_in_threadpool
 
 T = TypeVar("T")
 SEED_KEY = "openai_seed"
@@ -153,18 +162,38 @@ class OpenAIChat:
             raise NotFound(f"model {model!r} does not exist; this server serves {MODEL_ID!r}")
 
     async def map(
-        self, tenant_id: str, req: ChatCompletionRequest, header_session: str | None
+        self,
+        tenant_id: str,
+        req: ChatCompletionRequest,
+        header_session: str | None,
+        idempotency_key: str | None = None,
     ) -> MappedTurn:
         """Resolve (or create) the session and build the turn body (see module doc)."""
         self.check_model(req.model)
         system, prior, content = split_request(req)
         session_id = header_session or req.session_hint()
         created = session_id is None
+        body = self._body(req, content, idempotency_key)
+        if created and idempotency_key:
+            raise Unprocessable(
+                "an Idempotency-Key needs a session (X-Memsvc-Session or metadata.session_id): "
+                "without one every request starts a new session"
+            )
         if created:
             session_id = await self._create(tenant_id, req, system, prior)
-        else:
+        elif not await self._committed(tenant_id, session_id, body):
             await self._check_history(tenant_id, session_id, prior)
-        return MappedTurn(session_id, self._body(req, content), created)
+        return MappedTurn(session_id, body, created)
+
+    async def _committed(self, tenant_id: str, session_id: str, body: MessageCreate) -> bool:
+        """Whether the body's idempotency key names a committed turn (409 when it was
+        committed with other content); its replay skips the history check."""
+        if not body.idempotency_key:
+            return False
+        await self.services.sessions.get(tenant_id, session_id)  # 404 for unknown/foreign ids
+        store = self.services.store
+        args = (tenant_id, session_id, body.idempotency_key, body.content)
+        return await run_in_threadpool(store.find_turn, *args) is not None
 
     async def _create(
         self, tenant_id: str, req: ChatCompletionRequest, system: list[str], prior: list[Pair]
@@ -194,11 +223,14 @@ class OpenAIChat:
                 "message, or no session id to start a new session"
             )
 
-    def _body(self, req: ChatCompletionRequest, content: str) -> MessageCreate:
+    def _body(
+        self, req: ChatCompletionRequest, content: str, idempotency_key: str | None = None
+    ) -> MessageCreate:
         """The session-API turn body for this request (unset values: the checkpoint's defaults)."""
         return build(
             MessageCreate,
             content=content,
+            idempotency_key=idempotency_key,
             stream=req.stream,
             max_tokens=req.new_tokens(),
             temperature=req.temperature,  # None: the checkpoint's default

@@ -11,8 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from memsvc.records import Count, Finite, PositiveCount, Seed
+
 MODEL_ID = "memsvc"
 SESSION_HEADER = "X-Memsvc-Session"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _no_nul(value: Any) -> Any:
@@ -85,20 +88,20 @@ class ChatCompletionRequest(_Strict):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: PositiveCount | None = None
+    max_completion_tokens: PositiveCount | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: Seed | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="only 1 is supported")
     user: str | None = Field(default=None, min_length=1, max_length=128)
     metadata: dict[str, str] | None = None
     store: bool | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: Finite | None = None
+    frequency_penalty: Finite | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Count | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None

@@ -125,7 +125,7 @@ class TurnManager:
         turn = Turn(queue=asyncio.Queue())
         # one thread-pool hop: the session (404), a committed replay, else the lock
         session, done, lock = await run_in_threadpool(
-            self._open, tenant_id, session_id, req.idempotency_key
+            self._open, tenant_id, session_id, req.idempotency_key, req.content
         )
         if done is not None:
             turn.result = self._replayed(session, *done)
@@ -133,11 +133,11 @@ class TurnManager:
         turn.task = asyncio.create_task(self._run(turn, lock, session, req, max_new))
         return turn
 
-    def _open(self, tenant_id: str, session_id: str, key: str | None) -> tuple:
+    def _open(self, tenant_id: str, session_id: str, key: str | None, content: str) -> tuple:
         """Thread pool: (session, committed turn or None, held lock or None)."""
         session = self.store.get_session(tenant_id, session_id, False)
         if key:
-            done = self.store.find_turn(tenant_id, session_id, key)
+            done = self.store.find_turn(tenant_id, session_id, key, content)
             if done is not None:
                 return session, done, None
         lock = self.store.session_lock(tenant_id, session_id, self.settings.lock_wait_s)
@@ -199,7 +199,11 @@ class TurnManager:
     async def _run_locked(self, turn, session, req, max_new, accepted) -> TurnOut:
         if req.idempotency_key:  # committed while we waited for the lock: replay, not redo
             done = await run_in_threadpool(
-                self.store.find_turn, session.tenant_id, session.id, req.idempotency_key
+                self.store.find_turn,
+                session.tenant_id,
+                session.id,
+                req.idempotency_key,
+                req.content,
             )
             if done is not None:
                 return self._replayed(session, *done)

@@ -19,6 +19,7 @@ from server_util import ADMIN_KEY, Server
 from service_testkit import LIMITS, PG_ADMIN, REDIS_URL, Backend, Client
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from talkative_model import talkative_server
 from tiny_model import make_tiny_checkpoint
 
 # Bind the real package now, before pytest puts tests/ on sys.path (for tests/test_*.py),
@@ -112,3 +113,17 @@ def api(http: httpx.Client, backend: Backend) -> Client:
 @pytest.fixture
 def admin(http: httpx.Client) -> Client:
     return Client(http, ADMIN_KEY)
+
+
+@pytest.fixture(scope="module")
+def talkative_http(backend: Backend, tmp_path_factory, pytestconfig) -> Iterator[httpx.Client]:
+    """A client of the talkative server (replies of REPLY_TOKENS tokens, then <|end|>)."""
+    srv = talkative_server(backend, tmp_path_factory, pytestconfig)
+    with httpx.Client(base_url=srv.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def talkative_api(talkative_http: httpx.Client, backend: Backend) -> Client:
+    """A brand-new tenant on the talkative server."""
+    return Client(talkative_http, backend.new_tenant("talk"))

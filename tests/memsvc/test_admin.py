@@ -1,9 +1,20 @@
-"""Admin API: auth, slot listing/filters/detail, delete and evict (unreachable after)."""
+"""Admin API: auth, slot listing/filters/detail, delete and evict (unreachable after).
+
+Every test works as a brand-new tenant (the ``api`` fixture) with user names of its own:
+the admin API filters across tenants, so a shared name would see other tests' data.
+"""
 
 from __future__ import annotations
 
+import uuid
+
 from service_testkit import Client
 from test_chat import new_session, turn
+
+
+def own(name: str) -> str:
+    """A user name no other test (or earlier run on the same database) uses."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def test_admin_requires_the_admin_key(api: Client, http) -> None:
@@ -15,17 +26,18 @@ def test_admin_requires_the_admin_key(api: Client, http) -> None:
 
 
 def test_slots_carry_provenance_and_filter(api: Client, admin: Client) -> None:
-    sid = new_session(api, user_id="carol")
+    carol = own("carol")
+    sid = new_session(api, user_id=carol)
     out = turn(api, sid, "My favourite colour is teal")
     assert out["usage"]["memory_writes"] >= 1
     slots = admin("GET", "/admin/memory/slots", params={"session_id": sid}).json()["data"]
     assert slots
     slot = admin("GET", f"/admin/memory/slots/{slots[0]['id']}").json()
     assert slot["text"] == "My favourite colour is teal"
-    assert slot["session_id"] == sid and slot["user_id"] == "carol" and slot["scope"] == "user"
+    assert slot["session_id"] == sid and slot["user_id"] == carol and slot["scope"] == "user"
     assert slot["message_id"] == out["user_message"]["id"]
     assert slot["span"][0] < slot["span"][1] and 0.0 <= slot["gate"] <= 1.0
-    by_user = admin("GET", "/admin/memory/slots", params={"user_id": "carol"}).json()["data"]
+    by_user = admin("GET", "/admin/memory/slots", params={"user_id": carol}).json()["data"]
     assert slot["id"] in [s["id"] for s in by_user]
     assert admin("GET", "/admin/memory/slots", params={"min_gate": 1.0, "session_id": sid}).json()[
         "data"
@@ -39,9 +51,9 @@ def test_slots_carry_provenance_and_filter(api: Client, admin: Client) -> None:
     assert admin("GET", "/admin/memory/slots", params=old).json()["data"] == []
     assert admin("GET", "/admin/memory/slots", params={"tenant_id": "nope"}).json()["data"] == []
     # a memory written in one session of carol's is read in her next session
-    other = new_session(api, user_id="carol")
+    other = new_session(api, user_id=carol)
     turn(api, other, "What is my favourite colour?")
-    listed = admin("GET", "/admin/memory/slots", params={"user_id": "carol"}).json()["data"]
+    listed = admin("GET", "/admin/memory/slots", params={"user_id": carol}).json()["data"]
     assert {s["session_id"] for s in listed} == {sid, other}
 
 
@@ -84,7 +96,8 @@ def test_evict_and_delete_make_slots_unreachable(api: Client, admin: Client) -> 
 
 
 def test_feedback_remember_forget_and_rating(api: Client, admin: Client) -> None:
-    sid = new_session(api, user_id="dave")
+    dave = own("dave")
+    sid = new_session(api, user_id=dave)
     out = turn(api, sid, "hello", use_memory=False)
     assert out["usage"]["memory_writes"] == 0
     r = api(
@@ -111,20 +124,23 @@ def test_feedback_remember_forget_and_rating(api: Client, admin: Client) -> None
 
 
 def test_admin_sessions_and_stats(api: Client, admin: Client) -> None:
-    sid = new_session(api, user_id="erin")
+    erin = own("erin")
+    sid = new_session(api, user_id=erin)
     turn(api, sid, "hi")
     one = admin("GET", f"/admin/sessions/{sid}").json()
-    assert one["id"] == sid and one["user_id"] == "erin" and one["message_count"] == 2
+    assert one["id"] == sid and one["user_id"] == erin and one["message_count"] == 2
     listed = admin("GET", "/admin/sessions", params={"tenant_id": one["tenant_id"]}).json()["data"]
     assert [s["id"] for s in listed] == [sid]
+    assert listed[0]["token_count"] == one["token_count"] > 0  # a real count, not 0
     stats = admin("GET", "/admin/stats").json()["data"]
     assert {"slots", "slot_banks", "passages", "state_loads", "snapshot_cache"} <= set(stats)
 
 
 def test_session_lists_filter_by_user_before_the_limit(api: Client, admin: Client) -> None:
-    mine = new_session(api, user_id="frank")
-    others = [new_session(api, user_id="gina") for _ in range(3)]
-    got = api("GET", "/v1/sessions", params={"user_id": "frank", "limit": 2}).json()["data"]
+    frank, gina = own("frank"), own("gina")
+    mine = new_session(api, user_id=frank)
+    others = [new_session(api, user_id=gina) for _ in range(3)]
+    got = api("GET", "/v1/sessions", params={"user_id": frank, "limit": 2}).json()["data"]
     assert [s["id"] for s in got] == [mine]
     tid = admin("GET", f"/admin/sessions/{mine}").json()["tenant_id"]
     by_admin = admin("GET", "/admin/sessions", params={"tenant_id": tid, "limit": 2}).json()
@@ -134,10 +150,11 @@ def test_session_lists_filter_by_user_before_the_limit(api: Client, admin: Clien
 def test_forget_said_in_chat_removes_the_memory(api: Client, admin: Client) -> None:
     """'Forget that.' removes the newest slot, 'Forget everything.' the rest; the
     requests themselves are never written, and later sessions of the user read none."""
-    sid = new_session(api, user_id="gina")
+    gina = own("gina")
+    sid = new_session(api, user_id=gina)
     turn(api, sid, "My locker code is 4711.")
     turn(api, sid, "I live in Tarnwick.")
-    by_user = {"user_id": "gina"}
+    by_user = {"user_id": gina}
     slots = admin("GET", "/admin/memory/slots", params=by_user).json()["data"]
     assert {s["text"] for s in slots} == {"My locker code is 4711.", "I live in Tarnwick."}
 
@@ -146,7 +163,7 @@ def test_forget_said_in_chat_removes_the_memory(api: Client, admin: Client) -> N
     left = admin("GET", "/admin/memory/slots", params=by_user).json()["data"]
     assert [s["text"] for s in left] == ["My locker code is 4711."]
 
-    later = new_session(api, user_id="gina")  # the user's memory, not the session's
+    later = new_session(api, user_id=gina)  # the user's memory, not the session's
     out = turn(api, later, "Please forget everything about me!")
     assert out["usage"]["memory_forgotten"] == 1
     assert admin("GET", "/admin/memory/slots", params=by_user).json()["data"] == []

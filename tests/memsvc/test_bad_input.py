@@ -154,3 +154,33 @@ def test_admin_bad_input(admin: Client) -> None:
     assert r.status_code == 422 and "filter" in r.json()["error"]["message"]
     assert admin("POST", "/admin/memory/evict", json={"sesion_id": "x"}).status_code == 422
     assert admin("POST", "/admin/memory/evict", json={"max_reads": -1}).status_code == 422
+
+
+HUGE = 6499868732214543908864  # > 2**64: no SQL BIGINT or torch int64 holds it
+
+
+def test_out_of_range_numbers_are_422_not_500(admin: Client, api: Client, sid: str) -> None:
+    slots = "/admin/memory/slots"
+    for params in (
+        {"min_reads": HUGE},
+        {"max_reads": HUGE},
+        {"layer": HUGE},
+        {"min_reads": -HUGE},
+        {"older_than_s": 1e300},
+        {"older_than_s": "inf"},
+        {"min_gate": "nan"},
+    ):
+        r = admin("GET", slots, params=params)
+        assert r.status_code == 422, (params, r.status_code, r.text)
+    for body in ({"max_reads": HUGE}, {"layer": HUGE}, {"older_than_s": 1e300}):
+        r = admin("POST", "/admin/memory/evict", json=body)
+        assert r.status_code == 422, (body, r.status_code, r.text)
+    assert admin("GET", slots, params={"min_reads": 2**63 - 1}).status_code == 200
+    msgs = f"/v1/sessions/{sid}/messages"
+    for extra in ({"max_tokens": HUGE}, {"seed": HUGE}, {"top_k": HUGE}):
+        r = api("POST", msgs, json={"content": "hi", **extra})
+        assert r.status_code == 422, (extra, r.status_code, r.text)
+    chat = {"model": "memsvc", "messages": [{"role": "user", "content": "hi"}]}
+    for extra in ({"max_tokens": HUGE}, {"max_completion_tokens": HUGE}, {"top_logprobs": HUGE}):
+        r = api("POST", "/v1/chat/completions", json={**chat, **extra})
+        assert r.status_code == 422, (extra, r.status_code, r.text)

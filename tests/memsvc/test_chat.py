@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 import pytest
 import redis
@@ -41,21 +42,10 @@ def test_chat_turns_report_usage_and_persist_messages(api: Client) -> None:
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
     assert msgs[0]["content"] == "Hello there" and msgs[2]["content"] == "And again"
     assert msgs[1]["content"] == first["message"]["content"]
-    listed = api("GET", "/v1/sessions").json()["data"]
-    assert sid in [s["id"] for s in listed]
-
-
-def test_stream_sends_deltas_then_done_after_commit(api: Client) -> None:
-    sid = new_session(api)
-    r = api("POST", f"/v1/sessions/{sid}/messages", json={"content": "Tell me", "stream": True})
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = sse_events(r.text)
-    assert events[-1][0] == "done"
-    done = events[-1][1]
-    deltas = "".join(d["text"] for name, d in events if name == "delta")
-    assert deltas == done["message"]["content"]
-    msgs = api("GET", f"/v1/sessions/{sid}/messages").json()["data"]
-    assert msgs[-1]["id"] == done["message"]["id"]
+    listed = {s["id"]: s for s in api("GET", "/v1/sessions").json()["data"]}
+    one = api("GET", f"/v1/sessions/{sid}").json()
+    # lists report the same real token count as the single read (it used to be 0)
+    assert listed[sid]["token_count"] == one["token_count"] > after_first["token_count"]
 
 
 def test_stop_sequence_and_seeded_sampling(api: Client) -> None:
@@ -86,14 +76,17 @@ def test_concurrent_turns_are_serialised_and_nothing_is_lost(api: Client) -> Non
 
     def post_until_accepted(content: str) -> tuple[int, int]:
         busy = 0
-        while True:
+        deadline = time.monotonic() + 90  # a leaked lock fails here, not at the 600 s timeout
+        while time.monotonic() < deadline:
             r = api("POST", f"/v1/sessions/{sid}/messages", json={"content": content})
             if r.status_code == 409:
                 assert r.json()["error"]["code"] == "session_busy"
                 busy += 1
+                time.sleep(0.02)
                 continue
             assert r.status_code == 200, r.text
             return busy, r.json()["usage"]["cached_tokens"]
+        raise AssertionError(f"session still busy after {busy} tries: is its lock leaked?")
 
     with cf.ThreadPoolExecutor(len(contents)) as pool:
         results = list(pool.map(post_until_accepted, contents))
@@ -105,6 +98,28 @@ def test_concurrent_turns_are_serialised_and_nothing_is_lost(api: Client) -> Non
     cached = sorted(c for _, c in results)
     assert len(set(cached)) == len(contents) and cached[0] == 0
     assert api("GET", f"/v1/sessions/{sid}").json()["version"] == len(contents)
+
+
+def test_with_lock_wait_concurrent_turns_queue_instead_of_409(backend: Backend, tmp_path) -> None:
+    """``lock_wait_s > 0``: a turn on a busy session waits for the lock, none gets 409."""
+    import httpx
+    from server_util import Server
+
+    env = {**backend.env, "MEMSVC_LOCK_WAIT_S": "60"}
+    with Server(env, tmp_path) as srv, httpx.Client(base_url=srv.url, timeout=120) as http:
+        api = Client(http, backend.new_tenant("wait"))
+        sid = new_session(api)
+        contents = [f"queued {i}" for i in range(4)]
+
+        def post(content: str) -> httpx.Response:
+            return api("POST", f"/v1/sessions/{sid}/messages", json={"content": content})
+
+        with cf.ThreadPoolExecutor(len(contents)) as pool:
+            responses = list(pool.map(post, contents))
+        assert [r.status_code for r in responses] == [200] * len(contents)
+        cached = sorted(r.json()["usage"]["cached_tokens"] for r in responses)
+        assert len(set(cached)) == len(contents) and cached[0] == 0  # one after another
+        assert api("GET", f"/v1/sessions/{sid}").json()["version"] == len(contents)
 
 
 def test_delete_erases_messages_states_and_session_slots(

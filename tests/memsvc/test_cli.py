@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -88,6 +89,9 @@ def test_migrate_and_tenant_lifecycle(db_env: dict[str, str]) -> None:
     created = runner.invoke(app, ["tenant", "create", "acme", "--json"], env=db_env)
     assert created.exit_code == 0, created.output
     tenant = json.loads(created.output)
+    again = _run(["tenant", "create", "acme"], db_env)  # a second "acme" is refused, clearly
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert "a tenant named 'acme' already exists" in again.stderr, again.stderr
     settings = Settings(
         database_url=db_env["MEMSVC_DATABASE_URL"], data_dir=db_env["MEMSVC_DATA_DIR"]
     )
@@ -163,3 +167,53 @@ def test_chat_streams_and_resumes(server, backend) -> None:
     assert [m["content"] for m in msgs if m["role"] == "user"] == ["Hello there", "And again"]
     unknown = runner.invoke(app, [*base, "--session", "no-such-session"], input="")
     assert unknown.exit_code != 0 and "not found" in str(unknown.exception)
+
+
+NOISE = ("alembic", "faiss", "ModuleNotFoundError", "ImportError")
+
+
+def test_quiet_by_default_verbose_shows_library_logs(tmp_path: Path) -> None:
+    def env(name: str) -> dict[str, str]:
+        return {"MEMSVC_DATABASE_URL": f"sqlite:///{tmp_path / name}", "MEMSVC_REDIS_URL": ""}
+
+    quiet = _run(["migrate"], env("quiet.db"))
+    assert quiet.returncode == 0 and not any(n in quiet.stderr for n in NOISE), quiet.stderr
+    loud = _run(["--verbose", "migrate"], env("loud.db"))
+    assert loud.returncode == 0 and "INFO alembic" in loud.stderr, loud.stderr
+
+
+def test_serve_starts_without_library_noise(checkpoint: Path, tmp_path: Path) -> None:
+    """`memsvc serve` at its default log level: our INFO lines, no Alembic or faiss ones."""
+    from server_util import free_port
+
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MEMSVC_")},
+        "MEMSVC_MODEL_DIR": str(checkpoint),
+        "MEMSVC_DATA_DIR": str(tmp_path),
+        "MEMSVC_DEVICE": "cpu",
+        "MEMSVC_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(MEMSVC + ["serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):  # at most ~120 s
+            if proc.poll() is not None:
+                break
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("server not ready in time")
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "Uvicorn running" in text or "Application startup complete" in text, text
+    assert not any(n in text for n in NOISE), text

@@ -18,7 +18,7 @@ from langchain_tests.integration_tests import (
     RetrieversIntegrationTests,
 )
 from server_util import ADMIN_KEY
-from talkative_model import talkative_server
+from talkative_model import REPLY_TOKENS, talkative_server
 
 from memsvc.cli.tenants import tenant_create
 from memsvc.client import MemsvcClient
@@ -186,3 +186,25 @@ def test_memory_retriever_reads_slot_provenance(server, tenant) -> None:
     assert "bees" in docs[0].page_content
     other = MemsvcRetriever(source="memory", api_key=ADMIN_KEY, tenant_id=str(uuid.uuid4()))
     assert other.invoke("bees") == []
+
+
+async def test_a_reply_that_ends_with_its_end_token_reports_stop() -> None:
+    """The model emits ``<|end|>`` after REPLY_TOKENS tokens: invoke and stream say "stop";
+    a ``max_tokens`` below that says "length"."""
+    sid = MemsvcChatMessageHistory().session_id
+    model = ChatMemsvc(session_id=sid, max_tokens=REPLY_TOKENS + 6)
+    reply = model.invoke("Hello")
+    assert reply.content and reply.response_metadata["finish_reason"] == "stop"
+    assert reply.usage_metadata["output_tokens"] == REPLY_TOKENS
+    chunks = [c async for c in model.astream("Again")]
+    finishes = [c.response_metadata.get("finish_reason") for c in chunks]
+    assert "stop" in finishes and "length" not in finishes
+    assert chunks[-1].usage_metadata["output_tokens"] == REPLY_TOKENS
+    short = ChatMemsvc(session_id=sid, max_tokens=REPLY_TOKENS - 1).invoke("Once more")
+    assert short.response_metadata["finish_reason"] == "length"
+    stored = MemsvcChatMessageHistory(session_id=sid).messages
+    assert [m.content for m in stored[1::2]] == [
+        reply.content,
+        "".join(c.content for c in chunks),
+        short.content,
+    ]

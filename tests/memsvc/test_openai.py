@@ -10,9 +10,9 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from talkative_model import talkative_server
+from talkative_model import REPLY_TOKENS, talkative_server
 
-from memsvc.services.openai_schemas import SESSION_HEADER
+from memsvc.services.openai_schemas import IDEMPOTENCY_HEADER, SESSION_HEADER
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +203,61 @@ def test_foreign_session_is_not_found(client, server, backend) -> None:
     _, sid = _create(other, [{"role": "user", "content": "secret"}])
     with pytest.raises(openai.NotFoundError):
         _create(client, [{"role": "user", "content": "Hi"}], extra_headers={SESSION_HEADER: sid})
+
+
+def test_reply_that_emits_its_end_token_finishes_with_stop(client, server, key) -> None:
+    """The talkative model ends every reply with ``<|end|>`` after REPLY_TOKENS tokens."""
+    user = [{"role": "user", "content": "Hello there"}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="memsvc", messages=user, max_tokens=REPLY_TOKENS + 6
+    )
+    done, sid = raw.parse(), raw.headers[SESSION_HEADER]
+    assert done.choices[0].finish_reason == "stop"
+    assert done.usage.completion_tokens == REPLY_TOKENS
+    text = done.choices[0].message.content
+    assert text and _stored(server, key, sid) == [("user", "Hello there"), ("assistant", text)]
+    chunks = list(
+        client.chat.completions.create(
+            model="memsvc",
+            messages=[
+                *user,
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": "Hi"},
+            ],
+            max_tokens=REPLY_TOKENS + 6,
+            stream=True,
+            extra_headers={SESSION_HEADER: sid},
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed and _stored(server, key, sid)[-1] == ("assistant", streamed)
+
+
+def test_idempotency_key_replays_the_turn_and_refuses_other_content(client, server, key) -> None:
+    """``Idempotency-Key``: a retry resending the same request (its history now one turn
+    behind the session) is answered from the committed turn, JSON or streamed."""
+    _, sid = _create(client, [{"role": "user", "content": "Hello"}])
+    before = _stored(server, key, sid)
+    request = [
+        *({"role": r, "content": c} for r, c in before),
+        {"role": "user", "content": "My name is Ada."},
+    ]
+    headers = {SESSION_HEADER: sid, IDEMPOTENCY_HEADER: "oai-1"}
+    first, _ = _create(client, request, extra_headers=headers)
+    again, _ = _create(client, request, extra_headers=headers)
+    text = first.choices[0].message.content
+    assert text and again.choices[0].message.content == text
+    stream = client.chat.completions.create(
+        model="memsvc", messages=request, max_tokens=6, stream=True, extra_headers=headers
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text
+    expected = [*before, ("user", "My name is Ada."), ("assistant", text)]
+    assert _stored(server, key, sid) == expected
+    other = [*request[:-1], {"role": "user", "content": "My name is Bob."}]
+    with pytest.raises(openai.ConflictError) as err:
+        _create(client, other, extra_headers=headers)
+    assert err.value.body["code"] == "idempotency_mismatch"
+    with pytest.raises(openai.UnprocessableEntityError):  # a key needs a named session
+        _create(client, other, extra_headers={IDEMPOTENCY_HEADER: "oai-2"})
+    assert _stored(server, key, sid) == expected

@@ -57,10 +57,14 @@ def test_exact_read_equals_topk_read_when_k_covers_every_slot():
 
 def test_forward_uses_topk_only_when_bank_is_larger_than_k():
     layer = _layer(top_k=3)
-    bank = _filled_bank(layer, 3)
     x = torch.randn(1, 4, D)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x, bank), layer.read_exact(x, bank))
+        small = _filled_bank(layer, 3)  # k covers the bank: the exact read
+        torch.testing.assert_close(layer(x, small), layer.read_exact(x, small))
+        large = _filled_bank(layer, 9)  # more slots than k: forward takes the top-k branch
+        got = layer(x, large)
+        torch.testing.assert_close(got, layer.read_topk(x, large, 3), atol=0, rtol=0)
+        assert not torch.allclose(got, layer.read_exact(x, large), atol=1e-6)
 
 
 def test_no_slot_entry_gives_exactly_zero_on_empty_or_missing_bank():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage import NotFound, StaleVersion, Storage
+from storage.errors import IdempotencyMismatch
 from storage.sessions import MessageIn
 
 FP = "retnet-test-fp"
@@ -104,3 +105,31 @@ def test_commit_turn_is_idempotent_by_client_key_and_tenant_scoped(
             other, sid, turn_messages("x"), b"s", fingerprint=FP, position=1, expected_version=2
         )
     assert len(store.messages.list(tenant, sid)) == 2 and store.states.version(tenant, sid) == 2
+
+
+def test_a_reused_key_with_other_content_commits_nothing(store: Storage, tenant: str) -> None:
+    """The user message's key binds its content (checked inside the commit's transaction);
+    a generated reply's key does not: a redo of the same turn may word it differently."""
+    sid = store.sessions.create(tenant).id
+    store.commit_turn(
+        tenant, sid, turn_messages("k1"), b"s1", fingerprint=FP, position=8, expected_version=0
+    )
+    other = [MessageIn("user", "another question", client_key="k1"), turn_messages(None)[1]]
+    with pytest.raises(IdempotencyMismatch):
+        store.commit_turn(
+            tenant, sid, other, b"s2", fingerprint=FP, position=16, expected_version=1
+        )
+    assert store.states.version(tenant, sid) == 1  # the state did not move either
+    assert [m.content for m in store.messages.list(tenant, sid)] == ["question 0", "answer 0"]
+    redo = turn_messages("k1")
+    redo[1] = MessageIn(
+        "assistant", "worded otherwise", client_key="k1:reply", key_binds_content=False
+    )
+    again = store.commit_turn(
+        tenant, sid, redo, b"s3", fingerprint=FP, position=16, expected_version=1
+    )
+    assert [(m.content, m.created) for m in again.messages] == [
+        ("question 0", False),
+        ("answer 0", False),
+    ]
+    assert len(store.messages.list(tenant, sid)) == 2

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from storage import NotFound, Storage
+from storage.errors import IdempotencyMismatch
 from storage.models import ApiKey
 
 
@@ -27,9 +28,13 @@ def test_messages_are_ordered_and_idempotent(store: Storage, tenant: str) -> Non
     sid = store.sessions.create(tenant, title="t").id
     a = store.messages.append(tenant, sid, "user", "hello", client_key="k1")
     b = store.messages.append(tenant, sid, "assistant", "hi")
-    again = store.messages.append(tenant, sid, "user", "hello (retry)", client_key="k1")
+    again = store.messages.append(tenant, sid, "user", "hello", client_key="k1")
     assert (a.seq, b.seq) == (1, 2)
     assert again.id == a.id and again.content == "hello" and not again.created
+    # the key names its content: reused for another message (or role) it is refused
+    for role, content in (("user", "hello (retry)"), ("assistant", "hello")):
+        with pytest.raises(IdempotencyMismatch):
+            store.messages.append(tenant, sid, role, content, client_key="k1")
     msgs = store.messages.list(tenant, sid)
     assert [m.content for m in msgs] == ["hello", "hi"]
     assert [m.seq for m in store.messages.list(tenant, sid, after_seq=1)] == [2]
