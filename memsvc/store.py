@@ -106,6 +106,38 @@ class SlotRec:
 
 
 @dataclass(frozen=True)
+class MemoryRec:
+    """A memory: one written span with its slots (see :mod:`storage.memories`)."""
+
+    id: str
+    tenant_id: str
+    user_id: str | None
+    namespace: str
+    session_id: str | None
+    message_id: str | None
+    span: tuple[int, int]
+    text: str
+    collection: list[str] | None
+    key: str | None
+    gate: float
+    slots: int
+    reads: int
+    last_read_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class MemoryEventRec:
+    id: int
+    memory_id: str
+    op: str  # written | merged | read | evicted | deleted
+    cause: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class SlotFilter:
     tenant_id: str | None = None
     user_id: str | None = None
@@ -187,6 +219,23 @@ class Store(Protocol):
     ) -> None: ...
 
     # slots
+    # memories (memsvc.store_memories)
+    def record_memory(
+        self, new: Any, slot_spans: dict[int, tuple[int, int]], gate: float, cause: str
+    ) -> MemoryRec: ...
+    def memory_merged(self, tenant_id: str, memory_id: str, cause: str) -> MemoryRec: ...
+    def memory_of_slots(self, tenant_id: str, slot_ids: list[int]) -> str | None: ...
+    def find_memory_text(self, tenant_id: str, namespace: str, text: str) -> str | None: ...
+    def search_memory_text(self, tenant_id: str, namespace: str, needle: str) -> list[str]: ...
+    def retire_memories(self, tenant_id: str, memory_ids: list[str], cause: str) -> int: ...
+    def get_memory(self, tenant_id: str, memory_id: str) -> MemoryRec: ...
+    def list_memories(self, tenant_id: str, user_id: str, **filters: Any) -> list[MemoryRec]: ...
+    def delete_memory(self, tenant_id: str, memory_id: str, cause: str) -> int: ...
+    def memory_history(
+        self, tenant_id: str, user_id: str, memory_id: str | None, limit: int, offset: int
+    ) -> list[MemoryEventRec]: ...
+    def erase_user(self, tenant_id: str, user_id: str) -> dict[str, int]: ...
+
     def list_slots(self, f: SlotFilter) -> list[SlotRec]: ...
     def get_slot(self, slot_id: str) -> SlotRec: ...
     def delete_slot(self, slot_id: str) -> None: ...

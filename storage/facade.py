@@ -13,6 +13,7 @@ from storage import migrate as _migrate
 from storage.cache import HotCache, LRUCache, RedisCache
 from storage.db import Database
 from storage.locks import LockManager
+from storage.memories import MemoryManager
 from storage.metrics import StorageMetrics
 from storage.passages import PassageManager
 from storage.sessions import (
@@ -43,7 +44,7 @@ class Storage:
     """Managers over one database and one hot tier (Redis, or an in-process LRU).
 
     Attributes: ``tenants``, ``sessions``, ``messages``, ``states``, ``locks``, ``slots``,
-    ``passages``, ``snapshots``, ``metrics`` (its ``registry`` is what to export).
+    ``passages``, ``snapshots``, ``memories``, ``metrics`` (its ``registry`` is what to export).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class Storage:
         self.slots = SlotManager(db, self.metrics, index_dir=index_dir, params=index_params)
         self.passages = PassageManager(db, self.metrics, index_dir=index_dir, params=index_params)
         self.snapshots = SnapshotManager(db, self.metrics)
+        self.memories = MemoryManager(db)
 
     @classmethod
     def from_urls(

@@ -101,38 +101,111 @@ class MemoryManager:
         }
 
     # ------------------------------------------------------------------ writes
-    def _write(self, banks, hidden, span, provenance, feedback=None) -> list[str]:
-        """Scheduler thread: write one span into every memory layer's bank."""
+    def _write(self, banks, hidden, span, provenance, feedback=None) -> list[Any]:
+        """Scheduler thread: write one span into every memory layer's bank.
+
+        Returns every layer's :class:`retnet_core.memory_write.WriteRecord` (skips too)."""
         from retnet_core.layers import EMBEDS, TOKENS
         from retnet_core.memory import Feedback
 
         fb = [Feedback(**feedback)] if feedback else None
-        written: list[str] = []
+        records: list[Any] = []
         embeds, tokens = hidden.get(EMBEDS), hidden.get(TOKENS)
         for layer, bank in banks.items():
             mem = self.runtime.model.blocks[layer].memory
             target = ProvenanceBank(bank, provenance)
-            records = mem.write(target, hidden[layer], [span], fb, embeds=embeds, tokens=tokens)
-            for rec in records:
-                if rec.op != "skip":
-                    written.extend(str(i) for i in rec.slot_ids)
-        return written
+            records.extend(
+                mem.write(target, hidden[layer], [span], fb, embeds=embeds, tokens=tokens)
+            )
+        return records
+
+    def _char_spans(self, text: str) -> list[tuple[int, int]] | None:
+        spans = getattr(self.runtime.tokenizer, "char_spans", None)
+        return None if spans is None else spans(text)
 
     async def after_turn(self, banks, capture: TurnCapture | None, user_msg, text: str) -> int:
-        """Write the user message's span (gate decides); returns slots written."""
+        """Write the user message's span (gate decides) as a memory; returns slots written."""
         if not banks or capture is None or capture.span[1] <= capture.span[0]:
             return 0
         from storage import Provenance
+        from storage.memories import new_memory_id
 
         s, e = capture.span
-        prov = Provenance(
-            session_id=user_msg.session_id,
-            message_id=int(user_msg.id),
-            span=(capture.offset + s, capture.offset + e),
-            text=text,
+        new = self._new_memory(
+            banks, new_memory_id(), user_msg.session_id, int(user_msg.id), text, None
         )
-        ids = await self.scheduler.call(lambda: self._write(banks, capture.hidden, (s, e), prov))
-        return len(ids)
+        prov = Provenance(new.session_id, new.message_id, new.span, new.id)
+        records = await self.scheduler.call(
+            lambda: self._write(banks, capture.hidden, (s, e), prov)
+        )
+        out = await run_in_threadpool(self._remember, new, text, records, s, "chat turn")
+        return len(out.slots_written)
+
+    @staticmethod
+    def _new_memory(banks, memory_id, session_id, message_id, text, fields) -> Any:
+        from storage.memories import NewMemory
+
+        bank = next(iter(banks.values()))
+        ns = bank.namespace
+        fields = fields or {}
+        return NewMemory(
+            id=memory_id,
+            tenant_id=bank.tenant_id,
+            namespace=ns,
+            user_id=ns[len("user:") :] if ns.startswith("user:") else fields.get("user_id"),
+            session_id=session_id,
+            message_id=message_id,
+            span=(0, len(text)),
+            text=None if message_id is not None else text,
+            collection=fields.get("collection"),
+            key=fields.get("key"),
+        )
+
+    def _remember(self, new, text: str, records, content_start: int, cause: str) -> WriteOutcome:
+        """Threadpool: record what a write did: a new memory, a merge, or nothing."""
+        appended = [r for r in records if r.op == "append"]
+        if appended:
+            spans = slot_char_spans(appended, content_start, self._char_spans(text), new.span)
+            gate = sum(r.gate for r in appended) / len(appended)
+            memory = self.store.record_memory(new, spans, gate, cause)
+            ids = [str(i) for i in spans]
+            return WriteOutcome("stored", memory, ids, gate=max(r.gate for r in records))
+        gate = max((r.gate for r in records), default=0.0)
+        blended = sorted({i for r in records if r.op == "blend" for i in r.slot_ids})
+        target = self.store.memory_of_slots(new.tenant_id, blended) if blended else None
+        if target is not None:
+            memory = self.store.memory_merged(new.tenant_id, target, f"{cause}: slots blended")
+            return WriteOutcome("merged", memory, [], gate=gate, reason="similar to memory")
+        return WriteOutcome("skipped", None, [], gate=gate, reason="gate below threshold")
+
+    async def write_text(
+        self, session_like: SessionRec, text: str, fields: dict[str, Any], cause: str
+    ) -> WriteOutcome:
+        """Write ``text`` (no message) through the layer's gate as a memory of the session's
+        namespace. An identical live memory is not written again: merged into it."""
+        banks = await run_in_threadpool(self.banks, session_like) if self.enabled else None
+        if not banks:
+            return WriteOutcome("skipped", None, [], reason="the model has no memory layers")
+        from storage import Provenance
+        from storage.memories import new_memory_id
+
+        new = self._new_memory(banks, new_memory_id(), None, None, text, fields)
+        dup = await run_in_threadpool(
+            self.store.find_memory_text, new.tenant_id, new.namespace, text
+        )
+        if dup is not None:
+            memory = await run_in_threadpool(
+                self.store.memory_merged, new.tenant_id, dup, f"{cause}: same text written"
+            )
+            return WriteOutcome("merged", memory, [], reason="duplicate of an existing memory")
+        prov = Provenance(None, None, new.span, new.id)
+
+        def write() -> tuple[list[Any], int]:
+            hidden, span = self._encode(text)
+            return self._write(banks, hidden, span, prov), span[0]
+
+        records, start = await self.scheduler.call(write)
+        return await run_in_threadpool(self._remember, new, text, records, start, cause)
 
     def _encode(self, text: str) -> tuple[dict[int, Any], tuple[int, int]]:
         """Scheduler thread: hidden states of ``text`` fed as a user turn from no state."""
@@ -165,19 +238,21 @@ class MemoryManager:
             return FeedbackOut(kind=body.kind, applied=False, detail="neutral rating")
         feedback = {"remember": True} if body.kind == "remember" else {"rating": 2.0}
         from storage import Provenance
+        from storage.memories import new_memory_id
 
-        prov = Provenance(
-            session_id=session.id,
-            message_id=None if message is None else int(message.id),
-            text=text,
-        )
+        message_id = None if message is None or body.text is not None else int(message.id)
+        new = self._new_memory(banks, new_memory_id(), session.id, message_id, text, None)
+        prov = Provenance(new.session_id, new.message_id, new.span, new.id)
 
-        def write() -> list[str]:
+        def write() -> tuple[list[Any], int]:
             hidden, span = self._encode(text)
-            return self._write(banks, hidden, span, prov, feedback)
+            return self._write(banks, hidden, span, prov, feedback), span[0]
 
-        ids = await self.scheduler.call(write)
-        return FeedbackOut(kind=body.kind, applied=bool(ids), slots_written=ids)
+        records, start = await self.scheduler.call(write)
+        out = await run_in_threadpool(self._remember, new, text, records, start, body.kind)
+        return FeedbackOut(
+            kind=body.kind, applied=bool(out.slots_written), slots_written=out.slots_written
+        )
 
     # ------------------------------------------------------------------ passages
     def passage_reads(self, banks: dict[int, Any] | None, passages: list[str]) -> dict[int, Any]:
@@ -240,33 +315,83 @@ class MemoryManager:
         return self._evict_like(banks, record)
 
     def _evict_like(self, banks, record: Any) -> list[str]:
-        """Evict ``record`` and every slot written from the same message."""
+        """Evict ``record`` and every slot of the same memory (or message)."""
+        if record.memory_id is not None:
+            return self._evict_where(banks, lambda r: r.memory_id == record.memory_id)
         if record.message_id is None:
             return self._evict_where(banks, lambda r: r.id == record.id)
         return self._evict_where(banks, lambda r: r.message_id == record.message_id)
 
-    @staticmethod
-    def _evict_where(banks, keep_out: Any) -> list[str]:
+    def _evict_where(self, banks, keep_out: Any) -> list[str]:
+        """Evict matching slots; memories they belonged to are deleted (cause: forget)."""
         gone: list[str] = []
+        hit: set[str] = set()
         for bank in banks.values():
-            ids = [r.id for r in bank.records() if keep_out(r)]
-            if ids:
-                bank.evict(ids)
-                gone.extend(str(i) for i in ids)
+            recs = [r for r in bank.records() if keep_out(r)]
+            if recs:
+                bank.evict([r.id for r in recs], cause="forget")
+                gone.extend(str(r.id) for r in recs)
+                hit.update(r.memory_id for r in recs if r.memory_id is not None)
+        if hit:
+            self.store.retire_memories(next(iter(banks.values())).tenant_id, sorted(hit), "forget")
         return gone
 
     def _forget(self, banks, message, text: str | None) -> list[str]:
-        """Remove slots written from ``message`` or whose text contains ``text``."""
-        needle = text.lower() if text else None
+        """Remove slots written from ``message`` or of memories whose text contains ``text``;
+        memories left without slots are deleted (cause: forget)."""
+        bank0 = next(iter(banks.values()))
+        memory_ids: set[str] = set()
+        if text:
+            found = self.store.search_memory_text(bank0.tenant_id, bank0.namespace, text)
+            memory_ids.update(found)
         gone: list[str] = []
+        hit: set[str] = set()
         for bank in banks.values():
-            ids = [
-                r.id
+            recs = [
+                r
                 for r in bank.records()
                 if (message is not None and r.message_id == int(message.id))
-                or (needle and r.text and needle in r.text.lower())
+                or (r.memory_id is not None and r.memory_id in memory_ids)
             ]
-            if ids:
-                bank.evict(ids)
-                gone.extend(str(i) for i in ids)
+            if recs:
+                bank.evict([r.id for r in recs], cause="forget")
+                gone.extend(str(r.id) for r in recs)
+                hit.update(r.memory_id for r in recs if r.memory_id is not None)
+        self.store.retire_memories(bank0.tenant_id, sorted(hit), "forget")
         return gone
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What a memory write did: ``stored`` (a new memory), ``merged`` (into ``memory``,
+    a duplicate) or ``skipped`` (``reason``: e.g. the gate was below the threshold)."""
+
+    status: str
+    memory: Any
+    slots_written: list[str]
+    gate: float = 0.0
+    reason: str | None = None
+
+
+def slot_char_spans(
+    appended: list[Any],
+    content_start: int,
+    offsets: list[tuple[int, int]] | None,
+    whole: tuple[int, int],
+) -> dict[int, tuple[int, int]]:
+    """slot id → its own character span in the source text.
+
+    A record's token span [s, e) is in prefill positions; the text's tokens start at
+    ``content_start``, so token t is ``offsets[t - content_start]``. Without offsets (a
+    tokenizer that gives none) every slot gets the memory's ``whole`` span.
+    """
+    out: dict[int, tuple[int, int]] = {}
+    for rec in appended:
+        a, b = rec.span[0] - content_start, rec.span[1] - content_start - 1
+        if offsets and 0 <= a <= b < len(offsets):
+            span = (whole[0] + offsets[a][0], whole[0] + offsets[b][1])
+        else:
+            span = whole
+        for slot_id in rec.slot_ids:
+            out[int(slot_id)] = span
+    return out
