@@ -28,14 +28,14 @@ class MemoryStoreMixin:
 
     storage: Any
 
-    def record_memory(self, new, slot_spans, gate, cause) -> MemoryRec:
+    def record_memory(self, new, slot_ids, gate, cause) -> MemoryRec:
         from memsvc.errors import Conflict
 
         try:
-            return memory_rec(self.storage.memories.record(new, slot_spans, gate, cause))
+            return memory_rec(self.storage.memories.record(new, slot_ids, gate, cause))
         except serr.Conflict as exc:
             # the slots are written already: take them back, or they would be orphans
-            self.storage.slots.evict(new.tenant_id, list(slot_spans), cause="key taken")
+            self.storage.slots.evict(new.tenant_id, list(slot_ids), cause="key taken")
             raise Conflict(str(exc)) from exc
 
     def memory_merged(self, tenant_id, memory_id, cause) -> MemoryRec:

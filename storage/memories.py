@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -163,15 +163,13 @@ class MemoryManager:
         self.db = db
 
     def record(
-        self,
-        new: NewMemory,
-        slot_spans: dict[int, tuple[int, int]],
-        gate: float,
-        cause: str,
+        self, new: NewMemory, slot_ids: Sequence[int], gate: float, cause: str
     ) -> MemoryInfo:
-        """Insert the memory, set each slot's own span, log ``written``; one transaction.
+        """Insert the memory of already written slots and log ``written``; one transaction.
 
-        :class:`Conflict` when (user, collection, key) is taken by a live memory.
+        The slots carry their own spans from their insert (no update: on PostgreSQL an
+        update would leave a dead copy of every slot row). :class:`Conflict` when
+        (user, collection, key) is taken.
         """
         now = utcnow()
         try:
@@ -190,19 +188,11 @@ class MemoryManager:
                         collection=collection_column(new.collection),
                         key=new.key,
                         gate=float(gate),
-                        slots=len(slot_spans),
+                        slots=len(slot_ids),
                         created_at=now,
                         updated_at=now,
                     )
                 )
-                if slot_spans:
-                    s.flush()
-                    s.connection().execute(
-                        update(MemorySlot.__table__)
-                        .where(MemorySlot.__table__.c.id == bindparam("sid"))
-                        .values(span_start=bindparam("s0"), span_end=bindparam("s1")),
-                        [{"sid": i, "s0": a, "s1": b} for i, (a, b) in slot_spans.items()],
-                    )
                 _event(s, new.tenant_id, new.user_id, new.id, "written", cause)
         except IntegrityError:
             raise Conflict("a memory with this collection and key exists") from None

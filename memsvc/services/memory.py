@@ -15,7 +15,7 @@ itself reads most (:meth:`MemoryManager.forget_request`, see ``memsvc.services.f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from memsvc.errors import Unprocessable
@@ -30,10 +30,12 @@ FORGET_MIN_ATTENTION = 0.3
 
 @dataclass
 class ProvenanceBank:
-    """A slot bank whose plain ``add`` records a fixed provenance (what the layer wrote)."""
+    """A slot bank whose adds record a provenance (what the layer wrote): the memory,
+    and each slot's own character span (``span_of`` maps a token span to it)."""
 
     bank: Any
     provenance: Any
+    span_of: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.bank, name)
@@ -44,6 +46,12 @@ class ProvenanceBank:
     def add(self, keys, values, gates):
         n = int(keys.shape[0])
         return self.bank.add_with_provenance(keys, values, gates, [self.provenance] * n)
+
+    def add_spans(self, keys, values, gates, spans):
+        if self.span_of is None:
+            return self.add(keys, values, gates)
+        provs = [replace(self.provenance, span=self.span_of(span)) for span in spans]
+        return self.bank.add_with_provenance(keys, values, gates, provs)
 
 
 @dataclass
@@ -101,7 +109,7 @@ class MemoryManager:
         }
 
     # ------------------------------------------------------------------ writes
-    def _write(self, banks, hidden, span, provenance, feedback=None) -> list[Any]:
+    def _write(self, banks, hidden, span, provenance, feedback=None, text=None) -> list[Any]:
         """Scheduler thread: write one span into every memory layer's bank.
 
         Returns every layer's :class:`retnet_core.memory_write.WriteRecord` (skips too)."""
@@ -111,9 +119,11 @@ class MemoryManager:
         fb = [Feedback(**feedback)] if feedback else None
         records: list[Any] = []
         embeds, tokens = hidden.get(EMBEDS), hidden.get(TOKENS)
+        offsets = None if text is None else self._char_spans(text)
+        span_of = char_span_of(span[0], offsets, provenance.span)
         for layer, bank in banks.items():
             mem = self.runtime.model.blocks[layer].memory
-            target = ProvenanceBank(bank, provenance)
+            target = ProvenanceBank(bank, provenance, span_of)
             records.extend(
                 mem.write(target, hidden[layer], [span], fb, embeds=embeds, tokens=tokens)
             )
@@ -136,9 +146,9 @@ class MemoryManager:
         )
         prov = Provenance(new.session_id, new.message_id, new.span, new.id)
         records = await self.scheduler.call(
-            lambda: self._write(banks, capture.hidden, (s, e), prov)
+            lambda: self._write(banks, capture.hidden, (s, e), prov, text=text)
         )
-        out = await run_in_threadpool(self._remember, new, text, records, s, "chat turn")
+        out = await run_in_threadpool(self._remember, new, records, "chat turn")
         return len(out.slots_written)
 
     @staticmethod
@@ -161,15 +171,14 @@ class MemoryManager:
             key=fields.get("key"),
         )
 
-    def _remember(self, new, text: str, records, content_start: int, cause: str) -> WriteOutcome:
+    def _remember(self, new, records, cause: str) -> WriteOutcome:
         """Threadpool: record what a write did: a new memory, a merge, or nothing."""
         appended = [r for r in records if r.op == "append"]
         if appended:
-            spans = slot_char_spans(appended, content_start, self._char_spans(text), new.span)
+            ids = [int(i) for r in appended for i in r.slot_ids]
             gate = sum(r.gate for r in appended) / len(appended)
-            memory = self.store.record_memory(new, spans, gate, cause)
-            ids = [str(i) for i in spans]
-            return WriteOutcome("stored", memory, ids, gate=max(r.gate for r in records))
+            memory = self.store.record_memory(new, ids, gate, cause)
+            return WriteOutcome("stored", memory, [str(i) for i in ids], gate=gate)
         gate = max((r.gate for r in records), default=0.0)
         blended = sorted({i for r in records if r.op == "blend" for i in r.slot_ids})
         target = self.store.memory_of_slots(new.tenant_id, blended) if blended else None
@@ -200,12 +209,12 @@ class MemoryManager:
             return WriteOutcome("merged", memory, [], reason="duplicate of an existing memory")
         prov = Provenance(None, None, new.span, new.id)
 
-        def write() -> tuple[list[Any], int]:
+        def write() -> list[Any]:
             hidden, span = self._encode(text)
-            return self._write(banks, hidden, span, prov), span[0]
+            return self._write(banks, hidden, span, prov, text=text)
 
-        records, start = await self.scheduler.call(write)
-        return await run_in_threadpool(self._remember, new, text, records, start, cause)
+        records = await self.scheduler.call(write)
+        return await run_in_threadpool(self._remember, new, records, cause)
 
     def _encode(self, text: str) -> tuple[dict[int, Any], tuple[int, int]]:
         """Scheduler thread: hidden states of ``text`` fed as a user turn from no state."""
@@ -244,12 +253,12 @@ class MemoryManager:
         new = self._new_memory(banks, new_memory_id(), session.id, message_id, text, None)
         prov = Provenance(new.session_id, new.message_id, new.span, new.id)
 
-        def write() -> tuple[list[Any], int]:
+        def write() -> list[Any]:
             hidden, span = self._encode(text)
-            return self._write(banks, hidden, span, prov, feedback), span[0]
+            return self._write(banks, hidden, span, prov, feedback, text=text)
 
-        records, start = await self.scheduler.call(write)
-        out = await run_in_threadpool(self._remember, new, text, records, start, body.kind)
+        records = await self.scheduler.call(write)
+        out = await run_in_threadpool(self._remember, new, records, body.kind)
         return FeedbackOut(
             kind=body.kind, applied=bool(out.slots_written), slots_written=out.slots_written
         )
@@ -373,25 +382,18 @@ class WriteOutcome:
     reason: str | None = None
 
 
-def slot_char_spans(
-    appended: list[Any],
-    content_start: int,
-    offsets: list[tuple[int, int]] | None,
-    whole: tuple[int, int],
-) -> dict[int, tuple[int, int]]:
-    """slot id → its own character span in the source text.
+def char_span_of(content_start: int, offsets: list[tuple[int, int]] | None, whole: Any):
+    """token span [s, e) in prefill positions → the slot's character span in the source.
 
-    A record's token span [s, e) is in prefill positions; the text's tokens start at
-    ``content_start``, so token t is ``offsets[t - content_start]``. Without offsets (a
-    tokenizer that gives none) every slot gets the memory's ``whole`` span.
+    The text's tokens start at ``content_start``, so token t is ``offsets[t -
+    content_start]``. Without offsets (a tokenizer that gives none), or for a span
+    outside the text, the memory's ``whole`` span.
     """
-    out: dict[int, tuple[int, int]] = {}
-    for rec in appended:
-        a, b = rec.span[0] - content_start, rec.span[1] - content_start - 1
-        if offsets and 0 <= a <= b < len(offsets):
-            span = (whole[0] + offsets[a][0], whole[0] + offsets[b][1])
-        else:
-            span = whole
-        for slot_id in rec.slot_ids:
-            out[int(slot_id)] = span
-    return out
+
+    def span_of(span: tuple[int, int]) -> tuple[int, int] | None:
+        a, b = span[0] - content_start, span[1] - content_start - 1
+        if offsets and whole is not None and 0 <= a <= b < len(offsets):
+            return (whole[0] + offsets[a][0], whole[0] + offsets[b][1])
+        return whole
+
+    return span_of

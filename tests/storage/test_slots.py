@@ -66,10 +66,10 @@ def test_bank_implements_the_protocol_like_the_exact_store(store: Storage, tenan
 def test_provenance_is_recorded(store: Storage, tenant: str) -> None:
     bank = open_bank(store, tenant)
     text, mid = "I have the cat.", new_memory_id()
-    prov = [Provenance(session_id="s1", message_id=None, span=(0, len(text)), memory_id=mid)]
+    prov = [Provenance(session_id="s1", message_id=None, span=(7, 14), memory_id=mid)]
     (sid,) = bank.add_with_provenance(unit(1, DK, 3), torch.ones(1, DV), [0.7], prov).tolist()
     new = NewMemory(mid, tenant, "user:u1", "u1", "s1", None, (0, len(text)), text)
-    memory = store.memories.record(new, {sid: (7, 14)}, 0.7, "test")
+    memory = store.memories.record(new, [sid], 0.7, "test")
     assert (memory.text, memory.slots, memory.user_id) == (text, 1, "u1")
     rec = store.slots.get(tenant, sid)  # the slot's own span text, resolved, never copied
     assert (rec.session_id, rec.span, rec.text, rec.memory_id) == ("s1", (7, 14), "the cat", mid)
