@@ -20,6 +20,7 @@ from memsvc.metrics import Metrics
 from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
 from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
+from memsvc.services.memories import MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.sessions import SessionManager
 from memsvc.services.turns import TurnManager
@@ -69,6 +70,7 @@ class Services:
     documents: DocumentManager
     admin: AdminManager
     memory: Any = None
+    memories: Any = None
 
     @property
     def tenants(self) -> Store:
@@ -108,6 +110,7 @@ class Services:
             documents=documents,
             admin=AdminManager(store, metrics),
             memory=memory,
+            memories=MemoryService(store, memory, embedder),
         )
 
     def start(self) -> None:

@@ -188,7 +188,12 @@ class MemoryManager:
         return WriteOutcome("skipped", None, [], gate=gate, reason="gate below threshold")
 
     async def write_text(
-        self, session_like: SessionRec, text: str, fields: dict[str, Any], cause: str
+        self,
+        session_like: SessionRec,
+        text: str,
+        fields: dict[str, Any],
+        cause: str,
+        feedback: dict[str, Any] | None = None,
     ) -> WriteOutcome:
         """Write ``text`` (no message) through the layer's gate as a memory of the session's
         namespace. An identical live memory is not written again: merged into it."""
@@ -211,7 +216,7 @@ class MemoryManager:
 
         def write() -> list[Any]:
             hidden, span = self._encode(text)
-            return self._write(banks, hidden, span, prov, text=text)
+            return self._write(banks, hidden, span, prov, feedback, text=text)
 
         records = await self.scheduler.call(write)
         return await run_in_threadpool(self._remember, new, records, cause)
