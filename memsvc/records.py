@@ -342,3 +342,36 @@ class UserErased(BaseModel):
     memories: int
     slots: int
     documents: int
+
+
+# ------------------------------------------------------------------ transcripts
+class TranscriptTurn(Strict):
+    role: Literal["user", "assistant"]
+    content: str = Field(min_length=1, max_length=16_000)
+
+    @field_validator("content")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        return _reject_nul(v)
+
+
+class TranscriptIn(Strict):
+    """Past turns, oldest first, in user/assistant pairs."""
+
+    turns: list[TranscriptTurn] = Field(min_length=2, max_length=200)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TranscriptIn:
+        roles = [t.role for t in self.turns]
+        if len(roles) % 2 or roles != ["user", "assistant"] * (len(roles) // 2):
+            raise ValueError("turns must alternate user, assistant (pairs, user first)")
+        return self
+
+
+class TranscriptOut(BaseModel):
+    session_id: str
+    turns_imported: int
+    messages: int
+    memory_writes: int
+    version: int
+    token_count: int

@@ -17,6 +17,8 @@ from memsvc.records import (
     MemoryList,
     MemoryOut,
     MemoryWriteOut,
+    TranscriptIn,
+    TranscriptOut,
     UserErased,
 )
 
@@ -91,3 +93,15 @@ async def delete_memory(memory_id: MemoryId, tenant: Tenant, services: Svc) -> M
 async def erase_user(user_id: UserId, tenant: Tenant, services: Svc) -> UserErased:
     """Erase the user's sessions, messages, states, memories with slots, user documents."""
     return await services.memories.erase_user(tenant, user_id)
+
+
+@router.post("/v1/sessions/{session_id}/transcript", response_model=TranscriptOut)
+async def import_transcript(
+    session_id: Annotated[str, Path(min_length=1, max_length=64)],
+    body: TranscriptIn,
+    tenant: Tenant,
+    services: Svc,
+) -> TranscriptOut:
+    """Import past user/assistant turns: the state advances and memories are written as
+    if they had happened; nothing is generated."""
+    return await services.transcripts.run(tenant, session_id, body)

@@ -23,6 +23,7 @@ from memsvc.services.documents import DocumentManager
 from memsvc.services.memories import MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.sessions import SessionManager
+from memsvc.services.transcript import TranscriptImporter
 from memsvc.services.turns import TurnManager
 from memsvc.store import Store
 
@@ -71,6 +72,7 @@ class Services:
     admin: AdminManager
     memory: Any = None
     memories: Any = None
+    transcripts: Any = None
 
     @property
     def tenants(self) -> Store:
@@ -111,6 +113,7 @@ class Services:
             admin=AdminManager(store, metrics),
             memory=memory,
             memories=MemoryService(store, memory, embedder),
+            transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory),
         )
 
     def start(self) -> None:

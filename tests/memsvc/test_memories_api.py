@@ -154,3 +154,28 @@ def test_keys_are_unique_within_user_and_collection(api: Client) -> None:
     )
     assert r.status_code == 409
     assert len(api("GET", "/v1/users/hal/memories").json()["memories"]) == 1
+
+
+def test_transcript_import_advances_state_and_writes_memories(api: Client) -> None:
+    sid = api("POST", "/v1/sessions", json={"user_id": "ivy"}).json()["id"]
+    turns = [
+        {"role": "user", "content": "My cat is called Momo."},
+        {"role": "assistant", "content": "Nice name."},
+        {"role": "user", "content": "I work as a nurse."},
+        {"role": "assistant", "content": "Noted."},
+    ]
+    r = api("POST", f"/v1/sessions/{sid}/transcript", json={"turns": turns})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["turns_imported"] == 2 and out["version"] == 2 and out["token_count"] > 0
+    assert out["memory_writes"] > 0
+    msgs = api("GET", f"/v1/sessions/{sid}/messages").json()["data"]
+    assert [(m["role"], m["content"]) for m in msgs] == [(t["role"], t["content"]) for t in turns]
+    mems = api("GET", "/v1/users/ivy/memories").json()["memories"]
+    assert [m["text"] for m in mems] == ["I work as a nurse.", "My cat is called Momo."]
+    nxt = api("POST", f"/v1/sessions/{sid}/messages", json={"content": "Hi", "max_tokens": 2})
+    assert nxt.json()["usage"]["cached_tokens"] == out["token_count"]  # resumed, not replayed
+    bad = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    assert api("POST", f"/v1/sessions/{sid}/transcript", json={"turns": bad}).status_code == 422
+    other = "0" * 32
+    assert api("POST", f"/v1/sessions/{other}/transcript", json={"turns": turns}).status_code == 404
