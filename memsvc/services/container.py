@@ -20,8 +20,10 @@ from memsvc.metrics import Metrics
 from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
 from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
+from memsvc.services.memories import MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.sessions import SessionManager
+from memsvc.services.transcript import TranscriptImporter
 from memsvc.services.turns import TurnManager
 from memsvc.store import Store
 
@@ -69,6 +71,8 @@ class Services:
     documents: DocumentManager
     admin: AdminManager
     memory: Any = None
+    memories: Any = None
+    transcripts: Any = None
 
     @property
     def tenants(self) -> Store:
@@ -108,6 +112,8 @@ class Services:
             documents=documents,
             admin=AdminManager(store, metrics),
             memory=memory,
+            memories=MemoryService(store, memory, embedder),
+            transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory),
         )
 
     def start(self) -> None:
