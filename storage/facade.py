@@ -14,6 +14,7 @@ from storage.cache import HotCache, LRUCache, RedisCache
 from storage.db import Database
 from storage.locks import LockManager
 from storage.memories import MemoryManager
+from storage.memory_items import MemoryItems
 from storage.metrics import StorageMetrics
 from storage.passages import PassageManager
 from storage.sessions import (
@@ -72,6 +73,7 @@ class Storage:
         self.passages = PassageManager(db, self.metrics, index_dir=index_dir, params=index_params)
         self.snapshots = SnapshotManager(db, self.metrics)
         self.memories = MemoryManager(db)
+        self.items = MemoryItems(db)
 
     @classmethod
     def from_urls(

@@ -221,6 +221,26 @@ class MemoryManager:
         records = await self.scheduler.call(write)
         return await run_in_threadpool(self._remember, new, records, cause)
 
+    async def write_slots(
+        self, session_like: SessionRec, text: str, memory_id: str
+    ) -> tuple[list[int], float]:
+        """Write ``text`` as slots of an existing memory (a keyed item's text), forced
+        past the gate; (appended slot ids, mean gate). No memory row is created."""
+        banks = await run_in_threadpool(self.banks, session_like) if self.enabled else None
+        if not banks:
+            return [], 0.0
+        from storage import Provenance
+
+        prov = Provenance(None, None, (0, len(text)), memory_id)
+
+        def write() -> list[Any]:
+            hidden, span = self._encode(text)
+            return self._write(banks, hidden, span, prov, {"remember": True}, text=text)
+
+        records = [r for r in await self.scheduler.call(write) if r.op == "append"]
+        ids = [int(i) for r in records for i in r.slot_ids]
+        return ids, (sum(r.gate for r in records) / len(records) if records else 0.0)
+
     def _encode(self, text: str) -> tuple[dict[int, Any], tuple[int, int]]:
         """Scheduler thread: hidden states of ``text`` fed as a user turn from no state."""
         ids = self.runtime.tokenizer.render_turn({"role": "user", "content": text})
