@@ -5,6 +5,7 @@ tenant isolation and bad input."""
 from __future__ import annotations
 
 import json
+import uuid
 
 from service_testkit import Client
 
@@ -55,33 +56,34 @@ def test_search_is_semantic(api: Client) -> None:
 
 
 def test_chat_memories_reference_the_message(api: Client, admin: Client) -> None:
-    r = api("POST", "/v1/sessions", json={"user_id": "carol"})
-    sid = r.json()["id"]
+    user = f"carol-{uuid.uuid4().hex[:8]}"  # admin lists slots of every tenant's users
+    sid = api("POST", "/v1/sessions", json={"user_id": user}).json()["id"]
     turn(api, sid, "Remember that my sister lives in Lyon.")
-    mems = api("GET", "/v1/users/carol/memories", params={"session_id": sid}).json()["memories"]
+    mems = api("GET", f"/v1/users/{user}/memories", params={"session_id": sid}).json()["memories"]
     (m,) = mems  # the tiny model writes everything (threshold 0); the text is referenced
     assert m["text"] == "Remember that my sister lives in Lyon."
     assert m["message_id"] is not None and m["session_id"] == sid
-    slots = admin("GET", "/admin/memory/slots", params={"user_id": "carol"}).json()["data"]
+    slots = admin("GET", "/admin/memory/slots", params={"user_id": user}).json()["data"]
     assert len(slots) == m["slots"] > 0 and all(s["text"] in m["text"] for s in slots)
 
 
 def test_delete_removes_slots_and_chat_no_longer_reads_it(api: Client, admin: Client) -> None:
-    keep = write(api, "dave", "I am allergic to peanuts.")["memory"]
-    gone = write(api, "dave", "My locker code is 4711.")["memory"]
+    dave = f"dave-{uuid.uuid4().hex[:8]}"
+    keep = write(api, dave, "I am allergic to peanuts.")["memory"]
+    gone = write(api, dave, "My locker code is 4711.")["memory"]
     r = api("DELETE", f"/v1/memories/{gone['id']}")
     assert r.status_code == 200 and r.json()["slots_removed"] == gone["slots"]
     assert api("GET", f"/v1/memories/{gone['id']}").status_code == 404
     assert api("DELETE", f"/v1/memories/{gone['id']}").status_code == 404
-    slots = admin("GET", "/admin/memory/slots", params={"user_id": "dave"}).json()["data"]
+    slots = admin("GET", "/admin/memory/slots", params={"user_id": dave}).json()["data"]
     assert len(slots) == keep["slots"]  # only the kept memory's slots are left
-    sid = api("POST", "/v1/sessions", json={"user_id": "dave"}).json()["id"]
+    sid = api("POST", "/v1/sessions", json={"user_id": dave}).json()["id"]
     turn(api, sid, "What is my locker code?")
     reads = api("GET", f"/v1/memories/{keep['id']}").json()
     assert reads["reads"] > 0  # chat reads the user's bank: only what is left in it
-    ids = [m["id"] for m in api("GET", "/v1/users/dave/memories").json()["memories"]]
+    ids = [m["id"] for m in api("GET", f"/v1/users/{dave}/memories").json()["memories"]]
     assert gone["id"] not in ids
-    hist = api("GET", "/v1/users/dave/memories/history").json()["events"]
+    hist = api("GET", f"/v1/users/{dave}/memories/history").json()["events"]
     assert {"deleted", "evicted"} <= {e["op"] for e in hist if e["memory_id"] == gone["id"]}
 
 
