@@ -32,6 +32,7 @@ from memsvc.store import (
     Store,
     TurnCommit,
 )
+from memsvc.store_adapter_items import ItemStoreMixin
 from memsvc.store_adapter_memories import MemoryStoreMixin
 from storage import Storage, namespace
 from storage import errors as serr
@@ -174,7 +175,7 @@ class SlotAdmin:
 # ---- the adapter -------------------------------------------------------------------------
 
 
-class StorageStore(SlotAdmin, MemoryStoreMixin, Store):
+class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, Store):
     """Store over storage's managers (see the module docstring)."""
 
     def __init__(

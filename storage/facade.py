@@ -16,6 +16,7 @@ from storage.db import Database
 from storage.locks import LockManager
 from storage.memories import MemoryManager
 from storage.memory_commit import apply_slot_and_memory_changes
+from storage.memory_items import MemoryItems
 from storage.metrics import StorageMetrics
 from storage.passages import PassageManager
 from storage.sessions import (
@@ -82,6 +83,7 @@ class Storage:
         self.passages = PassageManager(db, self.metrics, index_dir=index_dir, params=index_params)
         self.snapshots = SnapshotManager(db, self.metrics, self.state_config)
         self.memories = MemoryManager(db)
+        self.items = MemoryItems(db)
 
     @classmethod
     def from_urls(

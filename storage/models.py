@@ -264,6 +264,8 @@ class Memory(Base):
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
     collection: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     key: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # a keyed memory's JSON document (canonical JSON; see storage.memory_items)
+    value: Mapped[str | None] = mapped_column(Text, nullable=True)
     gate: Mapped[float] = mapped_column(Float, default=0.0)
     slots: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)

@@ -20,6 +20,7 @@ from memsvc.metrics import Metrics
 from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
 from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
+from memsvc.services.items import ItemService
 from memsvc.services.memories import MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.sessions import SessionManager
@@ -73,6 +74,7 @@ class Services:
     memory: Any = None
     memories: Any = None
     transcripts: Any = None
+    items: Any = None
 
     @property
     def tenants(self) -> Store:
@@ -112,7 +114,8 @@ class Services:
             documents=documents,
             admin=AdminManager(store, metrics),
             memory=memory,
-            memories=MemoryService(store, memory, embedder),
+            memories=(memories := MemoryService(store, memory, embedder)),
+            items=ItemService(store, memory, memories.embeddings),
             transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory),
         )
 

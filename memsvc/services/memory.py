@@ -240,6 +240,28 @@ class MemoryManager:
         new = self._new_memory(views, None, None, text, fields)
         return await self._commit_write(session_like, new, text, cause, feedback)
 
+    async def write_slots(
+        self, session_like: SessionRec, text: str, memory_id: str
+    ) -> tuple[list[int], float]:
+        """Write ``text`` as slots of an existing memory (a keyed item's text), forced
+        past the gate, into views and one commit; (appended slot ids, mean gate). No
+        memory row is created."""
+        views = await run_in_threadpool(self.views, session_like) if self.enabled else None
+        if not views:
+            return [], 0.0
+        prov = SlotProvenance(None, None, (0, len(text)), memory_id)
+
+        def write() -> PendingOutcome:  # scheduler thread: tensors into the views only
+            hidden, span = self._encode(text)
+            return outcome_of(self._write(views, hidden, span, prov, {"remember": True}, text))
+
+        out = await self.scheduler.call(write)
+        stored = await run_in_threadpool(
+            self.store.commit_slots, [v.changes() for v in views.values()]
+        )
+        ids = [int(i) for i in out.slot_ids(list(views), stored)]
+        return ids, (out.gate if out.status == "stored" else 0.0)
+
     def _encode(self, text: str) -> tuple[dict[int, Any], tuple[int, int]]:
         """Scheduler thread: hidden states of ``text`` fed as a user turn from no state."""
         ids = self.runtime.tokenizer.render_turn({"role": "user", "content": text})

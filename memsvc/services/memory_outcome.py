@@ -86,7 +86,7 @@ class PendingOutcome:
         return [str(got[layer].get(i, i)) for layer, ids in self.appended.items() for i in ids]
 
 
-def outcome_of(records: dict[int, list[Any]], memory_id: str) -> PendingOutcome:
+def outcome_of(records: dict[int, list[Any]], memory_id: str | None = None) -> PendingOutcome:
     """Pure: stored (slots appended), merged (only blends) or skipped, from each layer's
     write records. The gate is the appended slots' mean, else the highest seen."""
     appended = {
