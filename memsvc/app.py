@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from memsvc.api import admin, documents, health, openai, sessions
+from memsvc.api import admin, documents, health, items, memories, openai, sessions
+from memsvc.api import mcp as mcp_api
 from memsvc.api.errors import install_error_handlers
 from memsvc.api.limits import BodyLimitMiddleware
 from memsvc.config import Settings
@@ -24,10 +25,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     services = services or Services.build(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(app: FastAPI):
         services.start()
         try:
-            yield
+            async with app.state.mcp_sessions.run():  # the /mcp transport's task group
+                yield
         finally:
             services.stop()
 
@@ -39,8 +41,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = services
     install_error_handlers(app)
-    for module in (health, sessions, documents, admin, openai):  # openai: H7 (issue 6)
+    for module in (health, sessions, documents, admin, openai, memories):  # openai: H7 (issue 6)
         app.include_router(module.router)
+    app.include_router(items.router)
+    app.state.mcp_sessions = mcp_api.install(app, services)
     _install_latency(app, services)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

@@ -89,11 +89,14 @@ class _Base:
         api_key: str | None = None,
         timeout: float = 120.0,
         max_retries: int = 2,
+        transport: Any = None,
     ) -> None:
         self.base_url = (base_url or env_base_url()).rstrip("/")
         self.api_key = api_key if api_key is not None else env_api_key()
         self.timeout = timeout
         self.transport_retries = max(0, max_retries)
+        # another httpx transport (e.g. ASGITransport: the app in process, for /mcp)
+        self.transport = transport
 
     def _client_kwargs(self) -> dict[str, Any]:
         return {
@@ -108,7 +111,7 @@ class MemsvcClient(_Base):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        transport = httpx.HTTPTransport(retries=self.transport_retries)
+        transport = self.transport or httpx.HTTPTransport(retries=self.transport_retries)
         self.http = httpx.Client(transport=transport, **self._client_kwargs())
 
     def __enter__(self) -> MemsvcClient:
@@ -193,7 +196,7 @@ class AsyncMemsvcClient(_Base):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        transport = httpx.AsyncHTTPTransport(retries=self.transport_retries)
+        transport = self.transport or httpx.AsyncHTTPTransport(retries=self.transport_retries)
         self.http = httpx.AsyncClient(transport=transport, **self._client_kwargs())
 
     async def __aenter__(self) -> AsyncMemsvcClient:

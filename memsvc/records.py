@@ -269,3 +269,124 @@ class AdminSessionOut(SessionOut):
 
 class AdminSessionList(BaseModel):
     data: list[AdminSessionOut]
+
+
+# ------------------------------------------------------------------ memories
+class MemoryCreate(Strict):
+    """Text to remember for a user; it goes through the Retention Layer's gate."""
+
+    text: str = Field(min_length=1, max_length=16_000)
+    collection: list[str] | None = Field(default=None, max_length=16)
+    key: str | None = Field(default=None, min_length=1, max_length=500)
+    force: bool = Field(default=False, description="store even when the gate would not")
+
+    @field_validator("text", "key", "collection")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        return _reject_nul(v)
+
+    @field_validator("collection")
+    @classmethod
+    def _names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not 1 <= len(n) <= 200 for n in v):
+            raise ValueError("collection names have 1 to 200 characters")
+        return v
+
+
+class MemoryEventOut(BaseModel):
+    memory_id: str
+    op: Literal["written", "merged", "read", "evicted", "deleted"]
+    cause: str
+    at: datetime
+
+
+class MemoryOut(BaseModel):
+    """One memory: the span a user said (or text written), with its slots and reads."""
+
+    id: str
+    user_id: str | None
+    scope: str
+    session_id: str | None
+    message_id: str | None
+    span: tuple[int, int]
+    text: str
+    collection: list[str] | None = None
+    key: str | None = None
+    gate: float
+    slots: int
+    reads: int
+    last_read_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    score: float | None = Field(default=None, description="similarity to `query`, if given")
+    history: list[MemoryEventOut] | None = None
+
+
+class MemoryList(BaseModel):
+    memories: list[MemoryOut]
+    limit: int
+    offset: int
+
+
+class MemoryWriteOut(BaseModel):
+    """What a write did: ``stored`` (``memory``), ``merged`` (a duplicate of ``memory``),
+    or ``skipped`` (``reason``, e.g. the gate was below the threshold)."""
+
+    status: Literal["stored", "merged", "skipped"]
+    memory: MemoryOut | None = None
+    gate: float
+    slots_written: int
+    reason: str | None = None
+
+
+class MemoryHistory(BaseModel):
+    events: list[MemoryEventOut]
+    limit: int
+    offset: int
+
+
+class MemoryDeleted(BaseModel):
+    id: str
+    slots_removed: int
+
+
+class UserErased(BaseModel):
+    user_id: str
+    sessions: int
+    messages: int
+    memories: int
+    slots: int
+    documents: int
+
+
+# ------------------------------------------------------------------ transcripts
+class TranscriptTurn(Strict):
+    role: Literal["user", "assistant"]
+    content: str = Field(min_length=1, max_length=16_000)
+
+    @field_validator("content")
+    @classmethod
+    def _no_nul(cls, v: str) -> str:
+        return _reject_nul(v)
+
+
+class TranscriptIn(Strict):
+    """Past turns, oldest first, in user/assistant pairs."""
+
+    turns: list[TranscriptTurn] = Field(min_length=2, max_length=200)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TranscriptIn:
+        roles = [t.role for t in self.turns]
+        if len(roles) % 2 or roles != ["user", "assistant"] * (len(roles) // 2):
+            raise ValueError("turns must alternate user, assistant (pairs, user first)")
+        return self
+
+
+class TranscriptOut(BaseModel):
+    session_id: str
+    turns_imported: int
+    messages: int
+    memory_writes: int
+    version: int
+    token_count: int

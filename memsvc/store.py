@@ -9,6 +9,8 @@ lock becomes :class:`Busy`, a lost compare-and-set :class:`Conflict`.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -58,12 +60,35 @@ TURN_USER_MESSAGE = -1
 
 @dataclass(frozen=True)
 class SlotProvenance:
-    """Where a slot written by the service came from (storage reads these fields)."""
+    """Where a slot written by the service came from (storage reads these fields): its
+    memory and its own character span in the memory's source text; never the text."""
 
     session_id: str | None = None
     message_id: int | None = None  # TURN_USER_MESSAGE: resolved by the turn's commit
     span: tuple[int, int] | None = None
-    text: str | None = None
+    memory_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingMemory:
+    """A memory a write is about to make (storage reads the fields of its ``NewMemory``);
+    its row is inserted by the commit that writes its slots."""
+
+    id: str
+    tenant_id: str
+    namespace: str
+    user_id: str | None = None
+    session_id: str | None = None
+    message_id: int | None = None  # TURN_USER_MESSAGE: resolved by the turn's commit
+    span: tuple[int, int] = (0, 0)
+    text: str | None = None  # only for text without a message
+    collection: Sequence[str] | None = None
+    key: str | None = None
+
+
+def new_memory_id() -> str:
+    """A fresh memory id (32 hex digits, as storage's ids)."""
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,38 @@ class SlotRec:
     last_read_at: datetime | None
     text: str | None
     span: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class MemoryRec:
+    """A memory: one written span with its slots (see :mod:`storage.memories`)."""
+
+    id: str
+    tenant_id: str
+    user_id: str | None
+    namespace: str
+    session_id: str | None
+    message_id: str | None
+    span: tuple[int, int]
+    text: str
+    collection: list[str] | None
+    key: str | None
+    gate: float
+    slots: int
+    reads: int
+    last_read_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class MemoryEventRec:
+    id: int
+    memory_id: str
+    op: str  # written | merged | read | evicted | deleted
+    cause: str
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -206,6 +263,20 @@ class Store(Protocol):
     ) -> None: ...
 
     # slots
+    # memories (memsvc.store_adapter_memories)
+    def memory_merged(self, tenant_id: str, memory_id: str, cause: str) -> MemoryRec: ...
+    def find_memory_text(self, tenant_id: str, namespace: str, text: str) -> str | None: ...
+    def search_memory_text(self, tenant_id: str, namespace: str, needle: str) -> list[str]: ...
+    def retire_memories(self, tenant_id: str, memory_ids: list[str], cause: str) -> int: ...
+    def get_memory(self, tenant_id: str, memory_id: str) -> MemoryRec: ...
+    def list_memories(self, tenant_id: str, user_id: str, **filters: Any) -> list[MemoryRec]: ...
+    def memory_events(self, tenant_id: str, memory_id: str) -> list[MemoryEventRec]: ...
+    def delete_memory(self, tenant_id: str, memory_id: str, cause: str) -> int: ...
+    def memory_history(
+        self, tenant_id: str, user_id: str, memory_id: str | None, limit: int, offset: int
+    ) -> list[MemoryEventRec]: ...
+    def erase_user(self, tenant_id: str, user_id: str) -> dict[str, int]: ...
+
     def list_slots(self, f: SlotFilter) -> list[SlotRec]: ...
     def get_slot(self, slot_id: str) -> SlotRec: ...
     def delete_slot(self, slot_id: str) -> None: ...

@@ -32,6 +32,8 @@ from memsvc.store import (
     Store,
     TurnCommit,
 )
+from memsvc.store_adapter_items import ItemStoreMixin
+from memsvc.store_adapter_memories import MemoryStoreMixin
 from storage import Storage, namespace
 from storage import errors as serr
 from storage.passages import PassageIn
@@ -175,7 +177,7 @@ class SlotAdmin:
 # ---- the adapter -------------------------------------------------------------------------
 
 
-class StorageStore(SlotAdmin, Store):
+class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, Store):
     """Store over storage's managers (see the module docstring)."""
 
     def __init__(
@@ -198,6 +200,7 @@ class StorageStore(SlotAdmin, Store):
         self.tenants, self.sessions, self.messages = st.tenants, st.sessions, st.messages
         self.states, self.locks = st.states, st.locks
         self.slots, self.passages, self.snapshots = st.slots, st.passages, st.snapshots
+        self.memories = st.memories
 
     # ------------------------------------------------------------------ tenants
     def authenticate(self, key: str) -> str | None:

@@ -109,14 +109,25 @@ def _blend(bank: SlotStore, key: Tensor, value: Tensor, gate: float, threshold: 
     return ids, a.squeeze(1)
 
 
-def _append(bank: SlotStore, key: Tensor, value: Tensor, gate: float, policy: str):
+def _add(bank: SlotStore, keys: Tensor, values: Tensor, gates: Tensor, spans: list) -> Tensor:
+    """``bank.add``; a bank that records provenance (``add_spans``) also gets each slot's
+    token span, so it can store where the slot came from in the same insert."""
+    add_spans = getattr(bank, "add_spans", None)
+    if add_spans is not None:
+        return add_spans(keys, values, gates, spans)
+    return bank.add(keys, values, gates)
+
+
+def _append(
+    bank: SlotStore, key: Tensor, value: Tensor, gate: float, policy: str, span: tuple = (0, 0)
+):
     """Evict to make room when at capacity, then add; returns (new id, evicted ids)."""
     evicted = torch.empty(0, dtype=torch.int64)
     cap = bank.capacity
     if cap is not None and len(bank) >= cap:
         evicted = select_victims(policy, bank.stats(), len(bank) - cap + 1)
         bank.remove(evicted)
-    new_id = bank.add(key.unsqueeze(0), value.unsqueeze(0), torch.tensor([gate]))
+    new_id = _add(bank, key.unsqueeze(0), value.unsqueeze(0), torch.tensor([gate]), [span])
     return int(new_id[0]), evicted
 
 
@@ -153,7 +164,7 @@ def write_slots(
                 continue
         elif cfg.write_mode not in ("append", "blend"):
             raise ValueError(f"unknown write mode {cfg.write_mode!r}")
-        new_id, evicted = _append(bank, keys[i], values[i], g, cfg.eviction)
+        new_id, evicted = _append(bank, keys[i], values[i], g, cfg.eviction, span)
         records.append(WriteRecord("append", (new_id,), span, g, raw, tuple(evicted.tolist())))
     return records
 
@@ -174,7 +185,8 @@ def _append_all(
     ids: list[int] = []
     if keep:
         sel = torch.tensor(keep)
-        ids = bank.add(keys[sel], values[sel], torch.tensor([eff[i] for i in keep])).tolist()
+        kept = torch.tensor([eff[i] for i in keep])
+        ids = _add(bank, keys[sel], values[sel], kept, [spans[i] for i in keep]).tolist()
     new_id = dict(zip(keep, ids, strict=True))
     return [
         WriteRecord("append", (new_id[i],), span, eff[i], raw[i])

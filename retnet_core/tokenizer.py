@@ -223,6 +223,12 @@ class ChatTokenizer:
         """Text → ids; special-token strings in ``text`` are encoded as ordinary bytes."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def char_spans(self, text: str) -> list[tuple[int, int]]:
+        """Per token of :meth:`encode` (``text``): its [start, end) character span."""
+        return [
+            (int(a), int(b)) for a, b in self._tok.encode(text, add_special_tokens=False).offsets
+        ]
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Batched :meth:`encode` (parallel inside ``tokenizers``)."""
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]

@@ -14,6 +14,9 @@ from storage.cache import HotCache, LRUCache, RedisCache
 from storage.config import StateConfig
 from storage.db import Database
 from storage.locks import LockManager
+from storage.memories import MemoryManager
+from storage.memory_commit import apply_slot_and_memory_changes
+from storage.memory_items import MemoryItems
 from storage.metrics import StorageMetrics
 from storage.passages import PassageManager
 from storage.sessions import (
@@ -24,7 +27,7 @@ from storage.sessions import (
     append_locked,
 )
 from storage.slot_manager import SlotManager
-from storage.slot_view import BankChanges, BankView, apply_changes, load_view
+from storage.slot_view import BankChanges, BankView, load_view
 from storage.snapshots import SnapshotManager
 from storage.states import StateStore, StoredState
 from storage.tenants import TenantManager
@@ -45,7 +48,7 @@ class Storage:
     """Managers over one database and one hot tier (Redis, or an in-process LRU).
 
     Attributes: ``tenants``, ``sessions``, ``messages``, ``states``, ``locks``, ``slots``,
-    ``passages``, ``snapshots``, ``metrics`` (its ``registry`` is what to export).
+    ``passages``, ``snapshots``, ``memories``, ``metrics`` (its ``registry`` is what to export).
     """
 
     def __init__(
@@ -79,6 +82,8 @@ class Storage:
         self.slots = SlotManager(db, self.metrics, index_dir=index_dir, params=index_params)
         self.passages = PassageManager(db, self.metrics, index_dir=index_dir, params=index_params)
         self.snapshots = SnapshotManager(db, self.metrics, self.state_config)
+        self.memories = MemoryManager(db)
+        self.items = MemoryItems(db)
 
     @classmethod
     def from_urls(
@@ -156,7 +161,8 @@ class Storage:
         another tenant's session is :class:`NotFound`. Redis / the LRU is updated only
         after the commit, as in :meth:`StateStore.save`. ``slot_changes`` (what the turn's
         bank views recorded) are merged in the same transaction, bank by bank in id order
-        (see :mod:`storage.slot_view`).
+        (see :mod:`storage.slot_view`), with the memories they carry
+        (:mod:`storage.memory_commit`).
         """
         state = None
         try:
@@ -173,8 +179,8 @@ class Storage:
                 infos = [append_locked(s, tenant_id, session_id, m) for m in messages]
                 user_id = next((int(m.id) for m in infos if m.role == "user"), None)
                 fresh = all(m.created for m in infos)  # an idempotent replay writes no slots
-                for ch in sorted(slot_changes, key=lambda c: c.bank_id) if fresh else ():
-                    apply_changes(s, ch, user_id)  # bank rows locked in one order: no deadlock
+                if fresh:  # bank rows locked in one order: no deadlock
+                    apply_slot_and_memory_changes(s, slot_changes, user_id)
         except BaseException:
             if state is not None:
                 self.states.abandon(tenant_id, state)
@@ -188,15 +194,18 @@ class Storage:
             return [load_view(s, bank) for bank in banks]
 
     def commit_slots(self, slot_changes: Sequence[BankChanges]) -> list[dict[int, int]]:
-        """Changes of bank views made outside a turn (feedback) in one transaction.
+        """Changes of bank views made outside a turn (explicit writes, feedback) and the
+        memories they carry, in one transaction.
 
-        Returns, per change set in the given order, the view's id → stored id of new slots.
+        Returns, per change set in the given order, the view's id → stored id of new slots
+        (a merge's memory is filled into its ``memories.merged_into``).
         """
-        new: dict[int, dict[int, int]] = {}
         with self.db.write() as s:
-            for n, ch in sorted(enumerate(slot_changes), key=lambda nc: nc[1].bank_id):
-                new[n] = dict(zip(ch.pending, apply_changes(s, ch, None), strict=True))
-        return [new[n] for n in range(len(slot_changes))]
+            new = apply_slot_and_memory_changes(s, slot_changes, None)
+        return [
+            dict(zip(ch.pending, ids, strict=True))
+            for ch, ids in zip(slot_changes, new, strict=True)
+        ]
 
     def delete_session(self, tenant_id: str, session_id: str) -> bool:
         """Delete a session with its messages, state (both tiers) and session-scoped slots."""

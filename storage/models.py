@@ -248,11 +248,61 @@ class MemorySlot(Base):
     created_tick: Mapped[int] = mapped_column(BigInteger, default=0)
     session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # the slot's own span: character offsets into its memory's source text (the
+    # message's content, or the memory's own text); never a copy of the text
     span_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
     span_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    memory_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
     last_read_at: Mapped[datetime | None] = mapped_column(Stamp, nullable=True)
+
+
+class Memory(Base):
+    """One written span (what the user said, or text written explicitly) with its slots.
+
+    Text that came from a message is referenced (message id + character span), never
+    copied; ``text`` holds only text without a message, once. ``collection`` is a JSON
+    list of names (canonical ``json.dumps``), ``key`` unique within user + collection.
+    A deleted memory keeps its row (``deleted_at``, text erased) for the change log.
+    """
+
+    __tablename__ = "memories"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "user_id", "collection", "key"),
+        Index("ix_memories_owner", "tenant_id", "user_id", "created_at"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(tenant_fk())
+    user_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    namespace: Mapped[str] = mapped_column(String(200))
+    session_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    span_start: Mapped[int] = mapped_column(Integer, default=0)
+    span_end: Mapped[int] = mapped_column(Integer, default=0)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    collection: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    key: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # a keyed memory's JSON document (canonical JSON; see storage.memory_items)
+    value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    gate: Mapped[float] = mapped_column(Float, default=0.0)
+    slots: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(Stamp, nullable=True)
+
+
+class MemoryEvent(Base):
+    """The memory change log: written, merged, read, evicted, deleted (time and cause)."""
+
+    __tablename__ = "memory_events"
+    __table_args__ = (Index("ix_memory_events_owner", "tenant_id", "user_id", "id"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(tenant_fk())
+    user_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    memory_id: Mapped[str] = mapped_column(String(64), index=True)
+    op: Mapped[str] = mapped_column(String(16))
+    cause: Mapped[str] = mapped_column(String(200), default="")
+    at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
 
 
 class Document(Base):

@@ -9,15 +9,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
 from storage.errors import NotFound, StorageError
 from storage.metrics import StorageMetrics
-from storage.models import MemorySlot, VectorBank
+from storage.models import Memory, MemorySlot, Message, VectorBank
 from storage.slots import SlotBank, SlotRecord, _delete_slots, _record
 from storage.vector_index import IndexParams
+
+
+def _with_text() -> Select:
+    """Slots with their bank's namespace and layer and their memory's source text (the
+    message's content, or the memory's own text), for records that show the span text."""
+    source = func.coalesce(Memory.text, Message.content)
+    return (
+        select(MemorySlot, VectorBank.namespace, VectorBank.layer, source)
+        .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
+        .outerjoin(Memory, Memory.id == MemorySlot.memory_id)
+        .outerjoin(Message, Message.id == Memory.message_id)
+    )
 
 
 @dataclass(frozen=True)
@@ -208,26 +220,16 @@ class SlotManager:
 
         For the operator's admin API only: tenant-facing reads use :meth:`list`.
         """
-        q = (
-            select(MemorySlot, VectorBank.namespace, VectorBank.layer)
-            .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
-            .where(*query.where())
-            .order_by(MemorySlot.id)
-            .offset(offset)
-        )
+        q = _with_text().where(*query.where()).order_by(MemorySlot.id).offset(offset)
         if limit is not None:
             q = q.limit(limit)
         with self.db.read() as s:
-            return [_record(r, ns, ly) for r, ns, ly in s.execute(q).all()]
+            return [_record(*row) for row in s.execute(q).all()]
 
     def admin_get(self, slot_id: int) -> SlotRecord:
         """Any tenant's slot by its (globally unique) id, or :class:`NotFound` (admin)."""
         with self.db.read() as s:
-            got = s.execute(
-                select(MemorySlot, VectorBank.namespace, VectorBank.layer)
-                .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
-                .where(MemorySlot.id == int(slot_id))
-            ).first()
+            got = s.execute(_with_text().where(MemorySlot.id == int(slot_id))).first()
         if got is None:
             raise NotFound(f"slot {slot_id} not found")
         return _record(*got)
@@ -258,32 +260,26 @@ class SlotManager:
         offset: int = 0,
     ) -> list[SlotRecord]:
         """The tenant's slots with provenance, ascending id."""
-        q = (
-            select(MemorySlot, VectorBank.namespace, VectorBank.layer)
-            .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
-            .where(MemorySlot.tenant_id == tenant_id)
-        )
+        q = _with_text().where(MemorySlot.tenant_id == tenant_id)
         if namespace is not None:
             q = q.where(VectorBank.namespace == namespace)
         if layer is not None:
             q = q.where(VectorBank.layer == layer)
         q = q.order_by(MemorySlot.id).limit(limit).offset(offset)
         with self.db.read() as s:
-            return [_record(r, ns, ly) for r, ns, ly in s.execute(q).all()]
+            return [_record(*row) for row in s.execute(q).all()]
 
     def get(self, tenant_id: str, slot_id: int) -> SlotRecord:
         """One of the tenant's slots, or :class:`NotFound`."""
         with self.db.read() as s:
             got = s.execute(
-                select(MemorySlot, VectorBank.namespace, VectorBank.layer)
-                .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
-                .where(MemorySlot.id == slot_id, MemorySlot.tenant_id == tenant_id)
+                _with_text().where(MemorySlot.id == slot_id, MemorySlot.tenant_id == tenant_id)
             ).first()
         if got is None:
             raise NotFound(f"slot {slot_id} not found")
         return _record(*got)
 
-    def evict(self, tenant_id: str, slot_ids: Sequence[int]) -> int:
+    def evict(self, tenant_id: str, slot_ids: Sequence[int], cause: str = "evicted") -> int:
         """Delete the tenant's slots by id (others' ids are ignored); returns how many."""
         ids = sorted({int(i) for i in slot_ids})
         if not ids:
@@ -300,12 +296,12 @@ class SlotManager:
         gone = 0
         for bank_id, items in sorted(by_bank.items()):
             with self.db.write() as s:
-                gone += _delete_slots(s, bank_id, tenant_id, items)
+                gone += _delete_slots(s, bank_id, tenant_id, items, cause)
         self.metrics.slot_ops.labels("evict").inc(gone)
         self._sync_open(tenant_id)
         return gone
 
-    def delete_namespace(self, tenant_id: str, namespace: str) -> int:
+    def delete_namespace(self, tenant_id: str, namespace: str, cause: str = "evicted") -> int:
         """Evict every slot of a namespace (all layers); returns how many."""
         with self.db.read() as s:
             ids = s.scalars(
@@ -313,7 +309,7 @@ class SlotManager:
                 .join(VectorBank, VectorBank.id == MemorySlot.bank_id)
                 .where(MemorySlot.tenant_id == tenant_id, VectorBank.namespace == namespace)
             ).all()
-        return self.evict(tenant_id, ids)
+        return self.evict(tenant_id, ids, cause)
 
     def _sync_open(self, tenant_id: str) -> None:
         with self._lock:

@@ -35,25 +35,28 @@ from torch import Tensor
 
 from retnet_core.slots import SlotStats
 from storage.banks import bump_clock, log_changes
+from storage.memory_commit import TURN_USER_MESSAGE, MemoryChanges
 from storage.models import ChangeLog, MemorySlot, VectorBank, utcnow
 
 #: banks up to this size are copied into the view; larger ones read the FAISS index
 EXACT_MAX = 4096
 #: ids the view gives its own new slots before the commit assigns real ones
 PENDING_BASE = 2**58
-#: provenance ``message_id`` meaning "the user message this turn commits" (any provenance
-#: object with ``session_id``, ``message_id``, ``span`` and ``text`` attributes is accepted)
-TURN_USER_MESSAGE = -1
+#: provenance ``message_id`` TURN_USER_MESSAGE means "the user message this turn commits"
+#: (any provenance object with ``session_id``, ``message_id``, ``span`` and ``memory_id``
+#: attributes is accepted; ``span`` is the slot's own character span in its memory's source)
+__all__ = ["TURN_USER_MESSAGE", "BankChanges", "BankView", "apply_changes", "load_view"]
 
 
 @dataclass(frozen=True)
 class ViewRecord:
-    """What a turn may ask about a slot: id, origin and creation tick."""
+    """What a turn may ask about a slot: id, origin (memory) and creation tick."""
 
     id: int
     message_id: int | None
     session_id: str | None
     created_tick: int
+    memory_id: str | None = None
 
 
 @dataclass
@@ -70,6 +73,9 @@ class BankChanges:
     removes: set[int] = field(default_factory=set)
     reads: dict[int, int] = field(default_factory=dict)
     pending: list[int] = field(default_factory=list)  # the view's ids of ``adds``
+    causes: dict[int, str] = field(default_factory=dict)  # removal cause, when not "evicted"
+    # the memories this write made, merged into or emptied (storage.memory_commit)
+    memories: MemoryChanges | None = None
 
     def empty(self) -> bool:
         return not (self.adds or self.updates or self.removes or self.reads)
@@ -81,6 +87,7 @@ class BankView:
     def __init__(self, bank, base_seq: int, rows: list | None) -> None:
         self.bank = bank  # storage.slots.SlotBank (its index, for large banks)
         self.d_key, self.d_value, self.capacity = bank.d_key, bank.d_value, bank.capacity
+        self.tenant_id, self.namespace = bank.tenant_id, bank.namespace
         self.exact = rows is not None
         self._changes = BankChanges(bank.bank_id, bank.tenant_id, base_seq)
         self._clock = 0
@@ -93,7 +100,8 @@ class BankView:
         self._last = torch.tensor([r.last_read for r in rows], dtype=torch.int64)
         self._created = torch.tensor([r.created_tick for r in rows], dtype=torch.int64)
         self._records = {
-            r.id: ViewRecord(r.id, r.message_id, r.session_id, r.created_tick) for r in rows
+            r.id: ViewRecord(r.id, r.message_id, r.session_id, r.created_tick, r.memory_id)
+            for r in rows
         }
         self._base: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._large_len = 0 if self.exact else len(bank.index.index)
@@ -211,12 +219,15 @@ class BankView:
     def remove(self, ids: Tensor) -> None:
         self.evict(torch.as_tensor(ids).reshape(-1).tolist())
 
-    def evict(self, ids) -> int:
-        """Remove slots from the view (recorded for the commit); returns how many."""
+    def evict(self, ids, cause: str = "evicted") -> int:
+        """Remove slots from the view (recorded for the commit, with ``cause`` for their
+        memories' change log); returns how many."""
         gone = [int(i) for i in ids]
         for item in gone:
             if item < PENDING_BASE:
                 self._changes.removes.add(item)
+                if cause != "evicted":
+                    self._changes.causes[item] = cause
                 self._changes.updates.pop(item, None)
                 self._changes.reads.pop(item, None)
             else:  # a slot of this very turn: drop it before it is ever written
@@ -257,6 +268,25 @@ class BankView:
         live = set(self._ids.tolist()) if self.exact else set(self._records)
         want = live if ids is None else {int(i) for i in ids} & live
         return [self._records[i] for i in sorted(want) if i in self._records]
+
+    # ---- memories (committed with the slots, see storage.memory_commit) --------------
+    def _memories(self) -> MemoryChanges:
+        if self._changes.memories is None:
+            self._changes.memories = MemoryChanges(self._changes.tenant_id)
+        return self._changes.memories
+
+    def memory_written(self, new, gate: float, cause: str) -> None:
+        """``new`` (a NewMemory-like record) is the memory of slots appended by this write."""
+        self._memories().new.append((new, float(gate), cause))
+
+    def memory_merged(self, slot_ids, cause: str) -> None:
+        """This write blended into ``slot_ids``: their memory gets a ``merged`` event."""
+        self._memories().merges.append(([int(i) for i in slot_ids], cause))
+
+    def retire_if_empty(self, memory_ids, cause: str) -> None:
+        """Tombstone these memories at the commit if none of their slots is left."""
+        for memory_id in memory_ids:
+            self._memories().retire[memory_id] = cause
 
     def changes(self) -> BankChanges:
         """What the commit must write; the view should not be used afterwards."""
@@ -301,6 +331,7 @@ _COLS = (
     MemorySlot.created_tick,
     MemorySlot.message_id,
     MemorySlot.session_id,
+    MemorySlot.memory_id,
 )
 
 
@@ -327,8 +358,11 @@ def apply_changes(s: Session, ch: BankChanges, user_message_id: int | None) -> l
         return []
     tick = bump_clock(s, ch.bank_id)  # also locks the bank row: commits of a bank serialise
     head = int(s.scalar(select(VectorBank.last_seq).where(VectorBank.id == ch.bank_id)) or 0)
-    if ch.removes:
-        _delete_slots(s, ch.bank_id, ch.tenant_id, sorted(ch.removes))
+    by_cause: dict[str, list[int]] = {}
+    for item in sorted(ch.removes):
+        by_cause.setdefault(ch.causes.get(item, "evicted"), []).append(item)
+    for cause, items in sorted(by_cause.items()):
+        _delete_slots(s, ch.bank_id, ch.tenant_id, items, cause)
     if ch.updates:
         _merge_updates(s, ch, head, _blob)
     new_ids: list[int] = []
@@ -409,6 +443,6 @@ def _slot_row(ch, key, value, gate, prov, tick, now, user_message_id, blob) -> M
         message_id=message_id,
         span_start=span[0] if span else None,
         span_end=span[1] if span else None,
-        text=getattr(prov, "text", None),
+        memory_id=getattr(prov, "memory_id", None),
         created_at=now,
     )

@@ -25,6 +25,7 @@ from torch import Tensor
 from retnet_core.slots import SlotStats
 from storage.banks import BankIndex, bump_clock, log_changes
 from storage.db import Database
+from storage.memories import slots_removed
 from storage.metrics import StorageMetrics
 from storage.models import MemorySlot, VectorBank, utcnow
 from storage.vector_index import IndexParams, as_matrix
@@ -41,12 +42,13 @@ def namespace(scope: str, scope_id: str) -> str:
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where a slot came from."""
+    """Where a slot came from: its memory and its own character span in the memory's
+    source text (the message's content, or the memory's own text). Never the text."""
 
     session_id: str | None = None
     message_id: int | None = None
     span: tuple[int, int] | None = None
-    text: str | None = None
+    memory_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,11 @@ class SlotRecord:
     session_id: str | None
     message_id: int | None
     span: tuple[int, int] | None
-    text: str | None
+    text: str | None  # the slot's own span text (admin reads); None from bank records
     created_at: datetime
     last_read_at: datetime | None
     tenant_id: str = ""
+    memory_id: str | None = None
 
 
 def _blob(v: np.ndarray) -> bytes:
@@ -206,7 +209,7 @@ class SlotBank:
                     message_id=p.message_id,
                     span_start=p.span[0] if p.span else None,
                     span_end=p.span[1] if p.span else None,
-                    text=p.text,
+                    memory_id=p.memory_id,
                     created_at=now,
                 )
                 for i, p in enumerate(provenance)
@@ -240,13 +243,13 @@ class SlotBank:
         """Delete slots (eviction); later searches, fetches and ``all`` never return them."""
         self.evict([int(i) for i in torch.as_tensor(ids).reshape(-1).tolist()])
 
-    def evict(self, ids: Sequence[int]) -> int:
+    def evict(self, ids: Sequence[int], cause: str = "evicted") -> int:
         """Delete slots of this bank by id; returns how many existed."""
         ids = sorted({int(i) for i in ids})
         if not ids:
             return 0
         with self.db.write() as s:
-            gone = _delete_slots(s, self.bank_id, self.tenant_id, ids)
+            gone = _delete_slots(s, self.bank_id, self.tenant_id, ids, cause)
         self.metrics.slot_ops.labels("evict").inc(gone)
         self.index.sync()
         return gone
@@ -298,7 +301,10 @@ class SlotBank:
 
     # ---- storage extras ------------------------------------------------------------
     def records(self, ids: Sequence[int] | None = None) -> list[SlotRecord]:
-        """Provenance and bookkeeping of this bank's slots (all, or ``ids``)."""
+        """Provenance and bookkeeping of this bank's slots (all, or ``ids``).
+
+        ``text`` stays None here (the service's own bookkeeping needs no text; admin
+        reads resolve it through :class:`storage.slot_manager.SlotManager`)."""
         q = select(MemorySlot).where(MemorySlot.bank_id == self.bank_id)
         if ids is not None:
             q = q.where(MemorySlot.id.in_([int(i) for i in ids]))
@@ -320,23 +326,34 @@ class SlotBank:
         self.index.save()
 
 
-def _delete_slots(s: Session, bank_id: int, tenant_id: str, ids: list[int]) -> int:
+def _delete_slots(
+    s: Session, bank_id: int, tenant_id: str, ids: list[int], cause: str = "evicted"
+) -> int:
+    """Delete slots, log the removals for the index, and tell their memories (one event
+    per memory: ``evicted`` with ``cause``)."""
     gone: list[int] = []
+    per_memory: dict[str, int] = {}
     for part in _chunks(ids):
         if part:
             res = s.execute(
                 delete(MemorySlot)
                 .where(MemorySlot.bank_id == bank_id, MemorySlot.tenant_id == tenant_id)
                 .where(MemorySlot.id.in_(part))
-                .returning(MemorySlot.id)
+                .returning(MemorySlot.id, MemorySlot.memory_id)
             )
-            gone.extend(res.scalars().all())
+            for item, memory_id in res.all():
+                gone.append(item)
+                if memory_id is not None:
+                    per_memory[memory_id] = per_memory.get(memory_id, 0) + 1
     log_changes(s, bank_id, [(i, "remove") for i in sorted(gone)])
+    slots_removed(s, tenant_id, per_memory, cause)
     return len(gone)
 
 
-def _record(r: MemorySlot, ns: str, layer: int) -> SlotRecord:
+def _record(r: MemorySlot, ns: str, layer: int, source: str | None = None) -> SlotRecord:
+    """A slot's record; ``source`` is its memory's source text, sliced to the slot's span."""
     span = (r.span_start, r.span_end) if r.span_start is not None else None
+    text = source[span[0] : span[1]] if source is not None and span is not None else None
     return SlotRecord(
         r.id,
         ns,
@@ -348,8 +365,9 @@ def _record(r: MemorySlot, ns: str, layer: int) -> SlotRecord:
         r.session_id,
         r.message_id,
         span,
-        r.text,
+        text,
         r.created_at,
         r.last_read_at,
         r.tenant_id,
+        r.memory_id,
     )

@@ -164,15 +164,22 @@ def test_only_the_http_layer_imports_http() -> None:
     assert offenders == {}
 
 
-#: the one storage seam of memsvc (benchmarks and experiments set up data directly)
+#: the one storage seam of memsvc (benchmarks and experiments set up data directly): the
+#: store adapter, split into ``memsvc/store_adapter*.py`` files (the adapter and its mixins
+#: for memories and keyed items, one class: ``StorageStore``) so each file stays readable,
+#: and the container that builds it
 STORAGE_SEAM = {"memsvc/store_adapter.py", "memsvc/services/container.py"}
+
+
+def _in_seam(rel: str) -> bool:
+    return rel in STORAGE_SEAM or (rel.startswith("memsvc/store_adapter_") and "/" not in rel[7:])
 
 
 def test_only_the_store_adapter_and_the_container_import_storage() -> None:
     offenders = []
     for f in sorted((ROOT / "memsvc").rglob("*.py")):
         rel = f.relative_to(ROOT)
-        if str(rel) in STORAGE_SEAM or rel.parts[1] in ("bench", "experiments"):
+        if _in_seam(str(rel)) or rel.parts[1] in ("bench", "experiments"):
             continue
         if "storage" in imported_modules(f):
             offenders.append(str(rel))

@@ -5,7 +5,7 @@ when it runs, so `memsvc --help` stays fast and one broken extra never takes the
 whole CLI down. Failures end as one line on stderr and exit status 1 (set
 ``MEMSVC_DEBUG=1`` for the traceback).
 
-    memsvc serve | migrate | tenant create|list|revoke | ingest | chat
+    memsvc serve | migrate | tenant create|list|revoke | ingest | chat | mcp
     memsvc convert | train | bench <name> | experiment <name> | version
 """
 
@@ -230,6 +230,18 @@ def chat(
         params["max_tokens"] = max_tokens
     with MemsvcClient(url, api_key) as client:
         chat_loop(client, open_session(client, session, user_id, system), params, Console())
+
+
+@app.command()
+def mcp(url: Url = None, api_key: Key = None) -> None:
+    """Serve memsvc's MCP tools (remember, recall, list_memories, forget, chat) on stdio.
+
+    For MCP clients (assistants, IDEs) that start a server process; it talks to a
+    running memsvc at MEMSVC_BASE_URL with the tenant key MEMSVC_API_KEY.
+    """
+    from memsvc.mcp.stdio import run_stdio
+
+    run_stdio(url, api_key)
 
 
 # ------------------------------------------------------------------ model

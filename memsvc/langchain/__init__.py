@@ -4,7 +4,7 @@
 - :class:`MemsvcChatMessageHistory`: a session's messages as a chat history.
 - :class:`MemsvcRetriever`: document passages or memory-slot provenance.
 
-No LangGraph store: langgraph is not a dependency of memsvc.
+The LangGraph store is :class:`memsvc.langgraph.MemsvcStore` (extra ``langgraph``).
 """
 
 from memsvc.langchain.chat import ChatMemsvc

@@ -22,8 +22,11 @@ from memsvc.metrics import Metrics
 from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
 from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
+from memsvc.services.items import ItemService
+from memsvc.services.memories import MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.sessions import SessionManager
+from memsvc.services.transcript import TranscriptImporter
 from memsvc.services.turns import TurnManager
 from memsvc.store import Store
 
@@ -71,6 +74,9 @@ class Services:
     documents: DocumentManager
     admin: AdminManager
     memory: Any = None
+    memories: Any = None
+    transcripts: Any = None
+    items: Any = None
 
     @property
     def tenants(self) -> Store:
@@ -112,6 +118,9 @@ class Services:
             documents=documents,
             admin=AdminManager(store, metrics),
             memory=memory,
+            memories=(memories := MemoryService(store, memory, embedder)),
+            items=ItemService(store, memory, memories.embeddings),
+            transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory),
         )
 
     def start(self) -> None:

@@ -7,10 +7,17 @@ own namespace), ``session`` → ``session:<id>``, ``tenant`` → ``tenant:<id>``
 
 Writes go through the Retention Layer's own gate (:meth:`MemoryLayer.write`): at the end
 of a turn the user message's span is encoded from the hidden states captured during
-its prefill and written with provenance (session, message, token span, text). Feedback
-forces (remember), vetoes and removes (forget), or scales (rating) that gate. A forget
-request said in chat ("Please forget my dog's name.") removes the slot the request
-itself reads most (:meth:`MemoryManager.forget_request`, see ``memsvc.services.forget``).
+its prefill and written as a memory: its slots carry the memory id and their own
+character span, never the text. Feedback forces (remember), vetoes and removes (forget),
+or scales (rating) that gate. A forget request said in chat ("Please forget my dog's
+name.") removes the memory whose slot the request itself reads most
+(:meth:`MemoryManager.forget_request`, see ``memsvc.services.forget``).
+
+Every write goes into bank views on the thread pool (tensors only) and is committed
+once: a turn's with the turn (``TurnCommit.slot_changes``), an explicit write's (API,
+feedback, transcript import) through ``store.commit_slots``. The memory row, or the
+``merged`` event of a write that blended into another memory's slots, is written in that
+same transaction (``storage.memory_commit``); see :mod:`memsvc.services.memory_outcome`.
 """
 
 from __future__ import annotations
@@ -22,29 +29,27 @@ from memsvc.engine.requests import PrefillRequest, Segment
 from memsvc.errors import Unprocessable
 from memsvc.records import FeedbackIn, FeedbackOut
 from memsvc.services.forget import ForgetRequest
-from memsvc.store import TURN_USER_MESSAGE, SessionRec, SlotProvenance
+from memsvc.services.memory_outcome import (
+    PendingOutcome,
+    ProvenanceBank,
+    WriteOutcome,
+    blended_slots,
+    char_span_of,
+    outcome_of,
+)
+from memsvc.store import (
+    TURN_USER_MESSAGE,
+    PendingMemory,
+    SessionRec,
+    SlotProvenance,
+    new_memory_id,
+)
 from memsvc.threads import run_in_threadpool
 
 #: A topic forget removes the slot its request reads most only above this share.
 FORGET_MIN_ATTENTION = 0.3
 
-
-@dataclass
-class ProvenanceBank:
-    """A slot bank whose plain ``add`` records a fixed provenance (what the layer wrote)."""
-
-    bank: Any
-    provenance: Any
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.bank, name)
-
-    def __len__(self) -> int:
-        return len(self.bank)
-
-    def add(self, keys, values, gates):
-        n = int(keys.shape[0])
-        return self.bank.add_with_provenance(keys, values, gates, [self.provenance] * n)
+__all__ = ["MemoryManager", "ProvenanceBank", "TurnCapture", "WriteOutcome", "char_span_of"]
 
 
 @dataclass
@@ -113,40 +118,150 @@ class MemoryManager:
         return self.store.bank_views(session.tenant_id, ns, self.layers, self.dims)
 
     # ------------------------------------------------------------------ writes
-    def _write(self, banks, hidden, span, provenance, feedback=None) -> list[str]:
+    def _write(self, banks, hidden, span, provenance, feedback=None, text=None) -> dict:
         """Thread pool, after the engine's prefill: one span into every memory layer's bank
-        (the layer's write gate: pure tensor functions of its weights, no model state)."""
+        view (the layer's write gate: pure tensor functions of its weights, no model state).
+
+        Returns layer → :class:`retnet_core.memory_write.WriteRecord` list (skips too)."""
         from retnet_core.layers import EMBEDS, TOKENS
         from retnet_core.memory import Feedback
 
         fb = [Feedback(**feedback)] if feedback else None
-        written: list[str] = []
+        records: dict[int, list[Any]] = {}
         embeds, tokens = hidden.get(EMBEDS), hidden.get(TOKENS)
+        offsets = None if text is None else self._char_spans(text)
+        span_of = char_span_of(span[0], offsets, provenance.span)
         for layer, bank in banks.items():
             mem = self.runtime.model.blocks[layer].memory
-            target = ProvenanceBank(bank, provenance)
-            records = mem.write(target, hidden[layer], [span], fb, embeds=embeds, tokens=tokens)
-            for rec in records:
-                if rec.op != "skip":
-                    written.extend(str(i) for i in rec.slot_ids)
-        return written
+            target = ProvenanceBank(bank, provenance, span_of)
+            records[layer] = mem.write(
+                target, hidden[layer], [span], fb, embeds=embeds, tokens=tokens
+            )
+        return records
+
+    def _char_spans(self, text: str) -> list[tuple[int, int]] | None:
+        spans = getattr(self.runtime.tokenizer, "char_spans", None)
+        return None if spans is None else spans(text)
+
+    @staticmethod
+    def _new_memory(views, session_id, message_id, text, fields=None) -> PendingMemory:
+        """The memory a write of ``text`` makes in the views' namespace (pure)."""
+        view = next(iter(views.values()))
+        ns, fields = view.namespace, fields or {}
+        return PendingMemory(
+            id=new_memory_id(),
+            tenant_id=view.tenant_id,
+            namespace=ns,
+            user_id=ns[len("user:") :] if ns.startswith("user:") else fields.get("user_id"),
+            session_id=session_id,
+            message_id=message_id,
+            span=(0, len(text)),
+            text=None if message_id is not None else text,
+            collection=fields.get("collection"),
+            key=fields.get("key"),
+        )
+
+    def _write_memory(self, views, new, hidden, span, cause, feedback=None, text=None):
+        """Thread pool, tensors only: ``new``'s span into the views, and what that
+        did to memories noted on them for the commit (see ``storage.memory_commit``)."""
+        prov = SlotProvenance(new.session_id, new.message_id, new.span, new.id)
+        records = self._write(views, hidden, span, prov, feedback, text=text)
+        out = outcome_of(records, new.id)
+        first = views[min(views)]
+        if out.status == "stored":
+            first.memory_written(new, out.gate, cause)
+        elif out.status == "merged":
+            first.memory_merged(blended_slots(records), f"{cause}: slots blended")
+        return out
 
     def write_turn(self, views, capture: TurnCapture | None, session_id: str, text: str) -> int:
         """Thread pool, tensors only: the user message's span into the turn's views.
 
-        The slots are written to SQL by the turn's commit, where their provenance gets
-        the id of the user message committed with them. Returns slots written.
+        The slots and their memory are written to SQL by the turn's commit, where their
+        provenance gets the id of the user message committed with them. Returns slots
+        written (appended or blended).
         """
         if not views or capture is None or capture.span[1] <= capture.span[0]:
             return 0
-        s, e = capture.span
-        prov = SlotProvenance(
-            session_id=session_id,
-            message_id=TURN_USER_MESSAGE,
-            span=(capture.offset + s, capture.offset + e),
-            text=text,
+        new = self._new_memory(views, session_id, TURN_USER_MESSAGE, text)
+        out = self._write_memory(views, new, capture.hidden, capture.span, "chat turn", text=text)
+        return out.written
+
+    async def _commit_write(self, session, new, text, cause, feedback=None) -> WriteOutcome:
+        """Encode ``text`` and write it as ``new`` into fresh views, then ONE commit."""
+        views = await run_in_threadpool(self.views, session)
+        if not views:
+            return WriteOutcome("skipped", None, [], reason="session has no memory")
+
+        hidden, span = await self._encode(text)  # the engine: model thread
+        out = await run_in_threadpool(  # thread pool: tensors into the views only
+            self._write_memory, views, new, hidden, span, cause, feedback, text
         )
-        return len(self._write(views, capture.hidden, (s, e), prov))
+        changes = [v.changes() for v in views.values()]
+        stored = await run_in_threadpool(self.store.commit_slots, changes)
+        return await run_in_threadpool(self._resolved, out, views, changes, stored)
+
+    def _resolved(self, out: PendingOutcome, views, changes, stored) -> WriteOutcome:
+        """Threadpool: the outcome with the ids the commit assigned (and its memory)."""
+        tenant_id = next(iter(views.values())).tenant_id
+        ids = out.slot_ids(list(views), stored)
+        if out.status == "stored":
+            memory = self.store.get_memory(tenant_id, out.memory_id)
+            return WriteOutcome("stored", memory, ids, gate=out.gate)
+        merged = [m for ch in changes if ch.memories is not None for m in ch.memories.merged_into]
+        target = next((m for m in merged if m is not None), None)
+        if target is not None:
+            memory = self.store.get_memory(tenant_id, target)
+            return WriteOutcome("merged", memory, ids, gate=out.gate, reason=out.reason)
+        return WriteOutcome("skipped", None, ids, gate=out.gate, reason="gate below threshold")
+
+    async def write_text(
+        self,
+        session_like: SessionRec,
+        text: str,
+        fields: dict[str, Any],
+        cause: str,
+        feedback: dict[str, Any] | None = None,
+    ) -> WriteOutcome:
+        """Write ``text`` (no message) through the layer's gate as a memory of the session's
+        namespace. An identical live memory is not written again: merged into it."""
+        ns = self.namespace(session_like) if self.enabled else None
+        if ns is None:
+            return WriteOutcome("skipped", None, [], reason="the model has no memory layers")
+        namespace = f"{ns[0]}:{ns[1]}"
+        dup = await run_in_threadpool(
+            self.store.find_memory_text, session_like.tenant_id, namespace, text
+        )
+        if dup is not None:
+            memory = await run_in_threadpool(
+                self.store.memory_merged, session_like.tenant_id, dup, f"{cause}: same text written"
+            )
+            return WriteOutcome("merged", memory, [], reason="duplicate of an existing memory")
+        views = await run_in_threadpool(self.views, session_like)
+        new = self._new_memory(views, None, None, text, fields)
+        return await self._commit_write(session_like, new, text, cause, feedback)
+
+    async def write_slots(
+        self, session_like: SessionRec, text: str, memory_id: str
+    ) -> tuple[list[int], float]:
+        """Write ``text`` as slots of an existing memory (a keyed item's text), forced
+        past the gate, into views and one commit; (appended slot ids, mean gate). No
+        memory row is created."""
+        views = await run_in_threadpool(self.views, session_like) if self.enabled else None
+        if not views:
+            return [], 0.0
+        prov = SlotProvenance(None, None, (0, len(text)), memory_id)
+
+        hidden, span = await self._encode(text)  # the engine: model thread
+        records = await run_in_threadpool(  # thread pool: tensors into the views only
+            self._write, views, hidden, span, prov, {"remember": True}, text
+        )
+        out = outcome_of(records)
+        stored = await run_in_threadpool(
+            self.store.commit_slots, [v.changes() for v in views.values()]
+        )
+        ids = [int(i) for i in out.slot_ids(list(views), stored)]
+        return ids, (out.gate if out.status == "stored" else 0.0)
 
     async def _encode(
         self, text: str, role: str = "user"
@@ -172,7 +287,6 @@ class MemoryManager:
         banks = await run_in_threadpool(self.banks, session) if self.enabled else None
         if not banks:
             return FeedbackOut(kind=body.kind, applied=False, detail="session has no memory")
-        views = await run_in_threadpool(self.views, session)
         text = body.text if body.text is not None else message.content
         if body.kind == "forget" or (body.kind == "rating" and body.rating < 0):
             gone = await run_in_threadpool(self._forget, banks, message, body.text)
@@ -180,26 +294,12 @@ class MemoryManager:
         if body.kind == "rating" and body.rating == 0:
             return FeedbackOut(kind=body.kind, applied=False, detail="neutral rating")
         feedback = {"remember": True} if body.kind == "remember" else {"rating": 2.0}
-        prov = SlotProvenance(
-            session_id=session.id,
-            message_id=None if message is None else int(message.id),
-            text=text,
+        message_id = None if message is None or body.text is not None else int(message.id)
+        new = self._new_memory(banks, session.id, message_id, text)
+        out = await self._commit_write(session, new, text, body.kind, feedback)
+        return FeedbackOut(
+            kind=body.kind, applied=bool(out.slots_written), slots_written=out.slots_written
         )
-
-        hidden, span = await self._encode(text)
-
-        def write() -> list[list[str]]:  # thread pool: tensors into the views only
-            return [self._write({n: v}, hidden, span, prov, feedback) for n, v in views.items()]
-
-        per_layer = await run_in_threadpool(write)
-        changes = [v.changes() for v in views.values()]
-        stored = await run_in_threadpool(self.store.commit_slots, changes)
-        ids = [  # the views' ids of new slots become the stored ones
-            str(new_ids.get(int(i), int(i)))
-            for got, new_ids in zip(per_layer, stored, strict=True)
-            for i in got
-        ]
-        return FeedbackOut(kind=body.kind, applied=bool(ids), slots_written=ids)
 
     # ------------------------------------------------------------------ passages
     async def passage_reads(
@@ -269,33 +369,49 @@ class MemoryManager:
         return self._evict_like(banks, record)
 
     def _evict_like(self, banks, record: Any) -> list[str]:
-        """Evict ``record`` and every slot written from the same message."""
+        """Evict ``record`` and every slot of the same memory (or message)."""
+        if record.memory_id is not None:
+            return self._evict_where(banks, lambda r: r.memory_id == record.memory_id)
         if record.message_id is None:
             return self._evict_where(banks, lambda r: r.id == record.id)
         return self._evict_where(banks, lambda r: r.message_id == record.message_id)
 
     @staticmethod
-    def _evict_where(banks, keep_out: Any) -> list[str]:
+    def _evict_where(views, keep_out: Any) -> list[str]:
+        """Scheduler thread: evict matching slots from the turn's views; the memories they
+        belonged to are deleted by the commit once left without slots (cause: forget)."""
         gone: list[str] = []
-        for bank in banks.values():
-            ids = [r.id for r in bank.records() if keep_out(r)]
-            if ids:
-                bank.evict(ids)
-                gone.extend(str(i) for i in ids)
+        hit: set[str] = set()
+        for view in views.values():
+            recs = [r for r in view.records() if keep_out(r)]
+            if recs:
+                view.evict([r.id for r in recs], cause="forget")
+                gone.extend(str(r.id) for r in recs)
+                hit.update(r.memory_id for r in recs if r.memory_id is not None)
+        if hit:
+            views[min(views)].retire_if_empty(sorted(hit), "forget")
         return gone
 
     def _forget(self, banks, message, text: str | None) -> list[str]:
-        """Remove slots written from ``message`` or whose text contains ``text``."""
-        needle = text.lower() if text else None
+        """Threadpool: remove slots written from ``message`` or of memories whose text
+        contains ``text``; memories left without slots are deleted (cause: forget)."""
+        bank0 = next(iter(banks.values()))
+        memory_ids: set[str] = set()
+        if text:
+            found = self.store.search_memory_text(bank0.tenant_id, bank0.namespace, text)
+            memory_ids.update(found)
         gone: list[str] = []
+        hit: set[str] = set()
         for bank in banks.values():
-            ids = [
-                r.id
+            recs = [
+                r
                 for r in bank.records()
                 if (message is not None and r.message_id == int(message.id))
-                or (needle and r.text and needle in r.text.lower())
+                or (r.memory_id is not None and r.memory_id in memory_ids)
             ]
-            if ids:
-                bank.evict(ids)
-                gone.extend(str(i) for i in ids)
+            if recs:
+                bank.evict([r.id for r in recs], cause="forget")
+                gone.extend(str(r.id) for r in recs)
+                hit.update(r.memory_id for r in recs if r.memory_id is not None)
+        self.store.retire_memories(bank0.tenant_id, sorted(hit), "forget")
         return gone

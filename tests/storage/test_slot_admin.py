@@ -19,7 +19,7 @@ def fill(st: Storage, tenant: str, ns: str, layer: int, gates: list[float], sess
     bank = st.slots.bank(tenant, ns, layer, d_key=DK, d_value=DV)
     n = len(gates)
     keys = torch.nn.functional.normalize(torch.randn(n, DK), dim=1)
-    prov = [Provenance(session_id=sess, text=f"{ns}/{i}") for i in range(n)]
+    prov = [Provenance(session_id=sess, span=(i, i + 1)) for i in range(n)]
     return bank.add_with_provenance(keys, torch.zeros(n, DV), gates, prov).tolist()
 
 

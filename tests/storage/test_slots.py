@@ -14,6 +14,7 @@ import torch
 
 from retnet_core.slots import ExactSlotStore, SlotStore
 from storage import NotFound, Provenance, Storage, namespace
+from storage.memories import NewMemory, new_memory_id
 from storage.models import MemorySlot
 
 DK, DV = 16, 8
@@ -64,10 +65,15 @@ def test_bank_implements_the_protocol_like_the_exact_store(store: Storage, tenan
 
 def test_provenance_is_recorded(store: Storage, tenant: str) -> None:
     bank = open_bank(store, tenant)
-    prov = [Provenance(session_id="s1", message_id=7, span=(3, 9), text="the cat")]
+    text, mid = "I have the cat.", new_memory_id()
+    prov = [Provenance(session_id="s1", message_id=None, span=(7, 14), memory_id=mid)]
     (sid,) = bank.add_with_provenance(unit(1, DK, 3), torch.ones(1, DV), [0.7], prov).tolist()
-    rec = store.slots.get(tenant, sid)
-    assert (rec.session_id, rec.message_id, rec.span, rec.text) == ("s1", 7, (3, 9), "the cat")
+    new = NewMemory(mid, tenant, "user:u1", "u1", "s1", None, (0, len(text)), text)
+    memory = store.memories.record(new, [sid], 0.7, "test")
+    assert (memory.text, memory.slots, memory.user_id) == (text, 1, "u1")
+    rec = store.slots.get(tenant, sid)  # the slot's own span text, resolved, never copied
+    assert (rec.session_id, rec.span, rec.text, rec.memory_id) == ("s1", (7, 14), "the cat", mid)
+    assert bank.records([sid])[0].text is None  # the bank's own records carry no text
     assert rec.namespace == "user:u1" and rec.layer == 2 and abs(rec.gate - 0.7) < 1e-6
     assert [b.size for b in store.slots.banks(tenant)] == [1]
 

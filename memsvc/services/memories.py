@@ -1,0 +1,221 @@
+"""The per-user memory API's service: list / search / write / read / delete / export /
+history of a user's memories, and erasing a user (issue 12 §2).
+
+Search is semantic over the memories' text with the MiniLM embedder used for RAG. It is
+an exact search (cosine over every candidate), with embeddings cached in-process by
+memory id: users hold few enough memories (capped by ``MAX_SEARCH``) that a FAISS index
+per user would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from memsvc.errors import NotFound, Unprocessable
+from memsvc.records import (
+    MemoryCreate,
+    MemoryDeleted,
+    MemoryEventOut,
+    MemoryHistory,
+    MemoryList,
+    MemoryOut,
+    MemoryWriteOut,
+    UserErased,
+)
+from memsvc.store import MemoryRec, SessionRec
+from memsvc.threads import run_in_threadpool
+
+MAX_SEARCH = 5000  # memories scanned by one semantic search
+
+
+def memory_out(m: MemoryRec, score: float | None = None, history=None) -> MemoryOut:
+    return MemoryOut(
+        id=m.id,
+        user_id=m.user_id,
+        scope=m.namespace.partition(":")[0],
+        session_id=m.session_id,
+        message_id=m.message_id,
+        span=m.span,
+        text=m.text,
+        collection=m.collection,
+        key=m.key,
+        gate=m.gate,
+        slots=m.slots,
+        reads=m.reads,
+        last_read_at=m.last_read_at,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
+        score=score,
+        history=history,
+    )
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return None if t is None or t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+class EmbeddingCache:
+    """memory id → unit embedding of its text (LRU, in-process)."""
+
+    def __init__(self, embedder: Any, size: int = 50_000) -> None:
+        self.embedder, self.size = embedder, size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def matrix(self, memories: list[MemoryRec]) -> np.ndarray:
+        with self._lock:
+            missing = [m for m in memories if m.id not in self._cache]
+        if missing:
+            vecs = self.embedder.embed([m.text for m in missing])
+            with self._lock:
+                for m, v in zip(missing, vecs, strict=True):
+                    self._cache[m.id] = v
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+        with self._lock:
+            return np.stack([self._cache[m.id] for m in memories])
+
+
+class MemoryService:
+    """See the module docstring."""
+
+    def __init__(self, store: Any, memory: Any, embedder: Any) -> None:
+        self.store, self.memory = store, memory
+        self.embeddings = EmbeddingCache(embedder)
+
+    async def list(
+        self,
+        tenant_id: str,
+        user_id: str,
+        *,
+        query: str | None,
+        session_id: str | None,
+        since: datetime | None,
+        limit: int,
+        offset: int,
+    ) -> MemoryList:
+        filters = {"session_id": session_id, "since": _aware(since)}
+        if not query:
+            got = await run_in_threadpool(
+                self.store.list_memories, tenant_id, user_id, limit=limit, offset=offset, **filters
+            )
+            return MemoryList(memories=[memory_out(m) for m in got], limit=limit, offset=offset)
+        pool = await run_in_threadpool(
+            self.store.list_memories, tenant_id, user_id, limit=MAX_SEARCH, **filters
+        )
+        pool = [m for m in pool if m.text]
+        if not pool:
+            return MemoryList(memories=[], limit=limit, offset=offset)
+        q = await run_in_threadpool(self.embeddings.embedder.embed, [query])
+        mat = await run_in_threadpool(self.embeddings.matrix, pool)
+        scores = mat @ q[0]
+        order = np.argsort(-scores, kind="stable")[offset : offset + limit]
+        out = [memory_out(pool[i], float(scores[i])) for i in order.tolist()]
+        return MemoryList(memories=out, limit=limit, offset=offset)
+
+    async def write(self, tenant_id: str, user_id: str, body: MemoryCreate) -> MemoryWriteOut:
+        if self.memory is None or not self.memory.enabled:
+            raise Unprocessable("the model has no memory layers: nothing can be written")
+        if body.key is not None and body.collection is None:
+            raise Unprocessable("a key needs a collection")
+        owner = SessionRec(
+            id="",
+            tenant_id=tenant_id,
+            user_id=user_id,
+            system_prompt=None,
+            memory_scope="user",
+            created_at=None,
+            metadata=None,
+            message_count=0,
+            token_count=0,
+            version=0,
+        )
+        fields = {"user_id": user_id, "collection": body.collection, "key": body.key}
+        feedback = {"remember": True} if body.force else None
+        out = await self.memory.write_text(owner, body.text, fields, "api write", feedback)
+        return MemoryWriteOut(
+            status=out.status,
+            memory=None if out.memory is None else memory_out(out.memory),
+            gate=out.gate,
+            slots_written=len(out.slots_written),
+            reason=out.reason,
+        )
+
+    async def get(self, tenant_id: str, memory_id: str) -> MemoryOut:
+        m = await run_in_threadpool(self.store.get_memory, tenant_id, memory_id)
+        events = await run_in_threadpool(self.store.memory_events, tenant_id, memory_id)
+        history = [MemoryEventOut(**_event_fields(e)) for e in events]
+        if m.last_read_at is not None:  # reads are counted on slots; shown as one entry
+            read = MemoryEventOut(
+                memory_id=m.id, op="read", cause=f"{m.reads} slot reads", at=m.last_read_at
+            )
+            history = sorted([*history, read], key=lambda e: e.at)
+        return memory_out(m, history=history)
+
+    async def delete(self, tenant_id: str, memory_id: str) -> MemoryDeleted:
+        gone = await run_in_threadpool(self.store.delete_memory, tenant_id, memory_id, "api delete")
+        return MemoryDeleted(id=memory_id, slots_removed=gone)
+
+    async def history(self, tenant_id: str, user_id: str, limit: int, offset: int):
+        events = await run_in_threadpool(
+            self.store.memory_history, tenant_id, user_id, None, limit, offset
+        )
+        out = [MemoryEventOut(**_event_fields(e)) for e in events]
+        return MemoryHistory(events=out, limit=limit, offset=offset)
+
+    async def export(self, tenant_id: str, user_id: str) -> AsyncIterator[str]:
+        """JSON Lines: every memory, then the change log, then the user's sessions' messages."""
+        page = 500
+        offset = 0
+        while True:
+            got = await run_in_threadpool(
+                self.store.list_memories, tenant_id, user_id, limit=page, offset=offset
+            )
+            for m in got:
+                yield _line("memory", memory_out(m).model_dump(mode="json"))
+            if len(got) < page:
+                break
+            offset += page
+        offset = 0
+        while True:
+            events = await run_in_threadpool(
+                self.store.memory_history, tenant_id, user_id, None, page, offset
+            )
+            for e in events:
+                yield _line("event", MemoryEventOut(**_event_fields(e)).model_dump(mode="json"))
+            if len(events) < page:
+                break
+            offset += page
+        sessions = await run_in_threadpool(self.store.list_sessions, tenant_id, user_id, 10_000)
+        for s in sessions:
+            messages = await run_in_threadpool(self.store.list_messages, tenant_id, s.id, 100_000)
+            for msg in messages:
+                row = {"id": msg.id, "session_id": s.id, "role": msg.role}
+                row |= {"content": msg.content, "created_at": _iso(msg.created_at)}
+                yield _line("message", row)
+
+    async def erase_user(self, tenant_id: str, user_id: str) -> UserErased:
+        counts = await run_in_threadpool(self.store.erase_user, tenant_id, user_id)
+        return UserErased(user_id=user_id, **counts)
+
+
+def _event_fields(e: Any) -> dict[str, Any]:
+    return {"memory_id": e.memory_id, "op": e.op, "cause": e.cause, "at": e.at}
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()
+
+
+def _line(kind: str, row: dict[str, Any]) -> str:
+    return json.dumps({"type": kind, **row}, ensure_ascii=False) + "\n"
+
+
+__all__ = ["MemoryService", "NotFound"]

@@ -1,0 +1,157 @@
+"""Memories written with their slots: the memory half of a turn's (or a write's) commit.
+
+A write through the Retention Layer happens on the model thread, in bank views
+(:mod:`storage.slot_view`), with no I/O. What it means for memories is recorded beside
+the slot changes in a :class:`MemoryChanges` (on one of the write's
+:class:`~storage.slot_view.BankChanges`) and committed in the SAME transaction as the
+slots, by :func:`apply_memory_changes`:
+
+- ``new``: a memory whose slots were appended. Its row and its ``written`` event are
+  inserted before the slot rows; ``slots`` = the appended slots that reference it, over
+  every bank of the commit. A ``message_id`` of ``TURN_USER_MESSAGE`` is the user message
+  committed with the turn, as for slots. None appended (all evicted again): no row.
+- ``merges``: a write whose slots were blended into existing slots: a ``merged`` event
+  for the (live) memory of the first of them; the memory's id is filled into
+  ``merged_into`` for the caller. Skips leave nothing.
+- ``retire``: memories some of whose slots this commit removed (chat forget): those left
+  without a slot are tombstoned (``deleted``), after every bank's removals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.errors import Conflict
+from storage.memories import _event, collection_column
+from storage.models import Memory, MemorySlot, utcnow
+
+#: provenance / pending memory ``message_id`` meaning "the user message this turn commits"
+TURN_USER_MESSAGE = -1
+
+
+@dataclass
+class MemoryChanges:
+    """What one write did to memories (see the module docstring).
+
+    ``new`` holds (memory, gate, cause) with memory any object with the fields of
+    :class:`storage.memories.NewMemory`; ``merges`` holds (blended slot ids, cause).
+    """
+
+    tenant_id: str
+    new: list[tuple[Any, float, str]] = field(default_factory=list)
+    merges: list[tuple[list[int], str]] = field(default_factory=list)
+    retire: dict[str, str] = field(default_factory=dict)  # memory id -> cause
+    merged_into: list[str | None] = field(default_factory=list)  # filled by the commit
+
+
+def insert_new(s: Session, changes: Sequence, adds: Sequence, user_message_id: int | None) -> None:
+    """The new memories' rows and ``written`` events (before their slot rows).
+
+    ``adds`` are every bank's appended (key, value, gate, provenance) of the commit.
+    """
+    counts: dict[str, int] = {}
+    for *_, prov in adds:
+        memory_id = getattr(prov, "memory_id", None)
+        if memory_id is not None:
+            counts[memory_id] = counts.get(memory_id, 0) + 1
+    now = utcnow()
+    for mc in changes:
+        for new, gate, cause in mc.new:
+            if not counts.get(new.id):
+                continue
+            message_id = new.message_id
+            if message_id == TURN_USER_MESSAGE:
+                message_id = user_message_id
+            s.add(
+                Memory(
+                    id=new.id,
+                    tenant_id=new.tenant_id,
+                    user_id=new.user_id,
+                    namespace=new.namespace,
+                    session_id=new.session_id,
+                    message_id=message_id,
+                    span_start=new.span[0],
+                    span_end=new.span[1],
+                    text=new.text,
+                    collection=collection_column(new.collection),
+                    key=new.key,
+                    gate=float(gate),
+                    slots=counts[new.id],
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            _event(s, new.tenant_id, new.user_id, new.id, "written", cause)
+    try:
+        s.flush()
+    except IntegrityError:
+        raise Conflict("a memory with this collection and key exists") from None
+
+
+def log_merges(s: Session, changes: Sequence) -> None:
+    """A ``merged`` event for the memory each merge blended into (``merged_into``)."""
+    for mc in changes:
+        mc.merged_into = []
+        for slot_ids, cause in mc.merges:
+            target = s.execute(
+                select(Memory)
+                .join(MemorySlot, MemorySlot.memory_id == Memory.id)
+                .where(MemorySlot.tenant_id == mc.tenant_id, MemorySlot.id.in_(list(slot_ids)))
+                .where(Memory.deleted_at.is_(None))
+                .order_by(MemorySlot.id)
+                .limit(1)
+            ).scalar()
+            mc.merged_into.append(None if target is None else target.id)
+            if target is not None:
+                target.updated_at = utcnow()
+                _event(s, mc.tenant_id, target.user_id, target.id, "merged", cause)
+
+
+def retire_emptied(s: Session, changes: Sequence) -> None:
+    """Tombstone the memories to retire that have no slot left (after all removals)."""
+    for mc in changes:
+        for memory_id, cause in sorted(mc.retire.items()):
+            left = s.scalar(
+                select(func.count(MemorySlot.id)).where(
+                    MemorySlot.tenant_id == mc.tenant_id, MemorySlot.memory_id == memory_id
+                )
+            )
+            m = s.scalar(
+                select(Memory).where(
+                    Memory.tenant_id == mc.tenant_id,
+                    Memory.id == memory_id,
+                    Memory.deleted_at.is_(None),
+                )
+            )
+            if left or m is None:
+                continue
+            now = utcnow()
+            m.deleted_at, m.updated_at, m.text, m.key = now, now, None, None
+            m.span_start = m.span_end = 0
+            _event(s, mc.tenant_id, m.user_id, memory_id, "deleted", cause)
+
+
+def apply_slot_and_memory_changes(
+    s: Session, slot_changes: Sequence, user_message_id: int | None
+) -> list[list[int]]:
+    """Every bank's changes and the memories they carry, in the caller's transaction.
+
+    Banks are applied in id order (their rows are locked in one order: no deadlock).
+    Returns, per change set in the given order, the ids of its new slots.
+    """
+    from storage.slot_view import apply_changes
+
+    memory_changes = [ch.memories for ch in slot_changes if ch.memories is not None]
+    insert_new(s, memory_changes, [a for ch in slot_changes for a in ch.adds], user_message_id)
+    new: dict[int, list[int]] = {}
+    for n, ch in sorted(enumerate(slot_changes), key=lambda nc: nc[1].bank_id):
+        new[n] = apply_changes(s, ch, user_message_id)
+    log_merges(s, memory_changes)
+    retire_emptied(s, memory_changes)
+    return [new[n] for n in range(len(slot_changes))]
