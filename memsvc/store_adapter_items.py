@@ -31,10 +31,9 @@ class ItemStoreMixin:
             raise NotFound(str(exc)) from exc
 
     def delete_item(self, tenant_id, user_id, collection, key) -> tuple[str, int]:
-        """Delete like any memory (slots, index, tombstone) and drop the document."""
+        """Delete like any memory: slots, index, tombstone (which drops the document)."""
         memory_id = self.get_item(tenant_id, user_id, collection, key).id
         gone = self.delete_memory(tenant_id, memory_id, "item delete")  # MemoryStoreMixin
-        self.storage.items.clear_value(tenant_id, memory_id)
         return memory_id, gone
 
     def item_slots_written(self, tenant_id: str, memory_id: str, n: int, gate: float) -> None:

@@ -329,6 +329,7 @@ class MemoryManager:
                 raise NotFound(f"memory {memory_id} not found")
             now = utcnow()
             m.deleted_at, m.updated_at, m.text, m.key = now, now, None, None
+            m.value = None  # a keyed memory's document goes with its text
             m.span_start = m.span_end = 0
             _event(s, tenant_id, m.user_id, memory_id, "deleted", cause)
 

@@ -146,15 +146,6 @@ class MemoryItems:
     def find_id(self, tenant_id: str, user_id: str, collection: Sequence[str], key: str) -> str:
         return self.get(tenant_id, user_id, collection, key).id
 
-    def clear_value(self, tenant_id: str, memory_id: str) -> None:
-        """Drop a deleted item's document (the tombstone keeps no user data)."""
-        with self.db.write() as s:
-            s.execute(
-                update(Memory)
-                .where(Memory.tenant_id == tenant_id, Memory.id == memory_id)
-                .values(value=None)
-            )
-
     def set_slots(self, tenant_id: str, memory_id: str, slots: int, gate: float) -> None:
         """Record the slots written for an item's text."""
         with self.db.write() as s:

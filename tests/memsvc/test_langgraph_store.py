@@ -16,6 +16,7 @@ from langgraph.runtime import Runtime
 from langgraph.store.base import GetOp, InvalidNamespaceError, ListNamespacesOp, PutOp, SearchOp
 from server_util import Server
 from service_testkit import Client
+from sqlalchemy import create_engine, text
 
 from memsvc.langgraph import MemsvcStore
 
@@ -186,7 +187,9 @@ def test_bad_input_is_an_error_not_a_crash(store: MemsvcStore, api: Client) -> N
     assert api("POST", "/v1/items/namespaces", json={"max_depth": 0}).status_code == 422
 
 
-def test_remembered_items_are_memories_that_chat_reads(server: Server, api: Client) -> None:
+def test_remembered_items_are_memories_that_chat_reads(
+    server: Server, api: Client, backend
+) -> None:
     with MemsvcStore(server.url, api.key, index_fields=["text"], remember=True) as store:
         store.put(("ivo", "facts"), "locker", {"text": "My locker code is 4711.", "src": "x"})
     (m,) = api("GET", "/v1/users/ivo/memories").json()["memories"]
@@ -200,7 +203,19 @@ def test_remembered_items_are_memories_that_chat_reads(server: Server, api: Clie
         got = api("GET", f"/v1/memories/{m['id']}").json()
         assert got["text"] == "now 1234" and got["slots"] > 0  # old slots replaced
         store.delete(("ivo", "facts"), "locker")
-    assert api("GET", f"/v1/memories/{m['id']}").status_code == 404
+        assert api("GET", f"/v1/memories/{m['id']}").status_code == 404
+        store.put(("ivo", "facts"), "pin", {"text": "PIN 2468"})
+        pin = store.get(("ivo", "facts"), "pin")
+        mems = api("GET", "/v1/users/ivo/memories").json()["memories"]
+        (row,) = [x for x in mems if x["key"] == "pin"]
+        assert api("DELETE", f"/v1/memories/{row['id']}").status_code == 200  # the memory API
+        assert pin is not None and store.get(("ivo", "facts"), "pin") is None
+    engine = create_engine(backend.database_url)
+    with engine.connect() as conn:  # tombstones keep no document or text
+        q = text("SELECT value, text FROM memories WHERE id IN (:a, :b)")
+        rows = conn.execute(q, {"a": m["id"], "b": row["id"]}).all()
+    engine.dispose()
+    assert rows == [(None, None), (None, None)]
 
 
 class State(TypedDict):
