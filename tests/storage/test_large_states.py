@@ -381,7 +381,7 @@ def test_snapshot_over_the_budget_is_not_kept_and_damage_is_detected(db_url: str
         st.close()
     st = snap_store(db_url, budget=0)  # no budget
     try:
-        t = st.tenants.create("t").id
+        t = st.tenants.create("t2").id  # tenant names are unique
         st.snapshots.put(t, "fp", "s", [1], big_blob(), 1)
         with st.db.write() as s:
             s.execute(update(SnapshotChunk).where(SnapshotChunk.idx == 4).values(data=b"junk"))
