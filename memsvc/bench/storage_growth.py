@@ -120,7 +120,7 @@ def growth(url: str, content: str, shape: Shape, spans) -> tuple[int, int]:
     """(bytes grown, slots) for one message on the (migrated, empty) database at ``url``."""
     st = Storage.from_urls(url, None, migrate=True)
     try:
-        tenant = st.tenants.create(f"bench-{uuid.uuid4().hex[:8]}").id  # names are unique
+        tenant = st.tenants.create(f"bench-{len(content)}").id  # tenant names are unique
         before = db_bytes(url)
         slots = write_message(st, tenant, content, shape, spans)
         return db_bytes(url) - before, slots
