@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 from retnet_core.assemble import (
     DeltaManifest,
@@ -51,36 +51,16 @@ from retnet_core.lora import attach_lora, delta_state, load_delta, set_trainable
 from retnet_core.training.distill_data import heldout_texts, prepare_distill_data
 from retnet_core.training.distill_setup import (
     DistillConfig,
+    DistillObjective,
     Stage,
-    attention_transfer_loss,
     heldout_bits,
     load_distill_config,
-    logits_loss,
     make_teacher,
     retention_off,
 )
 from retnet_core.training.train import _dist_env, _pick_device
 
 __all__ = ["DistillConfig", "Distiller", "Stage", "cli", "distill", "load_distill_config"]
-
-
-class _Objective(nn.Module):
-    """The loss of one micro-batch as one module, so DDP wraps the call that runs."""
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, stages: list[Stage]) -> None:
-        super().__init__()
-        self.student = student
-        self.__dict__["teacher"] = teacher  # not a submodule: DDP must not sync it
-        self.stages = stages
-
-    def forward(self, tokens: Tensor, lengths: Tensor, stage: int) -> tuple[Tensor, dict]:
-        st = self.stages[stage]
-        if st.loss == "attention":
-            loss, layers = attention_transfer_loss(self.student, self.teacher, tokens, lengths)
-            return loss, {"layers": [round(x, 5) for x in layers]}
-        return logits_loss(
-            self.student, self.teacher, tokens, lengths, st.temperature, st.lm_weight
-        )
 
 
 class Distiller:
@@ -166,7 +146,7 @@ class Distiller:
         )
         if opt_state is not None:
             self.opt.load_state_dict(opt_state)
-        self.objective: nn.Module = _Objective(self.student, self.teacher, self.cfg.stages)
+        self.objective: nn.Module = DistillObjective(self.student, self.teacher, self.cfg.stages)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
@@ -174,16 +154,31 @@ class Distiller:
 
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> dict | None:
+        """Continue the run's own checkpoint (delta + optimiser), else the committed delta
+        ``init_from`` names (a new machine: its position, a fresh optimiser), else start."""
         ckpt = self.out / "checkpoint"
-        if not self.cfg.resume or not (ckpt / "trainer_state.pt").exists():
-            return None
-        _, delta = read_delta(ckpt)
-        load_delta(self.student, delta, self.base_names)
-        state = torch.load(ckpt / "trainer_state.pt", map_location=self.device, weights_only=False)
-        self.stage, self.stage_step = state["stage"], state["stage_step"]
-        self.step, self.tokens = state["step"], state["tokens"]
-        self.elapsed, self.evals = state["elapsed"], state.get("evals", 0)
-        return state["optimizer"]
+        if self.cfg.resume and (ckpt / "trainer_state.pt").exists():
+            _, delta = read_delta(ckpt)
+            load_delta(self.student, delta, self.base_names)
+            state = torch.load(
+                ckpt / "trainer_state.pt", map_location=self.device, weights_only=False
+            )
+            self.stage, self.stage_step = state["stage"], state["stage_step"]
+            self.step, self.tokens = state["step"], state["tokens"]
+            self.elapsed, self.evals = state["elapsed"], state.get("evals", 0)
+            return state["optimizer"]
+        if self.cfg.resume and self.cfg.init_from:
+            manifest, delta = read_delta(self.cfg.init_from)
+            mine = self.manifest()
+            same = (manifest.base_sha256, manifest.student, manifest.lora)
+            if same != (mine.base_sha256, mine.student, mine.lora):
+                raise ValueError(f"{self.cfg.init_from}: another base, student or LoRA setup")
+            load_delta(self.student, delta, self.base_names)
+            t = manifest.trained
+            self.stage, self.stage_step = t["stage_index"], t["stage_step"]
+            self.step, self.tokens, self.elapsed = t["step"], t["tokens"], t["elapsed_s"]
+            self.evals = t.get("evals", 1)
+        return None
 
     def manifest(self) -> DeltaManifest:
         cfg = self.cfg
@@ -194,10 +189,12 @@ class Distiller:
             lora=dict(cfg.lora) if cfg.lora and int(cfg.lora.get("rank", 0)) > 0 else {},
             trained={
                 "stage": self.current.name,
+                "stage_index": self.stage,  # = len(stages) when every stage is done
                 "stage_step": self.stage_step,
                 "step": self.step,
                 "tokens": self.tokens,
                 "elapsed_s": round(self.elapsed, 1),
+                "evals": self.evals,
                 "precision": cfg.precision,
             },
         )
@@ -238,24 +235,20 @@ class Distiller:
         kw = dict(
             edge=edge, piece=cfg.eval_piece, max_tokens=cfg.eval_max_tokens, device=self.device
         )
+
+        def score(model: nn.Module) -> dict:
+            return heldout_bits(model, self.tok, self.texts, autocast=self._autocast(), **kw)
+
         self.student.eval()
-        out = {
-            "student": heldout_bits(
-                self.student, self.tok, self.texts, autocast=self._autocast(), **kw
-            )
-        }
+        out = {"student": score(self.student)}
         if cfg.eval_off and c.mixer == "hybrid":
             with retention_off(self.student):
-                out["retention_off"] = heldout_bits(
-                    self.student, self.tok, self.texts, autocast=self._autocast(), **kw
-                )
+                out["retention_off"] = score(self.student)
         cache = self.out / "teacher_eval.json"
         key = f"{cfg.eval_conversations}:{cfg.eval_max_tokens}:{cfg.precision}:{edge}"
         cached = json.loads(cache.read_text()) if cache.exists() else {}
         if key not in cached:
-            cached[key] = heldout_bits(
-                self.teacher, self.tok, self.texts, autocast=self._autocast(), **kw
-            )
+            cached[key] = score(self.teacher)
             cache.write_text(json.dumps(cached, indent=2) + "\n")
         out["teacher"] = cached[key]
         self.student.train()

@@ -10,9 +10,9 @@ Rows of a batch come from three sources, drawn by a seeded generator:
   template, each preceded by the pad token (``<|endoftext|>``, the source's document
   separator), concatenated, and cut at random offsets into ``seq_len`` tokens;
 - *dialogues*: generated single-session memory dialogues (training values only);
-- *far recall*: facts told, then a real chit-chat conversation (``filler``), then one
-  fact asked: the answer lies further back than a short softmax window reaches, so a
-  hybrid's retention path must carry it.
+- *far recall*: facts told, then as much of a real chit-chat conversation as fits in
+  ``seq_len`` (``filler``), then one fact asked: the answer lies further back than a
+  short softmax window reaches, so a hybrid's retention path must carry it.
 
 The loss targets are the teacher's outputs, so every real position counts; rows shorter
 than ``seq_len`` are right-padded and carry their ``lengths``. The held-out **test**
@@ -75,21 +75,31 @@ def chat_stream(tok: ChatTokenizer, conversations: Sequence[Conversation]) -> To
 
 
 def far_recall(
-    gen: DialogueGenerator, filler: Sequence[Message], rng: random.Random
-) -> tuple[MemoryExample, tuple[Message, ...]]:
-    """A recall example with ``filler`` turns between the telling and the asking.
+    tok: ChatTokenizer,
+    gen: DialogueGenerator,
+    filler: Sequence[Message],
+    budget: int,
+) -> tuple[MemoryExample, list[int], int]:
+    """A recall example with as much of ``filler`` between telling and asking as fits.
 
-    Returns the example (answer: the asked value) and the flat turns to render.
+    Returns (the example, its ids: pad + told + filler + asked, at most ``budget``
+    long when the told and asked turns fit at all, the filler's length in tokens: how
+    far back the answer lies beyond the question). Filler goes in whole user/assistant
+    pairs, so turns keep alternating.
     """
     ex = gen.recall()
-    told, asked = ex.sessions
-    cut = rng.randint(min(4, len(filler)), len(filler)) if filler else 0
-    middle = tuple(filler[:cut])
-    if middle and middle[0].role != "user":  # keep user/assistant alternation
-        middle = middle[1:]
-    if middle and middle[-1].role != "assistant":
-        middle = middle[:-1]
-    return ex, (*told, *middle, *asked)
+    told, asked = (tok.render_ids(s) for s in ex.sessions)
+    room = budget - 1 - len(told) - len(asked)
+    middle: list[int] = []
+    turns = list(filler)
+    if turns and turns[0].role != "user":
+        turns = turns[1:]
+    for i in range(0, len(turns) - 1, 2):
+        pair = tok.render_ids(turns[i : i + 2])
+        if len(middle) + len(pair) > room:
+            break
+        middle += pair
+    return ex, [tok.pad_id, *told, *middle, *asked], len(middle)
 
 
 def _pad_rows(rows: list[list[int]], seq_len: int, pad_id: int) -> Batch:
@@ -134,8 +144,7 @@ class DistillData:
         rng = random.Random(seed)
         for _ in range(n_far):
             filler = rng.choice(self.conversations) if self.conversations else ()
-            _, turns = far_recall(dg, filler, rng)
-            parts.append([self.tok.pad_id, *self.tok.render_ids(turns)])
+            parts.append(far_recall(self.tok, dg, filler, seq_len)[1])
         return _pad_rows(parts, seq_len, self.tok.pad_id)
 
 

@@ -31,12 +31,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
 
 from retnet_core.model import RetNetLM
 
 __all__ = [
     "DistillConfig",
+    "DistillObjective",
     "Stage",
     "attention_transfer_loss",
     "heldout_bits",
@@ -94,6 +95,9 @@ class DistillConfig:
         }
     )  # fmt: skip
     stages: list[Stage] = field(default_factory=list)
+    # a committed delta directory to continue from when the run has no checkpoint of its
+    # own (a new machine): its weights and position; the optimiser starts afresh
+    init_from: str | None = None
     # data
     seq_len: int = 512
     batch_size: int = 1
@@ -189,8 +193,12 @@ def teacher_layers(
         caught.append((args[0].detach(), output[0].detach()))
 
     handles = [b.retention.register_forward_hook(hook) for b in teacher.blocks]
-    try:
-        teacher(tokens, lengths=lengths)
+    b, t = tokens.shape
+    positions = torch.arange(t, device=tokens.device).expand(b, t)
+    try:  # the blocks alone: the head (a fifth of the work) is not needed here
+        teacher._run(
+            tokens, teacher._context(positions, "parallel", lengths=lengths), None, None, None
+        )
     finally:
         for h in handles:
             h.remove()
@@ -245,6 +253,27 @@ def logits_loss(
         parts["lm"] = float(ce.detach())
         loss = loss + lm_weight * ce
     return loss, parts
+
+
+class DistillObjective(nn.Module):
+    """The loss of one micro-batch as one module, so DDP wraps the call that runs.
+
+    forward(tokens (B, T), lengths (B,), stage index) -> (loss, parts for the log)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, stages: list[Stage]) -> None:
+        super().__init__()
+        self.student = student
+        self.__dict__["teacher"] = teacher  # not a submodule: DDP must not sync it
+        self.stages = stages
+
+    def forward(self, tokens: Tensor, lengths: Tensor, stage: int) -> tuple[Tensor, dict]:
+        st = self.stages[stage]
+        if st.loss == "attention":
+            loss, layers = attention_transfer_loss(self.student, self.teacher, tokens, lengths)
+            return loss, {"layers": [round(x, 5) for x in layers]}
+        return logits_loss(
+            self.student, self.teacher, tokens, lengths, st.temperature, st.lm_weight
+        )
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -167,9 +167,12 @@ def test_assembled_checkpoint_reproduces_the_student_exactly(run, base, tmp_path
     record = json.loads((dest / ASSEMBLED_MANIFEST).read_text())
     assert set(record["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
     assert verify_assembled(dest, record["delta_sha256"])
-    # a second call finds it verified and keeps it; a damaged file is rebuilt
+    # a second call (memsvc's entry point) finds it verified and keeps it; a damaged
+    # file is rebuilt
+    from memsvc.distilled import assemble as serve_assemble
+
     mtime = (dest / "model.safetensors").stat().st_mtime_ns
-    assert assemble(dest, out / "checkpoint", base=base, progress=False) == dest
+    assert serve_assemble(dest, out / "checkpoint", base=base, progress=False) == dest
     assert (dest / "model.safetensors").stat().st_mtime_ns == mtime
     with open(dest / "config.json", "a") as f:
         f.write(" ")
@@ -222,7 +225,21 @@ def test_resume_continues_from_the_saved_step(run, base, tmp_path) -> None:
     for _ in range(3):
         first.train_step()
     first.save()
+    want_params = {n: p.detach().clone() for n, p in first.student.named_parameters()}
     del first
+    # a new machine: only the committed delta (no optimiser state, no run directory)
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    for name in ("delta.json", DELTA_WEIGHTS):
+        (committed / name).write_bytes((tmp_path / "checkpoint" / name).read_bytes())
+    fresh = Distiller(replace(cfg, out_dir=str(tmp_path / "new"), resume=True,
+                              init_from=str(committed)))  # fmt: skip
+    assert (fresh.step, fresh.stage, fresh.stage_step) == (3, 0, 3)
+    for name, p in fresh.student.named_parameters():
+        assert torch.equal(p, want_params[name]), name
+    with pytest.raises(ValueError, match="another base"):
+        Distiller(replace(cfg, out_dir=str(tmp_path / "x"), init_from=str(committed),
+                          resume=True, lora={**cfg.lora, "rank": 2}))  # fmt: skip
     second = Distiller(replace(cfg, resume=True))
     assert (second.step, second.stage, second.stage_step) == (3, 0, 3)
     second.run()
