@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "blockwise_attention",
     "delayed_stream",
     "expand_heads",
     "masked_attention",
@@ -56,18 +57,62 @@ def expand_heads(x: Tensor, groups: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+QUERY_BLOCK = 256  # queries per block: memory O(block · keys), never O(T²)
+
+
 def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
     """Σ_m softmax_m(q·k_m) v_m over allowed keys (scale 1: k is pre-scaled).
 
     q (B, H, T, D_k); k (B, H_kv, S, D_k); v (B, H_kv, S, D_v); allowed (B, T, S) bool,
-    or None for plain causal attention with S = T -> (B, H, T, D_v). Every row must allow
-    at least one key (each query always sees itself here).
+    or None for plain causal attention with S = T (the fused kernel) -> (B, H, T, D_v).
+    Every row must allow at least one key (each query always sees itself here).
     """
+    groups = q.shape[1] // k.shape[1]
+    k, v = expand_heads(k, groups), expand_heads(v, groups)  # the fused CPU kernel needs it
     mask = None if allowed is None else allowed[:, None]
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=allowed is None, scale=1.0,
-        enable_gqa=q.shape[1] != k.shape[1],
-    )  # fmt: skip
+        q, k, v, attn_mask=mask, is_causal=allowed is None, scale=1.0
+    )
+
+
+def blockwise_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    positions: Tensor,
+    prefix: tuple[Tensor, Tensor, Tensor, Tensor] | None,
+    window: int | None = None,
+    sinks: int = 0,
+    block: int | None = None,
+) -> Tensor:
+    """Attention of the call's queries over ``prefix`` keys and the call's own keys.
+
+    A key at position m is allowed for the query at position p when it is valid, m ≤ p,
+    and (no window, or m > p − w, or m < s). prefix = (k (B, H_kv, S, D_k), v, positions
+    (B, S), valid (B, S)) or None. Queries go in blocks; each block takes only the call
+    keys it can see (all earlier ones without a window; else the last w and the sinks),
+    so a window costs O(T·(w + block)). Masked keys weigh exactly 0, so the blocking
+    never changes the result beyond rounding.
+    """
+    t, block = q.shape[2], block or QUERY_BLOCK
+    min_start = int(positions[:, 0].min()) if t else 0
+    outs = []
+    for a in range(0, t, block):
+        e = min(a + block, t)
+        lo = 0 if window is None else max(0, a - window + 1)
+        head = min(max(0, sinks - min_start), lo) if window is not None else 0
+        idx = torch.cat([torch.arange(head), torch.arange(lo, e)]).to(k.device)
+        keys, values, key_pos = k[:, :, idx], v[:, :, idx], positions[:, idx]
+        key_ok = torch.ones_like(key_pos, dtype=torch.bool)
+        if prefix is not None:
+            keys, values = torch.cat([prefix[0], keys], 2), torch.cat([prefix[1], values], 2)
+            key_pos, key_ok = torch.cat([prefix[2], key_pos], 1), torch.cat([prefix[3], key_ok], 1)
+        qp, kp = positions[:, a:e, None], key_pos[:, None, :]
+        allowed = key_ok[:, None, :] & (kp <= qp)
+        if window is not None:
+            allowed = allowed & ((kp > qp - window) | (kp < sinks))
+        outs.append(masked_attention(q[:, :, a:e], keys, values, allowed))
+    return torch.cat(outs, dim=2) if outs else q.new_zeros(*q.shape[:3], v.shape[-1])
 
 
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
@@ -107,20 +152,17 @@ def softmax_mixer(
     """
     valid = _valid(positions, lengths)
     start = positions[:, 0]
-    if cache is None and not keep_state and bool((start == 0).all()):
-        out = masked_attention(q, k, v, None)  # the training forward: plain causal
-        return out * valid[:, None, :, None], None
+    b, hk, t, dk = k.shape
     if cache is None:
-        b, hk, _, dk = k.shape
         cache = {"kv_k": k.new_zeros(b, hk, 0, dk), "kv_v": v.new_zeros(b, hk, 0, v.shape[-1])}
     ck, cv = cache["kv_k"].to(k.dtype), cache["kv_v"].to(v.dtype)
-    c, t = ck.shape[2], k.shape[2]
-    cached = torch.arange(c, device=k.device)[None, :] < start[:, None]  # (B, C)
-    causal = torch.ones(t, t, dtype=torch.bool, device=k.device).tril()
-    allowed = torch.cat(
-        [cached[:, None, :].expand(-1, t, -1), causal[None].expand(len(start), -1, -1)], dim=-1
-    )
-    out = masked_attention(q, torch.cat([ck, k], 2), torch.cat([cv, v], 2), allowed)
+    c = ck.shape[2]
+    if c == 0 and bool((start == 0).all()):  # from the start: plain causal, fused kernel
+        out = masked_attention(q, k, v, None)
+    else:
+        cache_pos = torch.arange(c, device=k.device)[None, :].expand(b, -1)
+        prefix = (ck, cv, cache_pos, cache_pos < start[:, None])
+        out = blockwise_attention(q, k, v, positions, prefix)
     out = out * valid[:, None, :, None]
     if not keep_state:
         return out, None
@@ -170,20 +212,13 @@ def window_attention(
     dev = k.device
     sink_pos = torch.arange(sinks, device=dev)[None, :].expand(len(start), -1)
     ring_pos = start[:, None] - window + torch.arange(window, device=dev)[None, :]
-    key_pos = torch.cat([sink_pos, ring_pos, positions], dim=1)  # (B, S)
-    key_ok = torch.cat(
-        [
-            sink_pos < start[:, None],
-            ring_pos >= sinks,
-            torch.ones_like(positions, dtype=torch.bool),
-        ],
-        dim=1,
+    prefix = (
+        torch.cat([buf["sink_k"].to(k.dtype), buf["win_k"].to(k.dtype)], dim=2),
+        torch.cat([buf["sink_v"].to(v.dtype), buf["win_v"].to(v.dtype)], dim=2),
+        torch.cat([sink_pos, ring_pos], dim=1),
+        torch.cat([sink_pos < start[:, None], ring_pos >= sinks], dim=1),
     )
-    qp, kp = positions[:, :, None], key_pos[:, None, :]
-    allowed = key_ok[:, None, :] & (kp <= qp) & ((kp > qp - window) | (kp < sinks))
-    keys = torch.cat([buf["sink_k"].to(k.dtype), buf["win_k"].to(k.dtype), k], dim=2)
-    values = torch.cat([buf["sink_v"].to(v.dtype), buf["win_v"].to(v.dtype), v], dim=2)
-    out = masked_attention(q, keys, values, allowed)
+    out = blockwise_attention(q, k, v, positions, prefix, window, sinks)
     return out * _valid(positions, lengths)[:, None, :, None]
 
 

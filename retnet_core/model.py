@@ -99,6 +99,15 @@ class RetNetLM(nn.Module):
             self._tables[key] = (ld, angles)
         return self._tables[key]
 
+    def context(self, positions: Tensor, mode: str = "parallel", **kw: Any) -> RetentionContext:
+        """What every layer of one call shares, for calling a block or its mixer alone
+        (e.g. attention transfer: ``block.retention(norm(x), model.context(pos), None)``).
+
+        positions (B, T) absolute; mode "parallel" | "chunkwise" | "step"; ``kw``: the
+        other :class:`RetentionContext` fields (lengths, chunk_size, boundaries).
+        """
+        return self._context(positions, mode, **kw)
+
     def _context(self, positions: Tensor, mode: str, **kw: Any) -> RetentionContext:
         log_decay, angles = self._decay_and_angles()
         rot = rotation_tables(positions, angles, self.state_dtype)

@@ -146,7 +146,7 @@ def pack(tok: ChatTokenizer, conversations: Sequence[Conversation]) -> TokenStre
     n_chars = 0
     for conv in conversations:
         for msg in conv.messages:
-            ids.append(tok.role_id(msg.role))
+            ids.extend(tok.opening(msg.role))  # one role token in the memsvc format
             ids.extend(next(encoded))
             ids.append(tok.end_id)
         n_chars += len(conv.text())

@@ -12,6 +12,7 @@ import pytest
 import torch
 from retnet_factory import tiny_model
 
+from retnet_core import attention
 from retnet_core.attention import expand_heads
 from retnet_core.config import ConfigError, RetNetConfig
 from retnet_core.layers import hedgehog
@@ -147,6 +148,23 @@ def test_ragged_batch_equals_each_alone(name):
         again, _ = model.step(nxt, stacked)
         torch.testing.assert_close(again, stepped, rtol=0, atol=ATOL)
     assert st2.position.tolist() == [n + 1 for n in lengths]
+
+
+@pytest.mark.parametrize("name", ["softmax", "hybrid", "hybrid_no_sinks"])
+def test_query_blocks_never_change_the_result(name, monkeypatch):
+    """Attention runs in query blocks (memory O(block · keys)); blocks of 4 < T agree."""
+    model = variant(name)
+    with torch.no_grad():
+        ref = model(TOKENS)
+        _, st = model.prefill(TOKENS[:, :6])
+        ref_next, _ = model.prefill(TOKENS[:, 6:], st)
+        monkeypatch.setattr(attention, "QUERY_BLOCK", 4)
+        first, st = model.prefill(TOKENS[:, :6])
+        nxt, _ = model.prefill(TOKENS[:, 6:], st)
+        torch.testing.assert_close(model(TOKENS), ref, rtol=0, atol=ATOL)
+    torch.testing.assert_close(first, ref[:, :6], rtol=0, atol=ATOL)
+    torch.testing.assert_close(nxt, ref_next, rtol=0, atol=ATOL)
+    torch.testing.assert_close(nxt, ref[:, 6:], rtol=0, atol=ATOL)
 
 
 def test_softmax_state_is_a_kv_cache_and_hybrid_state_is_fixed():
