@@ -197,7 +197,7 @@ def teacher_layers(
     positions = torch.arange(t, device=tokens.device).expand(b, t)
     try:  # the blocks alone: the head (a fifth of the work) is not needed here
         teacher._run(
-            tokens, teacher._context(positions, "parallel", lengths=lengths), None, None, None
+            tokens, teacher.context(positions, "parallel", lengths=lengths), None, None, None
         )
     finally:
         for h in handles:
@@ -212,7 +212,7 @@ def attention_transfer_loss(
     caught = teacher_layers(teacher, tokens, lengths)
     b, t = tokens.shape
     positions = torch.arange(t, device=tokens.device).expand(b, t)
-    ctx = student._context(positions, "parallel", lengths=lengths)  # the model's own tables
+    ctx = student.context(positions, "parallel", lengths=lengths)
     mask = _valid(lengths, t)[..., None]
     terms = []
     for block, (h, y) in zip(student.blocks, caught, strict=True):
