@@ -6,7 +6,7 @@ whole CLI down. Failures end as one line on stderr and exit status 1 (set
 ``MEMSVC_DEBUG=1`` for the traceback).
 
     memsvc serve | migrate | tenant create|list|revoke | ingest | chat | mcp
-    memsvc convert | train | bench <name> | experiment <name> | version
+    memsvc convert | train | distill | bench <name> | experiment <name> | version
 """
 
 from __future__ import annotations
@@ -291,6 +291,22 @@ def train(
     from retnet_core.training.train import cli as run_train
 
     run_train(config, out_dir, max_steps, max_time_s, device, resume)
+
+
+@app.command()
+def distill(
+    config: Annotated[Path, typer.Argument(help="YAML distillation config")],
+    out_dir: Annotated[Path | None, typer.Option(help="override the config's out_dir")] = None,
+    max_time_s: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = True,
+) -> None:
+    """Distil a softmax teacher (GGUF or HF Llama) into a retention or hybrid student."""
+    if not config.is_file():
+        raise FileNotFoundError(f"no such config file: {config}")
+    from retnet_core.training.distill import cli as run_distill
+
+    run_distill(config, out_dir, max_time_s, device, resume)
 
 
 @app.command()

