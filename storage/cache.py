@@ -41,6 +41,7 @@ import redis
 import xxhash
 
 _INLINE, _SPLIT = b"MHP1", b"MHS1"
+_MGET_BATCH = 16  # parts per MGET of a split record
 
 # Shared by the scripts: drop a key's split parts and its accounting (not its K:v).
 _LIB = """
@@ -221,6 +222,7 @@ class RedisCache:
         prefix: str = "memsvc:",
         *,
         timeout_s: float = 0.5,
+        bulk_timeout_s: float = 5.0,
         retry_after_s: float = 1.0,
         max_bytes: int = 2**30,
         inline_bytes: int = 4 * 2**20,
@@ -232,6 +234,14 @@ class RedisCache:
         self.client = redis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            socket_read_size=2**20,
+        )
+        # the parts of split records (tens of MB) on connections that may wait longer:
+        # a busy server can pause that long mid-transfer without being down
+        self.bulk = redis.Redis.from_url(
+            url,
+            socket_timeout=bulk_timeout_s,
             socket_connect_timeout=timeout_s,
             socket_read_size=2**20,
         )
@@ -284,8 +294,13 @@ class RedisCache:
                 return [head]  # damaged: the caller's integrity check discards it
             pid = head[pos:].decode("ascii", "replace")
             keys = [self._part_key(key, pid, i) for i in range(len(sizes))]
-            parts = self.client.mget(keys) if keys else []
-            return None if any(p is None for p in parts) else parts
+            parts: list[bytes] = []
+            for b in range(0, len(keys), _MGET_BATCH):  # replies of a few MB each
+                got = self.bulk.mget(keys[b : b + _MGET_BATCH])
+                if any(p is None for p in got):
+                    return None
+                parts.extend(got)
+            return parts
 
         return self.call(read)
 
@@ -296,7 +311,7 @@ class RedisCache:
         ttl, pid = int(ttl_s * 1000), self.part_id(parts, version)
 
         def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.bulk.pipeline(transaction=False)
             for i, p in enumerate(parts):
                 pipe.set(self._part_key(key, pid, i), p, px=ttl)
             pipe.execute()
@@ -308,7 +323,7 @@ class RedisCache:
         pid = self.part_id(parts, version)
         keys = [self._part_key(key, pid, i) for i in range(len(parts))]
         if keys and self.is_split(parts):
-            self.call(self.client.delete, *keys)
+            self.call(self.bulk.delete, *keys)
 
     def put(
         self, key: str, parts: Sequence[bytes], version: int, ttl_s: float, *, staged: bool = False

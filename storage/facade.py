@@ -228,4 +228,5 @@ class Storage:
         self.states.close()
         if self.redis is not None:
             self.redis.client.close()
+            self.redis.bulk.close()
         self.db.dispose()

