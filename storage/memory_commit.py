@@ -15,6 +15,9 @@ slots, by :func:`apply_memory_changes`:
   ``merged_into`` for the caller. Skips leave nothing.
 - ``retire``: memories some of whose slots this commit removed (chat forget): those left
   without a slot are tombstoned (``deleted``), after every bank's removals.
+
+Reads need no :class:`MemoryChanges`: the banks' read counts already say which slots the
+turn read, and :func:`log_reads` adds one ``read`` event per live memory behind them.
 """
 
 from __future__ import annotations
@@ -137,6 +140,40 @@ def retire_emptied(s: Session, changes: Sequence) -> None:
             _event(s, mc.tenant_id, m.user_id, memory_id, "deleted", cause)
 
 
+def log_reads(s: Session, slot_changes: Sequence) -> None:
+    """One ``read`` event per live memory whose slots this commit's turn read.
+
+    The cause counts the slot reads (a memory of 12 token slots read at 3 positions by a
+    top-k read of 4 is "12 slot reads"); the memory's own ``reads`` is the sum over its
+    slots, kept by the read counts themselves.
+    """
+    for ch in slot_changes:
+        if not ch.reads:
+            continue
+        per_memory: dict[str, int] = {}
+        rows = s.execute(
+            select(MemorySlot.id, MemorySlot.memory_id).where(
+                MemorySlot.bank_id == ch.bank_id,
+                MemorySlot.id.in_(sorted(ch.reads)),
+                MemorySlot.memory_id.is_not(None),
+            )
+        ).all()
+        for slot_id, memory_id in rows:
+            per_memory[memory_id] = per_memory.get(memory_id, 0) + ch.reads[slot_id]
+        if not per_memory:
+            continue
+        owners = s.execute(
+            select(Memory.id, Memory.user_id).where(
+                Memory.tenant_id == ch.tenant_id,
+                Memory.id.in_(sorted(per_memory)),
+                Memory.deleted_at.is_(None),
+            )
+        ).all()
+        for memory_id, user_id in sorted(owners):
+            n = per_memory[memory_id]
+            _event(s, ch.tenant_id, user_id, memory_id, "read", f"{n} slot read(s) in a turn")
+
+
 def apply_slot_and_memory_changes(
     s: Session, slot_changes: Sequence, user_message_id: int | None
 ) -> list[list[int]]:
@@ -154,4 +191,5 @@ def apply_slot_and_memory_changes(
         new[n] = apply_changes(s, ch, user_message_id)
     log_merges(s, memory_changes)
     retire_emptied(s, memory_changes)
+    log_reads(s, slot_changes)
     return [new[n] for n in range(len(slot_changes))]

@@ -152,11 +152,6 @@ class MemoryService:
         m = await run_in_threadpool(self.store.get_memory, tenant_id, memory_id)
         events = await run_in_threadpool(self.store.memory_events, tenant_id, memory_id)
         history = [MemoryEventOut(**_event_fields(e)) for e in events]
-        if m.last_read_at is not None:  # reads are counted on slots; shown as one entry
-            read = MemoryEventOut(
-                memory_id=m.id, op="read", cause=f"{m.reads} slot reads", at=m.last_read_at
-            )
-            history = sorted([*history, read], key=lambda e: e.at)
         return memory_out(m, history=history)
 
     async def delete(self, tenant_id: str, memory_id: str) -> MemoryDeleted:

@@ -155,7 +155,8 @@ class Distiller:
     # ------------------------------------------------------------------ checkpoints
     def _resume(self) -> dict | None:
         """Continue the run's own checkpoint (delta + optimiser), else the committed delta
-        ``init_from`` names (a new machine: its position, a fresh optimiser), else start."""
+        ``init_from`` names (a new machine: its position, a fresh optimiser), else start
+        (also when no delta has been committed there yet)."""
         ckpt = self.out / "checkpoint"
         if self.cfg.resume and (ckpt / "trainer_state.pt").exists():
             _, delta = read_delta(ckpt)
@@ -167,7 +168,7 @@ class Distiller:
             self.step, self.tokens = state["step"], state["tokens"]
             self.elapsed, self.evals = state["elapsed"], state.get("evals", 0)
             return state["optimizer"]
-        if self.cfg.resume and self.cfg.init_from:
+        if self.cfg.resume and self.cfg.init_from and Path(self.cfg.init_from).is_dir():
             manifest, delta = read_delta(self.cfg.init_from)
             mine = self.manifest()
             same = (manifest.base_sha256, manifest.student, manifest.lora)

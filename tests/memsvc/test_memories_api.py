@@ -81,10 +81,18 @@ def test_delete_removes_slots_and_chat_no_longer_reads_it(api: Client, admin: Cl
     turn(api, sid, "What is my locker code?")
     reads = api("GET", f"/v1/memories/{keep['id']}").json()
     assert reads["reads"] > 0  # chat reads the user's bank: only what is left in it
+    read_events = [e for e in reads["history"] if e["op"] == "read"]
+    assert len(read_events) == 1 and read_events[0]["cause"].endswith("slot read(s) in a turn")
     ids = [m["id"] for m in api("GET", f"/v1/users/{dave}/memories").json()["memories"]]
     assert gone["id"] not in ids
     hist = api("GET", f"/v1/users/{dave}/memories/history").json()["events"]
     assert {"deleted", "evicted"} <= {e["op"] for e in hist if e["memory_id"] == gone["id"]}
+    # the turn's reads are in the user's change log, for the kept memory only
+    assert {e["memory_id"] for e in hist if e["op"] == "read"} == {keep["id"]}
+    turn(api, sid, "And my allergy?")  # a second turn: a second read event
+    again = api("GET", f"/v1/memories/{keep['id']}").json()
+    assert [e["op"] for e in again["history"]].count("read") == 2
+    assert again["reads"] > reads["reads"]
 
 
 def test_export_and_erase_user(api: Client) -> None:
