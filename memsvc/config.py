@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="memsvc:", description="key prefix for everything in Redis")
     model_dir: Path | None = Field(default=None, description="checkpoint dir; default: shipped")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    weights: Literal["fp32", "bf16", "int8"] = Field(
+        default="fp32",
+        description="weight precision (int8: CPU only); the state decodes in fp32 always",
+    )
     threads: int | None = Field(
         default=None, ge=1, description="torch CPU threads (set at model load); None: default"
     )
@@ -76,6 +80,19 @@ class Settings(BaseSettings):
     embedder_device: str = "cpu"
     snapshot_cache_size: int = Field(default=256, ge=0)
 
+    # how states and snapshots are stored (small states are always stored raw)
+    state_precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="stored precision of large states (bf16: half the bytes)"
+    )
+    state_compression: Literal["zstd", "none"] = "zstd"
+    state_ttl_s: float = Field(default=3600.0, gt=0, description="Redis lifetime of a state")
+    state_hot_max_bytes: int = Field(
+        default=2**30, ge=0, description="Redis byte budget for states (LRU; 0: no budget)"
+    )
+    snapshot_max_bytes: int = Field(
+        default=2**30, ge=0, description="stored snapshot bytes per tenant (LRU; 0: no bound)"
+    )
+
     # memory slots
     memory_enabled: bool = True
 
@@ -96,6 +113,16 @@ class Settings(BaseSettings):
     def resolved_model_dir(self) -> Path:
         """The checkpoint directory to load: the configured one or the shipped default."""
         return self.model_dir if self.model_dir is not None else DEFAULT_MODEL_DIR
+
+    def state_options(self) -> dict[str, object]:
+        """The state-storage settings, by name (the storage adapter maps them)."""
+        return {
+            "precision": self.state_precision,
+            "compression": self.state_compression,
+            "ttl_s": self.state_ttl_s,
+            "hot_max_bytes": self.state_hot_max_bytes,
+            "snapshot_max_bytes": self.snapshot_max_bytes,
+        }
 
     def resolved_device(self) -> str:
         """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +37,7 @@ from memsvc.store_adapter_items import ItemStoreMixin
 from memsvc.store_adapter_memories import MemoryStoreMixin
 from storage import Storage, namespace
 from storage import errors as serr
+from storage.config import StateConfig
 from storage.passages import PassageIn
 from storage.sessions import MessageIn
 from storage.slot_manager import SlotQuery
@@ -177,6 +179,18 @@ class SlotAdmin:
 # ---- the adapter -------------------------------------------------------------------------
 
 
+def state_config(options: dict[str, Any]) -> StateConfig:
+    """storage's :class:`StateConfig` from the service's state settings (see
+    ``Settings.state_options``); absent names keep storage's defaults."""
+    base = StateConfig()
+    codec = replace(
+        base.codec,
+        **{k: options[k] for k in ("precision", "compression") if k in options},
+    )
+    rest = {k: options[k] for k in ("ttl_s", "hot_max_bytes", "snapshot_max_bytes") if k in options}
+    return replace(base, codec=codec, **rest)
+
+
 class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, Store):
     """Store over storage's managers (see the module docstring)."""
 
@@ -187,6 +201,7 @@ class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, Store):
         registry: Any,
         redis_prefix: str,
         index_dir: Any = None,
+        state_options: dict[str, Any] | None = None,
     ) -> None:
         self.storage = Storage.from_urls(
             database_url,
@@ -194,6 +209,7 @@ class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, Store):
             redis_prefix=redis_prefix,
             registry=registry,
             index_dir=index_dir,
+            state_config=state_config(state_options or {}),
         )
         st = self.storage
         self.db, self.redis, self.metrics = st.db, st.redis, st.metrics

@@ -42,9 +42,10 @@ __all__ = ["RetNetLM"]
 Memory = Mapping[int, Any] | None  # layer index -> SlotStore (or TensorBank in training)
 
 
-def _linear_add(x: Tensor, a: Tensor, lin: nn.Linear) -> Tensor:
-    """x + lin(a) in one op when there is no bias (addmm accumulates onto x)."""
-    if lin.bias is None and x.dim() == 2:
+def _linear_add(x: Tensor, a: Tensor, lin: nn.Module) -> Tensor:
+    """x + lin(a) in one op when there is no bias (addmm accumulates onto x); any other
+    projection (with a bias, or int8: ``retnet_core.precision.Int8Linear``) is called."""
+    if isinstance(lin, nn.Linear) and lin.bias is None and x.dim() == 2:
         return torch.addmm(x, a, lin.weight.t())
     return x + lin(a)
 
@@ -379,7 +380,7 @@ class RetNetLM(nn.Module):
         copies: list | None = [] if c.memory_copy else None
         for block, s_old in zip(self.blocks, states, strict=True):
             attn = block.retention
-            p = F.linear(block.retention_norm(x), attn.in_proj.weight, attn.in_proj.bias)
+            p = attn.in_proj(block.retention_norm(x))
             p = p.to(sdt)
             pairs = p[:, : 2 * d].unflatten(-1, (2, h, dk // 2, 2))
             if rot.is_complex():  # eager: one complex product
@@ -399,7 +400,7 @@ class RetNetLM(nn.Module):
                 read = block.memory(block.memory_norm(x)[:, None], bank, copies=copies)
                 x = x + read[:, 0]
             ffn = block.ffn
-            a = F.linear(block.ffn_norm(x), ffn.w_in.weight, ffn.w_in.bias)
+            a = ffn.w_in(block.ffn_norm(x))
             a, gate = a.chunk(2, dim=-1)
             x = _linear_add(x, ffn.act(a) * gate, ffn.w_out)
         return self._logits(self.norm(x)[:, None], copies)[:, 0], new_s

@@ -60,11 +60,16 @@ class ModelRuntime:
         self.fingerprint: str = str(model.fingerprint())
 
     @classmethod
-    def load(cls, model_dir: Path, device: str, threads: int | None = None) -> ModelRuntime:
+    def load(
+        cls, model_dir: Path, device: str, threads: int | None = None, weights: str = "fp32"
+    ) -> ModelRuntime:
         """Load the checkpoint and ``tokenizer.json`` from ``model_dir`` onto ``device``.
 
         ``threads``: ``torch.set_num_threads`` for this process (None: torch's default).
+        ``weights``: fp32 | bf16 | int8 (:mod:`retnet_core.precision`); it is part of the
+        model's fingerprint, so states saved under another precision are refused.
         """
+        from retnet_core.precision import apply_precision
 
         if threads is not None:
             torch.set_num_threads(threads)
@@ -72,13 +77,23 @@ class ModelRuntime:
         if not Path(model_dir).is_dir():
             raise ModelUnavailable(f"model directory {model_dir} does not exist")
         try:
-            model = load_pretrained(str(model_dir), device=device)
+            model = apply_precision(load_pretrained(str(model_dir), device=device), weights)
             tokenizer = ChatTokenizer.load(model_dir)
             sampling = load_sampling_defaults(model_dir)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(f"cannot load model from {model_dir}: {exc}") from exc
-        log.info("loaded model %s on %s", model_dir, device)
+        log.info("loaded model %s on %s (%s weights)", model_dir, device, weights)
         return cls(model, tokenizer, device, sampling)
+
+    @property
+    def weights(self) -> str:
+        """The weights' precision: fp32, bf16 or int8 (see :mod:`retnet_core.precision`)."""
+        from retnet_core.precision import Int8Linear
+
+        if any(isinstance(m, Int8Linear) for m in self.model.modules()):
+            return "int8"
+        dtype = self.model.embed.weight.dtype
+        return {torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, "fp32")
 
     def cpu_threads(self) -> int:
         """Intra-op threads worth using on CPU when no setting names them.

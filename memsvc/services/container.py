@@ -57,6 +57,7 @@ def open_store(settings: Settings, registry: Any = None) -> Store:
         registry,
         settings.redis_prefix,
         index_dir=_ensure_dir(settings.data_dir / "indexes"),
+        state_options=settings.state_options(),
     )
 
 
@@ -90,7 +91,10 @@ class Services:
         metrics = Metrics()
         store = open_store(settings, metrics.registry)
         runtime = ModelRuntime.load(
-            settings.resolved_model_dir(), settings.resolved_device(), settings.threads
+            settings.resolved_model_dir(),
+            settings.resolved_device(),
+            settings.threads,
+            weights=settings.weights,
         )
         if settings.threads is None and runtime.device == "cpu":
             torch.set_num_threads(runtime.cpu_threads())
@@ -148,5 +152,6 @@ class Services:
             "ok": self.scheduler.alive,
             "fingerprint": self.runtime.fingerprint,
             "device": self.runtime.device,
+            "weights": self.runtime.weights,
         }
         return checks
