@@ -253,7 +253,7 @@ def convert(
         typer.Argument(
             help="torchscale: torch file (state dict or fairseq-style dict); "
             "llama: a .gguf file or a Hugging Face LlamaForCausalLM directory; "
-            "fla: a Hugging Face directory of fla's RetNetForCausalLM (e.g. fla-hub/retnet-1.3B-100B)"
+            "fla: a Hugging Face directory of fla's RetNetForCausalLM (fla-hub/retnet-1.3B-100B)"
         ),
     ],
     dst: Annotated[Path, typer.Argument(help="checkpoint folder to write")],

@@ -105,7 +105,10 @@ def fla_weights(cfg: dict[str, Any], seed: int = 0, fused_mlp: bool = False) -> 
     def norm(n: int) -> Tensor:
         return 1.0 + 0.3 * torch.randn(n, generator=g)
 
-    w = {"model.embeddings.weight": torch.randn(vocab, d, generator=g), "model.norm.weight": norm(d)}
+    w = {
+        "model.embeddings.weight": torch.randn(vocab, d, generator=g),
+        "model.norm.weight": norm(d),
+    }
     if not cfg.get("tie_word_embeddings"):
         w["lm_head.weight"] = lin(vocab, d)
     for i in range(cfg["num_hidden_layers"]):
