@@ -24,7 +24,7 @@ from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
 from memsvc.services.items import ItemService
 from memsvc.services.memories import MemoryService
-from memsvc.services.memory import MemoryManager
+from memsvc.services.memory import MemoryManager, memory_off_reason
 from memsvc.services.sessions import SessionManager
 from memsvc.services.transcript import TranscriptImporter
 from memsvc.services.turns import TurnManager
@@ -149,4 +149,8 @@ class Services:
             "fingerprint": self.runtime.fingerprint,
             "device": self.runtime.device,
         }
+        off = memory_off_reason(self.memory)  # informative: a base model is still ready
+        checks["memory"] = {"ok": True, "enabled": off is None}
+        if off:
+            checks["memory"]["reason"] = off
         return checks
