@@ -58,9 +58,15 @@ from torch import Tensor
 
 from retnet_core.checkpoint import save_pretrained
 from retnet_core.config import RetNetConfig
+from retnet_core.convert_fla_tokenizer import (
+    base_chat_format,
+    check_round_trip,
+    fla_tokenizer,
+    special_tokens,
+)
 from retnet_core.llama_source import SourceError
 from retnet_core.model import RetNetLM
-from retnet_core.tokenizer import ChatFormat, ChatTokenizer
+from retnet_core.tokenizer import ChatTokenizer
 
 __all__ = [
     "FLA_DEFAULTS",
@@ -94,10 +100,6 @@ FLA_DEFAULTS: dict[str, Any] = {
     "attnres_block_size": None,
 }
 REQUIRED = ("hidden_size", "num_hidden_layers", "num_heads", "vocab_size")
-ROUND_TRIP_SAMPLES = (
-    "Hello world! RetNet keeps a small recurrent state.",
-    "The quick brown fox jumps over the lazy dog, 42 times.",
-)
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 128}
 
 
@@ -298,65 +300,6 @@ def read_weights(src: Path) -> dict[str, Tensor]:
     return weights
 
 
-def _special(src: Path) -> dict[str, str | None]:
-    """bos/eos/unk/pad token text from tokenizer_config.json or special_tokens_map.json."""
-    out: dict[str, str | None] = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": None}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = src / name
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        for k in out:
-            tok = data.get(f"{k}_token")
-            tok = tok.get("content") if isinstance(tok, dict) else tok
-            if tok:
-                out[k] = tok
-    return out
-
-
-def fla_tokenizer(src: Path) -> Any:
-    """The directory's tokenizer as a ``tokenizers.Tokenizer``: tokenizer.json, else
-    tokenizer.model converted through ``transformers`` (needs ``sentencepiece``)."""
-    from tokenizers import Tokenizer
-
-    if (src / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(src / "tokenizer.json"))
-    if not (src / "tokenizer.model").is_file():
-        raise SourceError(f"{src}: no tokenizer.json or tokenizer.model")
-    try:
-        from transformers import AutoTokenizer
-
-        fast = AutoTokenizer.from_pretrained(str(src), use_fast=True)
-        return fast.backend_tokenizer
-    except Exception as exc:  # no sentencepiece/protobuf, or an unreadable model file
-        raise SourceError(
-            f"{src} has tokenizer.model but no tokenizer.json, and converting it failed "
-            f"({type(exc).__name__}: {exc}). Write tokenizer.json where transformers and "
-            "sentencepiece are installed: AutoTokenizer.from_pretrained(SRC).save_pretrained(SRC)"
-        ) from exc
-
-
-def base_chat_format(tokenizer: Any, special: dict[str, str | None]) -> ChatFormat:
-    """A plain-text chat format for a base model: ``Role: content</s>`` per turn.
-
-    Turns close on the end-of-sequence token; padding is the pad token, else unk.
-    """
-    end = special["eos"]
-    pad = next((t for t in (special["pad"], special["unk"]) if t and t != end), None)
-    for what, tok in (("eos", end), ("pad/unk", pad)):
-        if tok is None or tokenizer.token_to_id(tok) is None:
-            raise SourceError(f"the tokenizer has no {what} token ({tok!r})")
-    names = {"system": "System:", "user": "User:", "assistant": "Assistant:"}
-    names["passage"] = "Document:"
-    return ChatFormat(openings=names, end=end, pad=pad, name="plain")
-
-
-def check_round_trip(tok: ChatTokenizer, samples: tuple[str, ...] = ROUND_TRIP_SAMPLES) -> None:
-    """decode(encode(text)) == text on sample text, else SourceError."""
-    for text in samples:
-        back = tok.decode(tok.encode(text))
-        if back != text:
-            raise SourceError(f"the tokenizer does not round-trip {text!r} (got {back!r})")
-
-
 def load_fla(src: str | Path, **overrides: Any) -> tuple[RetNetLM, ChatTokenizer]:
     """(model in eval mode, float32, CPU; its chat tokenizer) from an fla RetNet directory."""
     src = Path(src)
@@ -382,7 +325,7 @@ def load_fla(src: str | Path, **overrides: Any) -> tuple[RetNetLM, ChatTokenizer
             f"the tokenizer has {raw_tok.get_vocab_size(with_added_tokens=True)} ids, "
             f"the model {shape.vocab_size}"
         )
-    tok = ChatTokenizer(raw_tok, base_chat_format(raw_tok, _special(src)))
+    tok = ChatTokenizer(raw_tok, base_chat_format(raw_tok, special_tokens(src)))
     check_round_trip(tok)
     return model.eval(), tok
 

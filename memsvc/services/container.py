@@ -24,7 +24,8 @@ from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
 from memsvc.services.items import ItemService
 from memsvc.services.memories import MemoryService
-from memsvc.services.memory import MemoryManager, memory_off_reason
+from memsvc.services.memory import MemoryManager
+from memsvc.services.memory_outcome import memory_off_reason
 from memsvc.services.sessions import SessionManager
 from memsvc.services.transcript import TranscriptImporter
 from memsvc.services.turns import TurnManager

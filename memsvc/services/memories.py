@@ -29,7 +29,7 @@ from memsvc.records import (
     MemoryWriteOut,
     UserErased,
 )
-from memsvc.services.memory import memory_off_reason
+from memsvc.services.memory_outcome import memory_off_reason
 from memsvc.store import MemoryRec, SessionRec
 from memsvc.threads import run_in_threadpool
 

@@ -61,20 +61,6 @@ class TurnCapture:
     offset: int  # session position where the prefill call started
 
 
-NO_RETENTION_LAYER = (
-    "memory is off: the model has no Retention Layer (memory slots), e.g. a converted base "
-    "model. Train one on it with the memory stage of `memsvc distill` or `memsvc train`"
-)
-MEMORY_DISABLED = "memory is off by setting (MEMSVC_MEMORY_ENABLED=false)"
-
-
-def memory_off_reason(memory: MemoryManager | None) -> str | None:
-    """Why memory features are off for this service (None when they are on)."""
-    if memory is None:
-        return MEMORY_DISABLED
-    return None if memory.enabled else NO_RETENTION_LAYER
-
-
 class MemoryManager:
     """Banks per session, end-of-turn writes and feedback (see the module docstring)."""
 
