@@ -57,6 +57,13 @@ class SessionBusy(Conflict):
     code = "session_busy"
 
 
+class MemoryOff(Conflict):
+    """A memory operation on a service whose memory is off: the model has no Retention
+    Layer (e.g. a converted base model), or memory is disabled by setting."""
+
+    code = "memory_off"
+
+
 class TooLarge(DomainError):
     """A body, message or history beyond the configured limits."""
 

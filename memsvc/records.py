@@ -133,6 +133,11 @@ class Usage(BaseModel):
     snapshot_misses: int = 0
     memory_writes: int = 0
     memory_forgotten: int = Field(0, description="slots a forget request in chat removed")
+    memory_enabled: bool = Field(
+        True,
+        description="memory features are on for this service (false: the model has no "
+        "Retention Layer, or memory is off by setting; see /readyz)",
+    )
 
 
 class PassageRef(BaseModel):

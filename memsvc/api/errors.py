@@ -26,6 +26,7 @@ from memsvc.errors import (
     BadRequest,
     Conflict,
     DomainError,
+    MemoryOff,
     NotFound,
     RateLimited,
     SessionBusy,
@@ -59,6 +60,7 @@ ApiError = DomainError  # what routers catch: every domain error
 # The one table from domain errors to HTTP statuses (most specific class first).
 STATUS_OF: list[tuple[type[DomainError], int]] = [
     (SessionBusy, 409),
+    (MemoryOff, 409),
     (Conflict, 409),
     (BadRequest, 400),
     (Unauthorized, 401),

@@ -247,12 +247,13 @@ def mcp(url: Url = None, api_key: Key = None) -> None:
 # ------------------------------------------------------------------ model
 @app.command()
 def convert(
-    source_format: Annotated[str, typer.Argument(help="source: torchscale | llama")],
+    source_format: Annotated[str, typer.Argument(help="source: torchscale | llama | fla")],
     src: Annotated[
         Path,
         typer.Argument(
             help="torchscale: torch file (state dict or fairseq-style dict); "
-            "llama: a .gguf file or a Hugging Face LlamaForCausalLM directory"
+            "llama: a .gguf file or a Hugging Face LlamaForCausalLM directory; "
+            "fla: a Hugging Face directory of fla's RetNetForCausalLM (fla-hub/retnet-1.3B-100B)"
         ),
     ],
     dst: Annotated[Path, typer.Argument(help="checkpoint folder to write")],
@@ -271,6 +272,10 @@ def convert(
         from retnet_core.convert_llama import cli as run_llama
 
         raise typer.Exit(run_llama([str(src), str(dst), "--mixer", mixer]))
+    if source_format == "fla":
+        from retnet_core.convert_fla import cli as run_fla
+
+        raise typer.Exit(run_fla([str(src), str(dst)]))
     from retnet_core.convert import cli as run_convert
 
     run_convert(source_format, src, dst, config, trust_pickle)

@@ -25,6 +25,7 @@ from memsvc.services.documents import DocumentManager
 from memsvc.services.items import ItemService
 from memsvc.services.memories import MemoryService
 from memsvc.services.memory import MemoryManager
+from memsvc.services.memory_outcome import memory_off_reason
 from memsvc.services.sessions import SessionManager
 from memsvc.services.transcript import TranscriptImporter
 from memsvc.services.turns import TurnManager
@@ -154,4 +155,8 @@ class Services:
             "device": self.runtime.device,
             "weights": self.runtime.weights,
         }
+        off = memory_off_reason(self.memory)  # informative: a base model is still ready
+        checks["memory"] = {"ok": True, "enabled": off is None}
+        if off:
+            checks["memory"]["reason"] = off
         return checks

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from memsvc.errors import NotFound, Unprocessable
+from memsvc.errors import MemoryOff, NotFound, Unprocessable
 from memsvc.records import (
     MemoryCreate,
     MemoryDeleted,
@@ -29,6 +29,7 @@ from memsvc.records import (
     MemoryWriteOut,
     UserErased,
 )
+from memsvc.services.memory_outcome import memory_off_reason
 from memsvc.store import MemoryRec, SessionRec
 from memsvc.threads import run_in_threadpool
 
@@ -121,8 +122,8 @@ class MemoryService:
         return MemoryList(memories=out, limit=limit, offset=offset)
 
     async def write(self, tenant_id: str, user_id: str, body: MemoryCreate) -> MemoryWriteOut:
-        if self.memory is None or not self.memory.enabled:
-            raise Unprocessable("the model has no memory layers: nothing can be written")
+        if reason := memory_off_reason(self.memory):
+            raise MemoryOff(f"{reason}; nothing can be written")
         if body.key is not None and body.collection is None:
             raise Unprocessable("a key needs a collection")
         owner = SessionRec(

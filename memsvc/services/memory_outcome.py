@@ -1,4 +1,5 @@
-"""Pure helpers of memory writes: the provenance each slot gets, and what a write did.
+"""Pure helpers of memory writes: the provenance each slot gets, what a write did, and
+why memory is off (:func:`memory_off_reason`).
 
 A write runs on the model thread, into a turn's (or a write's) bank views, tensors only.
 What it did to memories is read off the layer's :class:`retnet_core.memory_write.WriteRecord`
@@ -111,3 +112,18 @@ def blended_slots(records: dict[int, list[Any]]) -> list[int]:
     return sorted(
         {int(i) for recs in records.values() for r in recs if r.op == "blend" for i in r.slot_ids}
     )
+
+
+NO_RETENTION_LAYER = (
+    "memory is off: the model has no Retention Layer (memory slots), e.g. a converted base "
+    "model. Train one on it with the memory stage of `memsvc distill` or `memsvc train`"
+)
+MEMORY_DISABLED = "memory is off by setting (MEMSVC_MEMORY_ENABLED=false)"
+
+
+def memory_off_reason(memory: Any) -> str | None:
+    """Why memory features are off (None when on); ``memory``: the service's
+    ``MemoryManager``, or None when memory is disabled by setting."""
+    if memory is None:
+        return MEMORY_DISABLED
+    return None if memory.enabled else NO_RETENTION_LAYER

@@ -263,6 +263,7 @@ class TurnManager:
             snapshot_misses=prep.snapshot_misses,
             memory_writes=writes,
             memory_forgotten=len(prep.forgotten),
+            memory_enabled=self.memory is not None and self.memory.enabled,
         )
         return TurnOut(
             session_id=session.id,
@@ -413,6 +414,7 @@ class TurnManager:
             total_tokens=0,
             cached_tokens=0,
             state_source="replay",
+            memory_enabled=self.memory is not None and self.memory.enabled,
         )
         return TurnOut(
             session_id=session.id,

@@ -30,6 +30,7 @@ def test_chat_turns_report_usage_and_persist_messages(api: Client) -> None:
     assert first["finish_reason"] in ("stop", "length")
     assert first["usage"]["completion_tokens"] <= 6
     assert first["usage"]["cached_tokens"] == 0 and first["usage"]["state_source"] == "new"
+    assert first["usage"]["memory_enabled"] is True
     after_first = api("GET", f"/v1/sessions/{sid}").json()
     assert after_first["version"] == 1 and after_first["message_count"] == 2
     assert after_first["token_count"] > first["usage"]["prompt_tokens"]
@@ -174,6 +175,7 @@ def test_metrics_cover_latency_ttft_tokens_states_and_batches(api: Client, http)
     ready = http.get("/readyz").json()
     assert ready["status"] == "ready" and ready["checks"]["model"]["ok"]
     assert ready["checks"]["database"]["ok"]
+    assert ready["checks"]["memory"] == {"ok": True, "enabled": True}  # a Retention Layer
 
 
 def _multi_session_steps(http) -> float:
