@@ -133,6 +133,9 @@ class Usage(BaseModel):
     snapshot_misses: int = 0
     memory_writes: int = 0
     memory_forgotten: int = Field(0, description="slots a forget request in chat removed")
+    memory_limited: bool = Field(
+        False, description="no memory written: the user holds the memories-per-user limit"
+    )
 
 
 class PassageRef(BaseModel):

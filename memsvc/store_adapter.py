@@ -34,6 +34,7 @@ from memsvc.store import (
 )
 from memsvc.store_adapter_items import ItemStoreMixin
 from memsvc.store_adapter_memories import MemoryStoreMixin
+from memsvc.store_adapter_usage import UsageStoreMixin
 from storage import Storage, namespace
 from storage import errors as serr
 from storage.passages import PassageIn
@@ -177,7 +178,7 @@ class SlotAdmin:
 # ---- the adapter -------------------------------------------------------------------------
 
 
-class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, Store):
+class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, UsageStoreMixin, Store):
     """Store over storage's managers (see the module docstring)."""
 
     def __init__(

@@ -41,6 +41,8 @@ async def tenant_id(
     tid = await run_in_threadpool(services.tenants.authenticate, key)
     if tid is None:
         raise Unauthorized("invalid or revoked API key")
+    if services.limits is not None:  # the tenant's requests per minute (429 past it)
+        await services.limits.request(tid)
     return tid
 
 

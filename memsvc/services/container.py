@@ -23,6 +23,7 @@ from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
 from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
 from memsvc.services.items import ItemService
+from memsvc.services.limits import TenantLimits
 from memsvc.services.memories import MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.sessions import SessionManager
@@ -77,6 +78,7 @@ class Services:
     memories: Any = None
     transcripts: Any = None
     items: Any = None
+    limits: Any = None
 
     @property
     def tenants(self) -> Store:
@@ -104,7 +106,10 @@ class Services:
         feeder = PassageFeeder(runtime, snapshots, on_lookup)
         documents = DocumentManager(settings, store, embedder, runtime.tokenizer)
         memory = MemoryManager(store, runtime, scheduler) if settings.memory_enabled else None
-        turns = TurnManager(settings, store, runtime, scheduler, feeder, documents, memory, metrics)
+        limits = TenantLimits(settings, store, metrics)
+        turns = TurnManager(
+            settings, store, runtime, scheduler, feeder, documents, memory, metrics, limits=limits
+        )
         return cls(
             settings=settings,
             metrics=metrics,
@@ -116,10 +121,11 @@ class Services:
             sessions=SessionManager(settings, store, runtime, scheduler),
             turns=turns,
             documents=documents,
-            admin=AdminManager(store, metrics),
+            admin=AdminManager(store, metrics, settings),
             memory=memory,
-            memories=(memories := MemoryService(store, memory, embedder)),
-            items=ItemService(store, memory, memories.embeddings),
+            memories=(memories := MemoryService(store, memory, embedder, limits)),
+            items=ItemService(store, memory, memories.embeddings, limits),
+            limits=limits,
             transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory),
         )
 
