@@ -126,7 +126,7 @@ class Services:
             memories=(memories := MemoryService(store, memory, embedder, limits)),
             items=ItemService(store, memory, memories.embeddings, limits),
             limits=limits,
-            transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory),
+            transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory, limits),
         )
 
     def start(self) -> None:

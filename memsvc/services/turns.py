@@ -2,7 +2,9 @@
 
 :class:`TurnManager` is what the messages router calls. A turn
 
-1. checks the request against the limits (413) and the session's ownership (404);
+1. checks the request against the limits (413), takes a place among the tenant's
+   running turns (429 past ``limit_concurrent_turns``; given back when the turn ends) and
+   checks the session's ownership (404);
 2. answers from the idempotency key when this exact turn was already committed;
 3. takes the session's lock (busy → 409, or waits ``lock_wait_s``);
 4. loads, on the thread pool, the state (Redis → SQL; a new session starts from its

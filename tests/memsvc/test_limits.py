@@ -244,6 +244,12 @@ def test_memories_per_user(limited, backend: Backend) -> None:
     # chat of a user at the limit still answers, and writes no memory
     full = turn(api, session(api, user_id="bo"), "My favourite colour is teal")
     assert full["usage"]["memory_limited"] is True and full["usage"]["memory_writes"] == 0
+    pair = [
+        {"role": "user", "content": "My favourite colour is teal"},
+        {"role": "assistant", "content": "Noted."},
+    ]
+    r = api("POST", f"/v1/sessions/{session(api, user_id='bo')}/transcript", json={"turns": pair})
+    assert r.status_code == 200 and r.json()["memory_writes"] == 0, r.text  # imports alike
     free = turn(api, session(api, user_id="cy"), "My favourite colour is teal")
     assert free["usage"]["memory_limited"] is False and free["usage"]["memory_writes"] >= 1
     bo = api("GET", "/v1/users/bo/memories").json()["memories"]
