@@ -24,6 +24,7 @@ is written, so a refused request leaves no trace but the refusal's metric.
 
 from __future__ import annotations
 
+import logging
 import math
 
 from memsvc.config import Settings
@@ -31,6 +32,8 @@ from memsvc.errors import NotFound, RateLimited
 from memsvc.metrics import Metrics
 from memsvc.store import SessionRec, Store
 from memsvc.threads import run_in_threadpool
+
+log = logging.getLogger("memsvc.services.limits")
 
 WINDOW_S = 60
 TURN_LEASE_MARGIN_S = 30.0
@@ -82,9 +85,14 @@ class TenantLimits:
         return token
 
     def give_back_turn(self, tenant_id: str, token: str | None) -> None:
-        """Thread pool: free the place :meth:`take_turn` gave (no-op for None)."""
-        if token is not None:
+        """Thread pool: free the place :meth:`take_turn` gave (no-op for None). A failure
+        only logs: the place's lease expires on its own."""
+        if token is None:
+            return
+        try:
             self.store.release_slot(f"turns:{tenant_id}", token)
+        except Exception:
+            log.exception("freeing a turn place of tenant %s failed; its lease expires", tenant_id)
 
     # ------------------------------------------------------------------ memories
     def memory_full(self, tenant_id: str, user_id: str | None) -> bool:

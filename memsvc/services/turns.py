@@ -152,7 +152,7 @@ class TurnManager:
 
     async def _give_back(self, tenant_id: str, place: str | None) -> None:
         if place is not None:
-            await run_in_threadpool(_release_place, self.limits, tenant_id, place)
+            await run_in_threadpool(self.limits.give_back_turn, tenant_id, place)
 
     def _open(self, tenant_id: str, session_id: str, key: str | None, content: str) -> tuple:
         """Thread pool: (session, committed turn or None, held lock or None)."""
@@ -461,14 +461,6 @@ def _release_quietly(lock: Any, session_id: str) -> None:
         lock.__exit__(None, None, None)
     except Exception:
         log.exception("releasing the lock of session %s failed; it will expire", session_id)
-
-
-def _release_place(limits: TenantLimits, tenant_id: str, place: str) -> None:
-    """Free a concurrent-turn place; a failure only logs, since its lease expires."""
-    try:
-        limits.give_back_turn(tenant_id, place)
-    except Exception:
-        log.exception("freeing a turn place of tenant %s failed; its lease expires", tenant_id)
 
 
 def _as_api_error(exc: BaseException) -> Exception:
