@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(default=8, ge=0)
     max_page_size: int = Field(default=200, ge=1)
 
+    # per-tenant limits (over one: 429 with Retry-After); 0 or unset: unlimited
+    limit_requests_per_minute: int | None = Field(
+        default=None, ge=0, description="requests of one tenant per minute, every replica"
+    )
+    limit_concurrent_turns: int | None = Field(
+        default=None, ge=0, description="turns of one tenant running at once, every replica"
+    )
+    limit_memories_per_user: int | None = Field(
+        default=None, ge=0, description="live memories of one user; chat stops writing more"
+    )
+
     # engine
     max_batch: int = Field(default=64, ge=1, description="sessions decoded in one step")
     lock_wait_s: float = Field(default=0.0, ge=0.0, description="wait for a busy session; 0: 409")
@@ -97,7 +108,15 @@ class Settings(BaseSettings):
     memory_enabled: bool = True
 
     @field_validator(
-        "database_url", "redis_url", "model_dir", "admin_key", "threads", mode="before"
+        "database_url",
+        "redis_url",
+        "model_dir",
+        "admin_key",
+        "threads",
+        "limit_requests_per_minute",
+        "limit_concurrent_turns",
+        "limit_memories_per_user",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

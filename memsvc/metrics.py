@@ -62,6 +62,39 @@ class Metrics:
             "memsvc_active_decodes", "turns currently decoding", registry=r
         )
         self.turns = Counter("memsvc_turns_total", "turns by outcome", ["outcome"], registry=r)
+        self._tenant_metrics(r)
+
+    def _tenant_metrics(self, r: CollectorRegistry) -> None:
+        """Per-tenant series (one label value per tenant: bounded by the tenant count).
+
+        Counters count what this process did since it started (Prometheus sums them over
+        replicas); the gauges are set from the database whenever a tenant's usage is read
+        (``GET /admin/tenants/{id}/usage``), the durable source of every figure.
+        """
+        self.tenant_tokens = Counter(
+            "memsvc_tenant_tokens_total",
+            "tokens of committed turns by tenant and direction (in, out)",
+            ["tenant", "direction"],
+            registry=r,
+        )
+        self.tenant_turns = Counter(
+            "memsvc_tenant_turns_total", "committed turns by tenant", ["tenant"], registry=r
+        )
+        self.tenant_limited = Counter(
+            "memsvc_tenant_rate_limited_total",
+            "requests refused with 429 by tenant and limit",
+            ["tenant", "limit"],
+            registry=r,
+        )
+        self.tenant_memories = Gauge(
+            "memsvc_tenant_memories", "live memories of a tenant", ["tenant"], registry=r
+        )
+        self.tenant_stored_bytes = Gauge(
+            "memsvc_tenant_stored_bytes",
+            "approximate bytes a tenant stores",
+            ["tenant"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -138,6 +138,9 @@ class Usage(BaseModel):
         description="memory features are on for this service (false: the model has no "
         "Retention Layer, or memory is off by setting; see /readyz)",
     )
+    memory_limited: bool = Field(
+        False, description="no memory written: the user holds the memories-per-user limit"
+    )
 
 
 class PassageRef(BaseModel):

@@ -178,6 +178,23 @@ class MemoryEventRec:
 
 
 @dataclass(frozen=True)
+class UsageRec:
+    """A tenant's usage from the database (see :mod:`storage.usage` for each figure)."""
+
+    tenant_id: str
+    sessions: int
+    turns: int
+    messages: int
+    tokens_in: int
+    tokens_out: int
+    memories: int
+    slots: int
+    documents: int
+    passages: int
+    stored_bytes: dict[str, int]
+
+
+@dataclass(frozen=True)
 class SlotFilter:
     tenant_id: str | None = None
     user_id: str | None = None
@@ -276,6 +293,13 @@ class Store(Protocol):
         self, tenant_id: str, user_id: str, memory_id: str | None, limit: int, offset: int
     ) -> list[MemoryEventRec]: ...
     def erase_user(self, tenant_id: str, user_id: str) -> dict[str, int]: ...
+
+    # usage and limits (memsvc.store_adapter_usage)
+    def tenant_usage(self, tenant_id: str) -> UsageRec: ...
+    def user_memory_count(self, tenant_id: str, user_id: str) -> int: ...
+    def count_hit(self, name: str, window_s: int) -> tuple[int, float]: ...
+    def acquire_slot(self, name: str, limit: int, ttl_s: float) -> str | None: ...
+    def release_slot(self, name: str, token: str) -> None: ...
 
     def list_slots(self, f: SlotFilter) -> list[SlotRec]: ...
     def get_slot(self, slot_id: str) -> SlotRec: ...

@@ -35,6 +35,7 @@ from memsvc.store import (
 )
 from memsvc.store_adapter_items import ItemStoreMixin
 from memsvc.store_adapter_memories import MemoryStoreMixin
+from memsvc.store_adapter_usage import UsageStoreMixin
 from storage import Storage, namespace
 from storage import errors as serr
 from storage.config import StateConfig
@@ -191,7 +192,7 @@ def state_config(options: dict[str, Any]) -> StateConfig:
     return replace(base, codec=codec, **rest)
 
 
-class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, Store):
+class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, UsageStoreMixin, Store):
     """Store over storage's managers (see the module docstring)."""
 
     def __init__(

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from storage import migrate as _migrate
 from storage.cache import HotCache, LRUCache, RedisCache
 from storage.config import StateConfig
+from storage.counters import Counters
 from storage.db import Database
 from storage.locks import LockManager
 from storage.memories import MemoryManager
@@ -31,6 +32,7 @@ from storage.slot_view import BankChanges, BankView, load_view
 from storage.snapshots import SnapshotManager
 from storage.states import StateStore, StoredState
 from storage.tenants import TenantManager
+from storage.usage import UsageManager
 from storage.vector_index import IndexParams
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ class Storage:
     """Managers over one database and one hot tier (Redis, or an in-process LRU).
 
     Attributes: ``tenants``, ``sessions``, ``messages``, ``states``, ``locks``, ``slots``,
-    ``passages``, ``snapshots``, ``memories``, ``metrics`` (its ``registry`` is what to export).
+    ``passages``, ``snapshots``, ``memories``, ``usage``, ``counters`` (limits), ``metrics``
+    (its ``registry`` is what to export).
     """
 
     def __init__(
@@ -84,6 +87,8 @@ class Storage:
         self.snapshots = SnapshotManager(db, self.metrics, self.state_config)
         self.memories = MemoryManager(db)
         self.items = MemoryItems(db)
+        self.usage = UsageManager(db)
+        self.counters = Counters(redis)
 
     @classmethod
     def from_urls(

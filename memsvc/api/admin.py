@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from memsvc.api.deps import Admin, Svc
 from memsvc.records import (
@@ -19,6 +19,7 @@ from memsvc.records import (
     SlotOut,
     StatsOut,
 )
+from memsvc.records_usage import UsageOut
 from memsvc.store import SlotFilter
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Admin])
@@ -82,6 +83,15 @@ async def stats(services: Svc) -> StatsOut:
 async def reindex(services: Svc) -> ReindexOut:
     """Rebuild every vector index from SQL."""
     return await services.admin.reindex()
+
+
+@router.get("/tenants/{tenant_id}/usage", response_model=UsageOut)
+async def tenant_usage(
+    services: Svc, tenant_id: str = Path(min_length=1, max_length=64)
+) -> UsageOut:
+    """A tenant's tokens in and out, turns, memories and stored bytes (from the database),
+    and the limits that apply; 404 for an unknown tenant."""
+    return await services.admin.usage(tenant_id)
 
 
 @router.get("/sessions", response_model=AdminSessionList)

@@ -4,6 +4,9 @@
   looked up by storage, a revoked or unknown key is 401;
 - admin routes: ``Authorization: Bearer <MEMSVC_ADMIN_KEY>``, compared in constant
   time; with no admin key configured the admin API answers 401 to everyone.
+
+An authenticated tenant request also counts toward the tenant's requests per minute
+(:mod:`memsvc.services.limits`; 429 past the limit), before the route runs.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ async def tenant_id(
     tid = await run_in_threadpool(services.tenants.authenticate, key)
     if tid is None:
         raise Unauthorized("invalid or revoked API key")
+    if services.limits is not None:  # the tenant's requests per minute (429 past it)
+        await services.limits.request(tid)
     return tid
 
 

@@ -1,9 +1,12 @@
-"""Admin manager: memory slots (list, detail, delete, evict), stats, reindex, sessions.
+"""Admin manager: memory slots (list, detail, delete, evict), stats, reindex, sessions,
+tenant usage.
 
 Admin calls cross tenants on purpose; they are reachable only with the admin key.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from memsvc.errors import Unprocessable
 from memsvc.metrics import Metrics
@@ -17,8 +20,9 @@ from memsvc.records import (
     SlotOut,
     StatsOut,
 )
+from memsvc.records_usage import LimitsOut, StoredBytes, UsageOut
 from memsvc.services.sessions import session_out
-from memsvc.store import SessionRec, SlotFilter, SlotRec, Store
+from memsvc.store import SessionRec, SlotFilter, SlotRec, Store, UsageRec
 from memsvc.threads import run_in_threadpool
 
 
@@ -44,12 +48,39 @@ def admin_session_out(s: SessionRec) -> AdminSessionOut:
     return AdminSessionOut(tenant_id=s.tenant_id, **session_out(s).model_dump())
 
 
+def limits_out(settings: Any) -> LimitsOut:
+    """The configured limits, 0 shown as None (both mean unlimited)."""
+    return LimitsOut(
+        requests_per_minute=settings.limit_requests_per_minute or None,
+        concurrent_turns=settings.limit_concurrent_turns or None,
+        memories_per_user=settings.limit_memories_per_user or None,
+    )
+
+
+def usage_out(u: UsageRec, limits: LimitsOut) -> UsageOut:
+    return UsageOut(
+        tenant_id=u.tenant_id,
+        sessions=u.sessions,
+        turns=u.turns,
+        messages=u.messages,
+        tokens_in=u.tokens_in,
+        tokens_out=u.tokens_out,
+        memories=u.memories,
+        slots=u.slots,
+        documents=u.documents,
+        passages=u.passages,
+        stored_bytes=StoredBytes(**u.stored_bytes),
+        limits=limits,
+    )
+
+
 class AdminManager:
     """Operator operations over the store (evictions reach every open index via storage)."""
 
-    def __init__(self, store: Store, metrics: Metrics) -> None:
+    def __init__(self, store: Store, metrics: Metrics, settings: Any = None) -> None:
         self.store = store
         self.metrics = metrics
+        self.settings = settings
 
     async def list_slots(self, f: SlotFilter) -> SlotList:
         recs = await run_in_threadpool(self.store.list_slots, f)
@@ -91,6 +122,13 @@ class AdminManager:
 
     async def reindex(self) -> ReindexOut:
         return ReindexOut(data=await run_in_threadpool(self.store.reindex))
+
+    async def usage(self, tenant_id: str) -> UsageOut:
+        """The tenant's usage from SQL (404 when unknown); refreshes its gauges."""
+        u = await run_in_threadpool(self.store.tenant_usage, tenant_id)
+        self.metrics.tenant_memories.labels(tenant_id).set(u.memories)
+        self.metrics.tenant_stored_bytes.labels(tenant_id).set(u.stored_bytes["total"])
+        return usage_out(u, limits_out(self.settings))
 
     async def sessions(self, tenant_id: str | None, user_id: str | None, limit: int):
         recs = await run_in_threadpool(self.store.list_sessions, tenant_id, user_id, limit)

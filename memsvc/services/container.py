@@ -23,6 +23,7 @@ from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
 from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
 from memsvc.services.items import ItemService
+from memsvc.services.limits import TenantLimits
 from memsvc.services.memories import MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.memory_outcome import memory_off_reason
@@ -79,6 +80,7 @@ class Services:
     memories: Any = None
     transcripts: Any = None
     items: Any = None
+    limits: Any = None
 
     @property
     def tenants(self) -> Store:
@@ -109,7 +111,10 @@ class Services:
         feeder = PassageFeeder(runtime, snapshots, on_lookup)
         documents = DocumentManager(settings, store, embedder, runtime.tokenizer)
         memory = MemoryManager(store, runtime, scheduler) if settings.memory_enabled else None
-        turns = TurnManager(settings, store, runtime, scheduler, feeder, documents, memory, metrics)
+        limits = TenantLimits(settings, store, metrics)
+        turns = TurnManager(
+            settings, store, runtime, scheduler, feeder, documents, memory, metrics, limits=limits
+        )
         return cls(
             settings=settings,
             metrics=metrics,
@@ -121,11 +126,12 @@ class Services:
             sessions=SessionManager(settings, store, runtime, scheduler),
             turns=turns,
             documents=documents,
-            admin=AdminManager(store, metrics),
+            admin=AdminManager(store, metrics, settings),
             memory=memory,
-            memories=(memories := MemoryService(store, memory, embedder)),
-            items=ItemService(store, memory, memories.embeddings),
-            transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory),
+            memories=(memories := MemoryService(store, memory, embedder, limits)),
+            items=ItemService(store, memory, memories.embeddings, limits),
+            limits=limits,
+            transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory, limits),
         )
 
     def start(self) -> None:

@@ -107,10 +107,15 @@ class _Keyed:
 class ItemService:
     """See the module docstring."""
 
-    def __init__(self, store: Any, memory: Any, embeddings: Any) -> None:
+    def __init__(self, store: Any, memory: Any, embeddings: Any, limits: Any = None) -> None:
         self.store, self.memory, self.embeddings = store, memory, embeddings
+        self.limits = limits
 
     async def put(self, tenant_id: str, user_id: str, body: ItemPut) -> ItemWriteOut:
+        if self.limits is not None:  # a new key past the memories-per-user limit: 429
+            await run_in_threadpool(
+                self.limits.check_item_write, tenant_id, user_id, body.collection, body.key
+            )
         item, replaced = await run_in_threadpool(
             self.store.put_item,
             tenant_id,

@@ -87,8 +87,8 @@ class EmbeddingCache:
 class MemoryService:
     """See the module docstring."""
 
-    def __init__(self, store: Any, memory: Any, embedder: Any) -> None:
-        self.store, self.memory = store, memory
+    def __init__(self, store: Any, memory: Any, embedder: Any, limits: Any = None) -> None:
+        self.store, self.memory, self.limits = store, memory, limits
         self.embeddings = EmbeddingCache(embedder)
 
     async def list(
@@ -126,6 +126,8 @@ class MemoryService:
             raise MemoryOff(f"{reason}; nothing can be written")
         if body.key is not None and body.collection is None:
             raise Unprocessable("a key needs a collection")
+        if self.limits is not None:  # 429 before anything is written
+            await run_in_threadpool(self.limits.check_memory_write, tenant_id, user_id, body.text)
         owner = SessionRec(
             id="",
             tenant_id=tenant_id,

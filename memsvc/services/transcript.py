@@ -19,9 +19,17 @@ from memsvc.threads import run_in_threadpool
 
 
 class TranscriptImporter:
-    def __init__(self, settings: Any, store: Any, runtime: Any, scheduler: Any, memory: Any):
+    def __init__(
+        self,
+        settings: Any,
+        store: Any,
+        runtime: Any,
+        scheduler: Any,
+        memory: Any,
+        limits: Any = None,
+    ):
         self.settings, self.store, self.runtime = settings, store, runtime
-        self.scheduler, self.memory = scheduler, memory
+        self.scheduler, self.memory, self.limits = scheduler, memory, limits
 
     async def run(self, tenant_id: str, session_id: str, body: TranscriptIn) -> TranscriptOut:
         session = await run_in_threadpool(self.store.get_session, tenant_id, session_id, False)
@@ -53,9 +61,11 @@ class TranscriptImporter:
         memory are written by the pair's commit."""
         loaded = await run_in_threadpool(self.store.load_state, session.tenant_id, session.id)
         tok = self.runtime.tokenizer
-        banks = None
+        banks, may_write = None, True
         if self.memory is not None and self.memory.enabled:
             banks = await run_in_threadpool(self.memory.views, session)
+        if banks and self.limits is not None:  # a user at the memory limit: no new memory
+            may_write = await run_in_threadpool(self.limits.turn_may_write, session)
         state = None
         if loaded.data:
             state = await run_in_threadpool(self.runtime.state_from_bytes, loaded.data)
@@ -78,7 +88,8 @@ class TranscriptImporter:
         def finish() -> tuple[bytes, int]:  # thread pool: bytes, tensors into the views
             data = self.runtime.state_to_bytes(result.state)
             cap = TurnCapture(hidden=result.capture, span=(1, len(user) - 1), offset=offset)
-            writes = self.memory.write_turn(banks, cap, session.id, user_text) if banks else 0
+            write = banks and may_write
+            writes = self.memory.write_turn(banks, cap, session.id, user_text) if write else 0
             return data, writes
 
         data, writes = await run_in_threadpool(finish)

@@ -2,7 +2,9 @@
 
 :class:`TurnManager` is what the messages router calls. A turn
 
-1. checks the request against the limits (413) and the session's ownership (404);
+1. checks the request against the limits (413), takes a place among the tenant's
+   running turns (429 past ``limit_concurrent_turns``; given back when the turn ends) and
+   checks the session's ownership (404);
 2. answers from the idempotency key when this exact turn was already committed;
 3. takes the session's lock (busy → 409, or waits ``lock_wait_s``);
 4. loads, on the thread pool, the state (Redis → SQL; a new session starts from its
@@ -45,6 +47,7 @@ from memsvc.metrics import Metrics
 from memsvc.rag.feed import PassageFeeder, RetrievedPassage
 from memsvc.records import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
 from memsvc.services.forget import parse_forget
+from memsvc.services.limits import TenantLimits
 from memsvc.services.memory import TurnCapture
 from memsvc.services.system_prompts import SystemPromptCache
 from memsvc.store import Busy, LoadedState, SessionRec, Store, TurnCommit
@@ -66,6 +69,7 @@ class Prepared:
     banks: Any = None  # memory-layer index -> slot bank read by this turn
     capture: Any = None  # memsvc.memory.TurnCapture for the end-of-turn write
     forgotten: list[str] = field(default_factory=list)  # slots a forget request removed
+    memory_full: bool = False  # the user holds the memory limit: this turn writes none
     offset: int = 0  # session position where the user turn starts
     user_end: int = 0  # the user turn's ``<|end|>`` within the prompt
 
@@ -93,6 +97,7 @@ class TurnManager:
         memory: Any,
         metrics: Metrics,
         system_prompts: SystemPromptCache | None = None,
+        limits: TenantLimits | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -103,6 +108,7 @@ class TurnManager:
         self.memory = memory
         self.metrics = metrics
         self.system_prompts = system_prompts or SystemPromptCache(runtime, scheduler)
+        self.limits = limits or TenantLimits(settings, store, metrics)
 
     # ------------------------------------------------------------------ checks
     def check_limits(self, req: MessageCreate) -> int:
@@ -123,15 +129,30 @@ class TurnManager:
         """Validate, then either replay a committed turn or start a new one."""
         max_new = self.check_limits(req)
         turn = Turn(queue=asyncio.Queue())
-        # one thread-pool hop: the session (404), a committed replay, else the lock
-        session, done, lock = await run_in_threadpool(
-            self._open, tenant_id, session_id, req.idempotency_key, req.content
-        )
+        place = await self._take_place(tenant_id)  # 429 past the concurrent-turn limit
+        try:
+            # one thread-pool hop: the session (404), a committed replay, else the lock
+            session, done, lock = await run_in_threadpool(
+                self._open, tenant_id, session_id, req.idempotency_key, req.content
+            )
+        except BaseException:
+            await self._give_back(tenant_id, place)
+            raise
         if done is not None:
+            await self._give_back(tenant_id, place)
             turn.result = self._replayed(session, *done)
             return turn
-        turn.task = asyncio.create_task(self._run(turn, lock, session, req, max_new))
+        turn.task = asyncio.create_task(self._run(turn, (lock, place), session, req, max_new))
         return turn
+
+    async def _take_place(self, tenant_id: str) -> str | None:
+        if not self.settings.limit_concurrent_turns:
+            return None
+        return await run_in_threadpool(self.limits.take_turn, tenant_id)
+
+    async def _give_back(self, tenant_id: str, place: str | None) -> None:
+        if place is not None:
+            await run_in_threadpool(self.limits.give_back_turn, tenant_id, place)
 
     def _open(self, tenant_id: str, session_id: str, key: str | None, content: str) -> tuple:
         """Thread pool: (session, committed turn or None, held lock or None)."""
@@ -149,13 +170,15 @@ class TurnManager:
         return session, None, lock
 
     def _load(self, session: SessionRec, req: MessageCreate) -> tuple:
-        """Thread pool: the state (bytes and tensors), and the bank views when memory is on."""
+        """Thread pool: the state (bytes and tensors), the bank views when memory is on,
+        and whether the session's user already holds the memory limit."""
         loaded = self.store.load_state(session.tenant_id, session.id)
         state = self.runtime.state_from_bytes(loaded.data) if loaded.data else None
-        banks = None
+        banks, full = None, False
         if req.use_memory and self.memory is not None and self.memory.enabled:
             banks = self.memory.views(session)
-        return loaded, state, banks
+            full = banks is not None and not self.limits.turn_may_write(session)
+        return loaded, state, banks, full
 
     async def events(self, turn: Turn) -> AsyncIterator[object]:
         """Text events, then the committed :class:`TurnOut` (or an exception)."""
@@ -178,8 +201,9 @@ class TurnManager:
         raise Unavailable("turn ended without a result")
 
     # ------------------------------------------------------------------ the turn
-    async def _run(self, turn: Turn, lock, session: SessionRec, req, max_new: int) -> None:
+    async def _run(self, turn: Turn, held, session: SessionRec, req, max_new: int) -> None:
         accepted = time.perf_counter()
+        lock, place = held
         try:
             try:
                 result: TurnOut | Exception = await self._run_locked(
@@ -190,6 +214,7 @@ class TurnManager:
                 # released before the client hears the turn ended: a client that sends its
                 # next turn the moment this one returns must find the session free, not 409
                 await run_in_threadpool(_release_quietly, lock, session.id)
+                await self._give_back(session.tenant_id, place)
         except BaseException as exc:  # the client gets it as an event, never a lost turn
             self.metrics.turns.labels("error").inc()
             log.warning("turn on session %s failed: %r", session.id, exc)
@@ -207,10 +232,10 @@ class TurnManager:
             )
             if done is not None:
                 return self._replayed(session, *done)
-        loaded, state, banks = await run_in_threadpool(self._load, session, req)
+        loaded, state, banks, full = await run_in_threadpool(self._load, session, req)
         loaded: LoadedState
         passages = await self._retrieve(session, req)
-        prep = Prepared(banks=banks)
+        prep = Prepared(banks=banks, memory_full=full)
         events: asyncio.Queue = asyncio.Queue()
         gen = await self._request(session, loaded, state, passages, req, max_new, prep, events)
         gen.started = accepted
@@ -251,7 +276,7 @@ class TurnManager:
             slot_changes=tuple(view.changes() for view in banks),
         )
         user_msg, bot_msg = await run_in_threadpool(self.store.commit_turn, commit)
-        self._count_tokens(prep, done, loaded)
+        self._count_tokens(session.tenant_id, prep, done, loaded)
         usage = Usage(
             prompt_tokens=prep.prompt_tokens,
             completion_tokens=len(done.token_ids),
@@ -264,6 +289,7 @@ class TurnManager:
             memory_writes=writes,
             memory_forgotten=len(prep.forgotten),
             memory_enabled=self.memory is not None and self.memory.enabled,
+            memory_limited=prep.memory_full,
         )
         return TurnOut(
             session_id=session.id,
@@ -277,7 +303,7 @@ class TurnManager:
     def _write_memory(self, prep: Prepared, session: SessionRec, req: MessageCreate) -> int:
         """Thread pool: the user message's slots into the turn's bank views (tensors
         only; the commit writes them). A failure only logs: the reply still commits."""
-        if not prep.banks:
+        if not prep.banks or prep.memory_full:
             return 0
         try:
             return self.memory.write_turn(prep.banks, prep.capture, session.id, req.content)
@@ -401,10 +427,15 @@ class TurnManager:
             elif isinstance(event, ErrorEvent):
                 raise Unavailable("generation failed; the turn was not saved") from event.error
 
-    def _count_tokens(self, prep: Prepared, done: DoneEvent, loaded: LoadedState) -> None:
-        self.metrics.tokens.labels("in").inc(prep.prompt_tokens)
-        self.metrics.tokens.labels("out").inc(len(done.token_ids))
-        self.metrics.tokens.labels("cached").inc(loaded.position if loaded.data else 0)
+    def _count_tokens(self, tenant_id: str, prep: Prepared, done, loaded: LoadedState) -> None:
+        """Process metrics of a committed turn (the durable figures are the messages')."""
+        m = self.metrics
+        m.tokens.labels("in").inc(prep.prompt_tokens)
+        m.tokens.labels("out").inc(len(done.token_ids))
+        m.tokens.labels("cached").inc(loaded.position if loaded.data else 0)
+        m.tenant_tokens.labels(tenant_id, "in").inc(prep.prompt_tokens)
+        m.tenant_tokens.labels(tenant_id, "out").inc(len(done.token_ids))
+        m.tenant_turns.labels(tenant_id).inc()
 
     def _replayed(self, session: SessionRec, user_msg, bot_msg) -> TurnOut:
         """The stored answer of an already committed turn (idempotent retry)."""
