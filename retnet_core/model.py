@@ -44,7 +44,7 @@ Memory = Mapping[int, Any] | None  # layer index -> SlotStore (or TensorBank in 
 
 def _linear_add(x: Tensor, a: Tensor, lin: nn.Module) -> Tensor:
     """x + lin(a) in one op when there is no bias (addmm accumulates onto x); any other
-    projection (with a bias, or int8: ``retnet_core.precision.Int8Linear``) is called."""
+    projection (with a bias, or bf16/int8: ``retnet_core.precision.LowBitLinear``) is called."""
     if isinstance(lin, nn.Linear) and lin.bias is None and x.dim() == 2:
         return torch.addmm(x, a, lin.weight.t())
     return x + lin(a)

@@ -1,22 +1,25 @@
 """Weight precision of a loaded model: fp32, bf16, or int8 weight-only (CPU).
 
-One setting picks it (``memsvc``: ``MEMSVC_WEIGHTS``); :func:`apply_precision` turns a
-float32 model into that precision in place of its modules. Whatever the weights, the
-recurrent state stays float32 (``RetNetLM.state_dtype``): the state is a running sum
-over the whole conversation, and rounding it every token would compound.
+One setting picks it (``memsvc``: ``MEMSVC_WEIGHTS``); :func:`apply_precision` replaces
+the large projections of a float32 model (retention in/out, FFN in/out, an untied LM
+head: nearly all the weights of a large model) by :class:`LowBitLinear` modules that
+hold their weights in bf16, or in int8 with one scale per output row. Everything else
+(embeddings, norms, decays, memory layers) and every activation stays float32, and so
+does the recurrent state ``S_t = γ S_{t-1} + k_tᵀ v_t``: it is a running sum over the
+whole conversation, and rounding it every token would compound.
 
-- ``bf16``: every floating weight in bfloat16; activations in bfloat16, the retention
-  recurrence ``S_t = γ S_{t-1} + k_tᵀ v_t`` and its read ``o_t = q_t S_t`` in float32.
-  Half the weight memory (a 1.3B model: 2.7 GB instead of 5.4 GB).
-- ``int8``: ``bf16`` plus the large projections (retention in/out, FFN in/out, the LM
-  head) held as int8 with one float scale per output row: a quarter of float32's bytes
-  for those weights. :class:`Int8Linear` computes ``y = (x W_qᵀ) ⊙ s + b`` with
-  ``W_q = round(W / s)``, ``s = max_j |W_ij| / 127``, through torch's int8 weight-pack
-  matmul (bfloat16 activations). Memory-layer projections stay bfloat16: their keys go
-  into slot banks shared across precisions of one model.
+- ``bf16``: half of fp32's bytes for those weights; ``int8``: a quarter, with
+  ``W_q = round(W / s)``, ``s_i = max_j |W_ij| / 127``, so ``|W - W_q ⊙ s| ≤ s / 2``.
+- Which kernel computes ``y = x Wᵀ + b`` depends on the rows of x (tokens in the call)
+  and on the CPU. A decode step (few rows) is bound by reading the weights once, so it
+  runs on the low-precision weights directly (bf16 matmul, or torch's int8 weight-pack
+  matmul with bf16 activations). A prefill (many rows) is bound by arithmetic: on a CPU
+  without native bf16 (no AVX512-BF16/AMX, where bf16 matmuls are emulated: a 256-row
+  bf16 matmul measured 6.6× slower than fp32 on this project's AMD EPYC), the weight is
+  widened to fp32 for the call instead, which costs one pass over it.
 
-The precision is part of the model's fingerprint (it hashes weight dtypes and the int8
-buffers), so a state saved under one precision is refused under another instead of
+The precision is part of the model's fingerprint (it hashes the weight dtypes and the
+int8 buffers), so a state saved under one precision is refused under another instead of
 being silently continued with other weights.
 """
 
@@ -30,8 +33,8 @@ from torch import Tensor, nn
 WeightPrecision = Literal["fp32", "bf16", "int8"]
 WEIGHT_PRECISIONS: tuple[str, ...] = get_args(WeightPrecision)
 
-#: the projections that int8 quantizes, by the module's attribute name
-INT8_TARGETS = ("in_proj", "out_proj", "w_in", "w_out", "head")
+#: the projections held in low precision, by the module's attribute name
+LOW_BIT_TARGETS = ("in_proj", "out_proj", "w_in", "w_out", "head")
 
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -47,64 +50,102 @@ def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
     return q, scale
 
 
-class Int8Linear(nn.Module):
-    """``nn.Linear`` with int8 weights and a per-row scale (see the module docstring).
+#: calls with at least this many rows widen low-precision weights to fp32 (no native bf16)
+WIDEN_ROWS = 16
 
-    x (..., in) of any float dtype -> y (..., out) in x's dtype.
+
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (oneDNN with AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class LowBitLinear(nn.Module):
+    """``nn.Linear`` with bf16 or int8 (per-row scale) weights; float32 in and out.
+
+    x (..., in) -> y (..., out) in x's dtype. See the module docstring for the kernels.
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, precision: str) -> None:
         super().__init__()
+        if precision not in ("bf16", "int8"):
+            raise ValueError(f"LowBitLinear holds bf16 or int8 weights, not {precision!r}")
+        self.precision = precision
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, scale = quantize_rows(linear.weight)
-        self.register_buffer("weight_int8", q.to(linear.weight.device))
-        self.register_buffer("scale", scale.to(linear.weight.device, torch.bfloat16))
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        device = linear.weight.device
+        if precision == "int8":
+            q, scale = quantize_rows(linear.weight)
+            self.register_buffer("weight_int8", q.to(device))
+            self.register_buffer("scale", scale.to(device, torch.bfloat16))
+        else:
+            self.register_buffer("weight_bf16", linear.weight.detach().to(torch.bfloat16))
+        bias = None if linear.bias is None else linear.bias.detach().float()
         self.register_buffer("bias", bias)
+        self.widen = not native_bf16()
+
+    def widened(self) -> Tensor:
+        """The weight as float32 (out, in): W_q ⊙ s for int8."""
+        if self.precision == "int8":
+            return self.weight_int8.float() * self.scale.float()[:, None]
+        return self.weight_bf16.float()
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch._weight_int8pack_mm(flat, self.weight_int8, self.scale)
+        flat = x.reshape(-1, self.in_features)
+        if self.widen and flat.shape[0] >= WIDEN_ROWS:
+            y = torch.nn.functional.linear(flat.float(), self.widened())
+        elif self.precision == "int8":
+            y = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight_int8, self.scale)
+        else:
+            y = torch.nn.functional.linear(flat.to(torch.bfloat16), self.weight_bf16)
+        y = y.float()
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, " + (
+            self.precision
+        )
 
 
-def _quantize_linears(module: nn.Module) -> int:
-    """Replace the :data:`INT8_TARGETS` ``nn.Linear`` children by :class:`Int8Linear`,
-    recursively; returns how many were replaced."""
+def _replace_linears(module: nn.Module, precision: str, keep: set[int]) -> int:
+    """Replace the :data:`LOW_BIT_TARGETS` ``nn.Linear`` children by
+    :class:`LowBitLinear`, recursively, except those whose weight is in ``keep`` (tied
+    to an embedding); returns how many were replaced."""
     replaced = 0
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.Linear) and name in INT8_TARGETS:
-            setattr(module, name, Int8Linear(child))
+        if (
+            isinstance(child, nn.Linear)
+            and name in LOW_BIT_TARGETS
+            and id(child.weight) not in keep
+        ):
+            setattr(module, name, LowBitLinear(child, precision))
             replaced += 1
         else:
-            replaced += _quantize_linears(child)
+            replaced += _replace_linears(child, precision, keep)
     return replaced
 
 
 def apply_precision(model: nn.Module, precision: str) -> nn.Module:
-    """The model with its weights in ``precision`` (fp32 | bf16 | int8), in eval mode.
+    """The float32 ``model`` with its large projections in ``precision``, in eval mode.
 
-    ``int8`` is for CPU inference (torch's int8 weight-pack matmul); on CUDA use bf16.
-    Raises ValueError for an unknown precision or int8 on a non-CPU model.
+    fp32 returns it unchanged. Raises ValueError for an unknown precision, for int8 on
+    a non-CPU model, or when the model has no projection to convert.
     """
     if precision not in WEIGHT_PRECISIONS:
         raise ValueError(f"unknown weight precision {precision!r}: one of {WEIGHT_PRECISIONS}")
     if precision == "fp32":
-        return model.float().eval()
-    model = model.to(torch.bfloat16)
-    if precision == "int8":
-        device = next(model.parameters()).device
-        if device.type != "cpu":
-            raise ValueError("int8 weights run on CPU only; use bf16 on CUDA")
-        if _quantize_linears(model) == 0:
-            raise ValueError("int8: the model has no projection to quantize")
-        if hasattr(model, "_weights"):  # RetNetLM: the fingerprint re-reads its tensors
-            model._weights, model._fingerprint = None, None
+        return model.eval()
+    device = next(model.parameters()).device
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError("int8 weights run on CPU only; use bf16 on CUDA")
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    if _replace_linears(model, precision, tied) == 0:
+        raise ValueError(f"{precision}: the model has no projection to convert")
+    if hasattr(model, "_weights"):  # RetNetLM: the fingerprint re-reads its tensors
+        model._weights, model._fingerprint = None, None
     return model.eval()
 
 

@@ -88,10 +88,11 @@ class ModelRuntime:
     @property
     def weights(self) -> str:
         """The weights' precision: fp32, bf16 or int8 (see :mod:`retnet_core.precision`)."""
-        from retnet_core.precision import Int8Linear
+        from retnet_core.precision import LowBitLinear
 
-        if any(isinstance(m, Int8Linear) for m in self.model.modules()):
-            return "int8"
+        for m in self.model.modules():
+            if isinstance(m, LowBitLinear):
+                return m.precision
         dtype = self.model.embed.weight.dtype
         return {torch.bfloat16: "bf16", torch.float64: "fp64"}.get(dtype, "fp32")
 

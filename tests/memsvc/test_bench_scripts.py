@@ -93,3 +93,17 @@ def test_quality_table_states_targets_and_the_shipped_column(tmp_path: Path) -> 
     log.write_text('{"step": 10, "loss": 3.0}\n{"step": 20, "loss": 2.5, "eval": {"loss": 2.6}}\n')
     quality._curves({"RetNet": log, "RetNet stage 2": log}, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_precision_bench_toy(tmp_path: Path) -> None:
+    from memsvc.bench import precision
+
+    precision.cli(out=tmp_path, shapes=["shipped"], prompt=8, steps=2, threads=None)
+    rows = json.loads((tmp_path / "precision.json").read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16", "int8"]
+    fp32, bf16, int8 = rows
+    assert fp32["logit_rel_error"] == 0.0 and 0 < bf16["logit_rel_error"] < 0.05
+    assert int8["weight_mb"] < bf16["weight_mb"] < fp32["weight_mb"]
+    assert all(_finite(r["decode_ms_per_token"]) and r["decode_ms_per_token"] > 0 for r in rows)
+    table = (tmp_path / "precision.md").read_text()
+    assert "memsvc bench precision --out" in table and table.count("| shipped |") == 3
