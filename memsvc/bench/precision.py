@@ -58,54 +58,63 @@ def build(shape: str) -> Any:
 
 
 @torch.inference_mode()
-def measure(model: Any, prompt: torch.Tensor, steps: int) -> dict[str, Any]:
-    """Prefill ``prompt`` (1, T), then ``steps`` greedy steps: timings and the logits."""
-    t0 = time.perf_counter()
-    logits, state = model.prefill(prompt, last_only=True)
-    prefill_s = time.perf_counter() - t0
-    first = logits.float()
-    token, times = first.argmax(-1), []
+def measure(models: dict[str, Any], prompt: torch.Tensor, steps: int, repeats: int) -> dict:
+    """Prefill ``prompt`` (1, T) ``repeats`` times, then ``steps`` greedy steps, on every
+    model in turn (round-robin: each round times every precision once, so load that
+    comes and goes on a shared machine falls on all of them alike).
+
+    Returns, per precision: median prefill tokens/s, median decode ms/token, the first
+    next-token logits (V,).
+    """
+    prefill: dict[str, list[float]] = {p: [] for p in models}
+    decode: dict[str, list[float]] = {p: [] for p in models}
+    states, tokens, first = {}, {}, {}
+    for _ in range(repeats):
+        for p, model in models.items():
+            t0 = time.perf_counter()
+            logits, states[p] = model.prefill(prompt, last_only=True)
+            prefill[p].append(prompt.shape[1] / (time.perf_counter() - t0))
+            first[p], tokens[p] = logits.float()[0], logits.float().argmax(-1)
     for _ in range(steps):
-        t0 = time.perf_counter()
-        logits, state = model.step(token, state)
-        times.append(time.perf_counter() - t0)
-        token = logits.float().argmax(-1)
+        for p, model in models.items():
+            t0 = time.perf_counter()
+            logits, states[p] = model.step(tokens[p], states[p])
+            decode[p].append(1000 * (time.perf_counter() - t0))
+            tokens[p] = logits.float().argmax(-1)
     return {
-        "prefill_tokens_per_s": prompt.shape[1] / prefill_s,
-        "decode_ms_per_token": 1000 * statistics.median(times),
-        "logits": first[0],
+        p: {
+            "prefill_tokens_per_s": statistics.median(prefill[p]),
+            "decode_ms_per_token": statistics.median(decode[p]),
+            "logits": first[p],
+        }
+        for p in models
     }
 
 
-def run_shape(shape: str, prompt_len: int, steps: int) -> list[dict[str, Any]]:
-    """The three precisions of one shape, back to back (fp32 first: the reference).
+def run_shape(shape: str, prompt_len: int, steps: int, repeats: int) -> list[dict[str, Any]]:
+    """The three precisions of one shape, measured round-robin (fp32: the reference).
 
-    Each precision builds the model anew and drops it after (one model in memory)."""
+    All three models are in memory together (a 1.3B shape: about 9.5 GB)."""
     from retnet_core.precision import apply_precision, weight_bytes
 
-    rows, reference, prompt = [], None, None
-    for precision in PRECISIONS:  # the same weights each time (seeded, or from disk)
-        model = build(shape)
-        params = sum(p.numel() for p in model.parameters())
-        if prompt is None:
-            g = torch.Generator().manual_seed(1)
-            prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=g)
-        model = apply_precision(model, precision)
-        got = measure(model, prompt, steps)
-        got["weight_mb"] = weight_bytes(model) / 2**20
-        del model
-        logits = got.pop("logits")
-        if reference is None:
-            reference = logits
-        error = float((logits - reference).abs().max() / reference.abs().max())
+    models = {p: apply_precision(build(shape), p) for p in PRECISIONS}  # the same weights
+    params = sum(p.numel() for p in models["fp32"].parameters())
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, models["fp32"].config.vocab_size, (1, prompt_len), generator=g)
+    got = measure(models, prompt, steps, repeats)
+    reference = got["fp32"]["logits"]
+    rows = []
+    for precision, model in models.items():
+        logits = got[precision].pop("logits")
         rows.append(
             {
                 "shape": shape,
                 "params": params,
                 "precision": precision,
-                "logit_rel_error": error,
+                "weight_mb": weight_bytes(model) / 2**20,
+                "logit_rel_error": float((logits - reference).abs().max() / reference.abs().max()),
                 "same_next_token": bool(logits.argmax() == reference.argmax()),
-                **got,
+                **got[precision],
             }
         )
         typer.echo(json.dumps(rows[-1]))
@@ -121,7 +130,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: str) -> 
         "",
         f"Machine: {meta['cpus']} CPUs, torch {meta['torch']}, {meta['torch_threads']} threads, "
         f"load average {meta['loadavg_1_5_15']} at the start ({meta['time_utc']}).",
-        "The three precisions of a shape ran back to back in one process; compare the ratios.",
+        "The three precisions of a shape ran round-robin in one process (each prefill repeat "
+        "and each decode step timed for all three in turn); compare the ratios.",
         "",
         "| shape | params | weights | MB | decode ms/token | × fp32 | prefill tok/s | × fp32 "
         "| logit rel. error | same next token |",
@@ -143,19 +153,24 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: str) -> 
 
 def cli(
     out: Annotated[Path, typer.Option(help="folder for precision.json / .md")],
-    shapes: Annotated[list[str], typer.Option("--shape", help="shapes to run")] = list(SHAPES),
+    shapes: Annotated[list[str] | None, typer.Option("--shape", help="[default: all]")] = None,
     prompt: Annotated[int, typer.Option(min=1, help="prompt tokens (prefill)")] = 256,
     steps: Annotated[int, typer.Option(min=1, help="decode steps (median)")] = 16,
+    repeats: Annotated[int, typer.Option(min=1, help="prefills per precision (median)")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
 ) -> None:
     """fp32 vs bf16 vs int8 weights: decode, prefill, memory and logit error per shape."""
     if threads:
         torch.set_num_threads(threads)
+    shapes = shapes or list(SHAPES)
     meta = machine_info()
-    rows = [row for shape in shapes for row in run_shape(shape, prompt, steps)]
+    rows = [row for shape in shapes for row in run_shape(shape, prompt, steps, repeats)]
     out.mkdir(parents=True, exist_ok=True)
     shape_flags = " ".join(f"--shape {s}" for s in shapes)
-    command = f"memsvc bench precision --out {out} {shape_flags} --prompt {prompt} --steps {steps}"
+    command = (
+        f"memsvc bench precision --out {out} {shape_flags} --prompt {prompt} --steps {steps} "
+        f"--repeats {repeats}"
+    )
     if threads:
         command += f" --threads {threads}"
     (out / "precision.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

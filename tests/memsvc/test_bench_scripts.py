@@ -98,7 +98,7 @@ def test_quality_table_states_targets_and_the_shipped_column(tmp_path: Path) -> 
 def test_precision_bench_toy(tmp_path: Path) -> None:
     from memsvc.bench import precision
 
-    precision.cli(out=tmp_path, shapes=["shipped"], prompt=8, steps=2, threads=None)
+    precision.cli(out=tmp_path, shapes=["shipped"], prompt=8, steps=2, repeats=1, threads=None)
     rows = json.loads((tmp_path / "precision.json").read_text())["rows"]
     assert [r["precision"] for r in rows] == ["fp32", "bf16", "int8"]
     fp32, bf16, int8 = rows
