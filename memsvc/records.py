@@ -133,6 +133,11 @@ class Usage(BaseModel):
     snapshot_misses: int = 0
     memory_writes: int = 0
     memory_forgotten: int = Field(0, description="slots a forget request in chat removed")
+    forgotten_memories: list[str] = Field(
+        default_factory=list,
+        description="ids of the memories a forget request in chat removed (their history "
+        "keeps the deletion: GET /v1/users/{user_id}/memories/history)",
+    )
     memory_enabled: bool = Field(
         True,
         description="memory features are on for this service (false: the model has no "

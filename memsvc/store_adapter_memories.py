@@ -49,6 +49,9 @@ class MemoryStoreMixin:
         except serr.NotFound as exc:
             raise NotFound(str(exc)) from exc
 
+    def get_memories(self, tenant_id: str, memory_ids: list[str]) -> list[MemoryRec]:
+        return [memory_rec(m) for m in self.storage.memories.get_many(tenant_id, memory_ids)]
+
     def list_memories(self, tenant_id: str, user_id: str, **filters: Any) -> list[MemoryRec]:
         return [memory_rec(m) for m in self.storage.memories.list(tenant_id, user_id, **filters)]
 

@@ -221,6 +221,17 @@ class MemoryManager:
             raise NotFound(f"memory {memory_id} not found")
         return _info(*row)
 
+    def get_many(self, tenant_id: str, memory_ids: Sequence[str]) -> list[MemoryInfo]:
+        """The live memories of the tenant among ``memory_ids`` (unknown ids skipped), in
+        one read."""
+        if not memory_ids:
+            return []
+        q = _base(tenant_id).where(
+            Memory.id.in_(sorted(set(memory_ids))), Memory.deleted_at.is_(None)
+        )
+        with self.db.read() as s:
+            return [_info(*row) for row in s.execute(q.order_by(Memory.id)).all()]
+
     def list(
         self,
         tenant_id: str,

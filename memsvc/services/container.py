@@ -24,7 +24,7 @@ from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
 from memsvc.services.items import ItemService
 from memsvc.services.limits import TenantLimits
-from memsvc.services.memories import MemoryService
+from memsvc.services.memories import EmbeddingCache, MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.memory_outcome import memory_off_reason
 from memsvc.services.sessions import SessionManager
@@ -110,7 +110,12 @@ class Services:
 
         feeder = PassageFeeder(runtime, snapshots, on_lookup)
         documents = DocumentManager(settings, store, embedder, runtime.tokenizer)
-        memory = MemoryManager(store, runtime, scheduler) if settings.memory_enabled else None
+        embeddings = EmbeddingCache(embedder)  # memory texts: search, items, chat forget
+        memory = (
+            MemoryManager(store, runtime, scheduler, embeddings)
+            if settings.memory_enabled
+            else None
+        )
         limits = TenantLimits(settings, store, metrics)
         turns = TurnManager(
             settings, store, runtime, scheduler, feeder, documents, memory, metrics, limits=limits
@@ -128,7 +133,7 @@ class Services:
             documents=documents,
             admin=AdminManager(store, metrics, settings),
             memory=memory,
-            memories=(memories := MemoryService(store, memory, embedder, limits)),
+            memories=(memories := MemoryService(store, memory, embeddings, limits)),
             items=ItemService(store, memory, memories.embeddings, limits),
             limits=limits,
             transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory, limits),

@@ -87,9 +87,11 @@ class EmbeddingCache:
 class MemoryService:
     """See the module docstring."""
 
-    def __init__(self, store: Any, memory: Any, embedder: Any, limits: Any = None) -> None:
+    def __init__(
+        self, store: Any, memory: Any, embeddings: EmbeddingCache, limits: Any = None
+    ) -> None:
         self.store, self.memory, self.limits = store, memory, limits
-        self.embeddings = EmbeddingCache(embedder)
+        self.embeddings = embeddings
 
     async def list(
         self,

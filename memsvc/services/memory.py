@@ -10,8 +10,9 @@ of a turn the user message's span is encoded from the hidden states captured dur
 its prefill and written as a memory: its slots carry the memory id and their own
 character span, never the text. Feedback forces (remember), vetoes and removes (forget),
 or scales (rating) that gate. A forget request said in chat ("Please forget my dog's
-name.") removes the memory whose slot the request itself reads most
-(:meth:`MemoryManager.forget_request`, see ``memsvc.services.forget``).
+name.") removes the memories its topic names, matched against their text and the
+request's own read (:meth:`MemoryManager.forget_request`, ``memsvc.services.forget`` and
+``memsvc.services.forget_match``).
 
 Every write goes into bank views on the thread pool (tensors only) and is committed
 once: a turn's with the turn (``TurnCommit.slot_changes``), an explicit write's (API,
@@ -29,6 +30,7 @@ from memsvc.engine.requests import PrefillRequest, Segment
 from memsvc.errors import Unprocessable
 from memsvc.records import FeedbackIn, FeedbackOut
 from memsvc.services.forget import ForgetRequest
+from memsvc.services.forget_match import candidates, chosen, read_shares
 from memsvc.services.memory_outcome import (
     PendingOutcome,
     ProvenanceBank,
@@ -64,10 +66,13 @@ class TurnCapture:
 class MemoryManager:
     """Banks per session, end-of-turn writes and feedback (see the module docstring)."""
 
-    def __init__(self, store: Any, runtime: Any, scheduler: Any) -> None:
+    def __init__(self, store: Any, runtime: Any, scheduler: Any, embeddings: Any = None) -> None:
         self.store = store
         self.runtime = runtime
         self.scheduler = scheduler
+        # memory texts -> unit vectors (memsvc.services.memories.EmbeddingCache): a chat
+        # forget matches its topic against them (memsvc.services.forget_match)
+        self.embeddings = embeddings
         cfg = runtime.model.config
         self.layers: list[int] = list(cfg.memory_layers)
         # a copying layer stores each slot's token id as one more value column
@@ -341,19 +346,20 @@ class MemoryManager:
     # ------------------------------------------------------------------ chat forget
     def forget_request(
         self, banks, request: ForgetRequest, hidden: dict[int, Any], position: int
-    ) -> list[str]:
-        """Thread pool, tensors only: remove what a forget request said in chat names.
+    ) -> tuple[list[str], list[str]]:
+        """Thread pool: remove what a forget request said in chat names.
 
-        ``topic``: the slot that the request's token at ``position`` (its ``<|end|>``)
-        reads most, if it takes at least ``FORGET_MIN_ATTENTION`` of the read (the model
-        was trained to point there); ``last``: the newest slot; ``all``: every slot.
-        Every slot written from the same message goes with it, in every layer's bank.
-        Returns the removed slot ids.
+        ``topic``: the memories :mod:`memsvc.services.forget_match` picks from their text
+        and from the read of the request's token at ``position`` (its ``<|end|>``);
+        without an embedder, the memory that read lands on most, if it takes at least
+        ``FORGET_MIN_ATTENTION`` of it. ``last``: the newest memory; ``all``: every slot.
+        Every slot of a removed memory goes, in every layer's bank. Returns (removed slot
+        ids, removed memory ids).
         """
         layer = min(banks)
         bank = banks[layer]
         if len(bank) == 0:
-            return []
+            return [], []
         if request.scope == "all":
             return self._evict_where(banks, lambda r: True)
         if request.scope == "last":
@@ -362,13 +368,28 @@ class MemoryManager:
         ids, keys, _ = bank.all()
         h = hidden[layer].reshape(-1, hidden[layer].shape[-1])[position : position + 1]
         probs = self.runtime.model.blocks[layer].memory.read_probs(h, keys)[0]
+        records = bank.records([int(i) for i in ids])
+        if self.embeddings is not None:
+            shares = read_shares([r.memory_id for r in records], probs.tolist())
+            named = {c.memory_id for c in self._match_topic(bank.tenant_id, request, shares)}
+            return self._evict_where(banks, lambda r: r.memory_id in named) if named else ([], [])
         best = int(probs.argmax())
         if float(probs[best]) < FORGET_MIN_ATTENTION:
-            return []
-        (record,) = bank.records([int(ids[best])])
-        return self._evict_like(banks, record)
+            return [], []
+        return self._evict_like(banks, records[best])
 
-    def _evict_like(self, banks, record: Any) -> list[str]:
+    def _match_topic(self, tenant_id: str, request: ForgetRequest, shares: dict[str, float]):
+        """The memories of ``shares`` (those with slots in the banks) the topic names."""
+        live = self.store.get_memories(tenant_id, sorted(shares))
+        live = [m for m in live if m.text]
+        if not live:
+            return []
+        vectors = self.embeddings.matrix(live)
+        topic = self.embeddings.embedder.embed([request.topic])[0]
+        texts = {m.id: m.text for m in live}
+        return chosen(candidates(texts, topic, vectors, shares))
+
+    def _evict_like(self, banks, record: Any) -> tuple[list[str], list[str]]:
         """Evict ``record`` and every slot of the same memory (or message)."""
         if record.memory_id is not None:
             return self._evict_where(banks, lambda r: r.memory_id == record.memory_id)
@@ -377,9 +398,10 @@ class MemoryManager:
         return self._evict_where(banks, lambda r: r.message_id == record.message_id)
 
     @staticmethod
-    def _evict_where(views, keep_out: Any) -> list[str]:
+    def _evict_where(views, keep_out: Any) -> tuple[list[str], list[str]]:
         """Scheduler thread: evict matching slots from the turn's views; the memories they
-        belonged to are deleted by the commit once left without slots (cause: forget)."""
+        belonged to are deleted by the commit once left without slots (cause: forget).
+        Returns (slot ids, memory ids)."""
         gone: list[str] = []
         hit: set[str] = set()
         for view in views.values():
@@ -390,7 +412,7 @@ class MemoryManager:
                 hit.update(r.memory_id for r in recs if r.memory_id is not None)
         if hit:
             views[min(views)].retire_if_empty(sorted(hit), "forget")
-        return gone
+        return gone, sorted(hit)
 
     def _forget(self, banks, message, text: str | None) -> list[str]:
         """Threadpool: remove slots written from ``message`` or of memories whose text

@@ -69,6 +69,7 @@ class Prepared:
     banks: Any = None  # memory-layer index -> slot bank read by this turn
     capture: Any = None  # memsvc.memory.TurnCapture for the end-of-turn write
     forgotten: list[str] = field(default_factory=list)  # slots a forget request removed
+    forgotten_memories: list[str] = field(default_factory=list)  # and their memories
     memory_full: bool = False  # the user holds the memory limit: this turn writes none
     offset: int = 0  # session position where the user turn starts
     user_end: int = 0  # the user turn's ``<|end|>`` within the prompt
@@ -244,7 +245,7 @@ class TurnManager:
             result = await self.scheduler.run(gen)
         else:  # the forget removes slots before the reply decodes; it is not itself a memory
             result = await self.scheduler.run(gen.prefill)
-            prep.forgotten = await run_in_threadpool(
+            prep.forgotten, prep.forgotten_memories = await run_in_threadpool(
                 self.memory.forget_request, prep.banks, request, result.capture, prep.user_end
             )
             gen.prefill = PrefillRequest([], result.state, gen.prefill.memory)
@@ -288,6 +289,7 @@ class TurnManager:
             snapshot_misses=prep.snapshot_misses,
             memory_writes=writes,
             memory_forgotten=len(prep.forgotten),
+            forgotten_memories=prep.forgotten_memories,
             memory_enabled=self.memory is not None and self.memory.enabled,
             memory_limited=prep.memory_full,
         )

@@ -170,3 +170,35 @@ def test_forget_said_in_chat_removes_the_memory(api: Client, admin: Client) -> N
     # "don't forget" is no forget request: it is written like any message
     out = turn(api, later, "Don't forget my locker code is 4711.")
     assert out["usage"]["memory_forgotten"] == 0 and out["usage"]["memory_writes"] >= 1
+
+
+def test_forget_in_chat_matches_the_memories_text(api: Client, admin: Client) -> None:
+    """'Please forget my dog's name.' removes both tellings of that fact, matched on the
+    memories' own text (the tiny test model's read is noise), and nothing else; the
+    turn's usage names the removed memories and their history records the deletion."""
+    hana = own("hana")
+    sid = new_session(api, user_id=hana)
+    told = {
+        text: turn(api, sid, text)
+        for text in (
+            "My dog is called Rex.",
+            "I live in Lyon.",
+            "Actually my dog's name is Max now.",
+            "My favourite colour is teal.",
+        )
+    }
+    mems = {m["text"]: m["id"] for m in api("GET", f"/v1/users/{hana}/memories").json()["memories"]}
+    assert set(mems) == set(told)
+    out = turn(api, new_session(api, user_id=hana), "Please forget my dog's name.")
+    dog = {mems["My dog is called Rex."], mems["Actually my dog's name is Max now."]}
+    assert set(out["usage"]["forgotten_memories"]) == dog
+    assert out["usage"]["memory_writes"] == 0  # the request itself is not a memory
+    left = {m["text"] for m in api("GET", f"/v1/users/{hana}/memories").json()["memories"]}
+    assert left == {"I live in Lyon.", "My favourite colour is teal."}
+    slots = admin("GET", "/admin/memory/slots", params={"user_id": hana}).json()["data"]
+    assert {s["text"] for s in slots} <= left and slots
+    hist = api("GET", f"/v1/users/{hana}/memories/history").json()["events"]
+    assert {e["memory_id"] for e in hist if e["op"] == "deleted"} == dog
+    # a topic that names nothing held removes nothing
+    out = turn(api, sid, "Please forget my grandmother's recipe for plum cake.")
+    assert out["usage"]["forgotten_memories"] == [] and out["usage"]["memory_forgotten"] == 0

@@ -306,3 +306,21 @@ def test_scheduler_works_from_plain_data_only(runtime: ModelRuntime) -> None:
     assert set(got.capture) == set(capture)
     assert event.finish_reason in ("stop", "length")
     assert isinstance(futures[1].result(), PrefillResult)
+
+
+def test_forget_match_takes_the_fact_told_twice_and_nothing_else() -> None:
+    from memsvc.services.forget_match import MIN_SCORE, Candidate, chosen, read_shares
+
+    dog, dog_again = Candidate("a", "dog Rex", 0.60, 0.0), Candidate("b", "dog Max", 0.73, 0.9)
+    city = Candidate("c", "Lyon", 0.12, 0.1)
+    assert [c.memory_id for c in chosen([dog, dog_again, city])] == ["b", "a"]
+    # the read favours one telling, but the other is the same fact by its text
+    assert {c.memory_id for c in chosen([Candidate("a", "", 0.58, 0.0), dog_again])} == {"a", "b"}
+    # nothing close enough: nothing removed; a weak text match lifted by the read: removed
+    assert chosen([city, Candidate("d", "teal", 0.2, 0.0)]) == []
+    weak = Candidate("e", "my address", MIN_SCORE - 0.05, 0.4)
+    assert chosen([weak, city]) == [weak]
+    assert chosen([]) == []
+    assert read_shares(["a", None, "a", "b"], [0.2, 0.5, 0.1, 0.2]) == pytest.approx(
+        {"a": 0.3, "b": 0.2}
+    )
