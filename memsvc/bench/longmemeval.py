@@ -47,11 +47,11 @@ import httpx
 import typer
 
 from memsvc.bench._live import (
+    REPO_ROOT,
     LiveServer,
     exit_on_sigterm,
     machine_info,
     new_tenant_key,
-    percentile,
     server_env,
     work_root,
 )
@@ -63,6 +63,7 @@ from memsvc.bench.longmemeval_data import (
     select_sessions,
     transcript_pairs,
 )
+from memsvc.bench.longmemeval_report import markdown, summarise
 
 CONDITIONS = {"memory_on": "user", "memory_off": "none"}  # condition → question's scope
 DECLINES = (
@@ -196,104 +197,6 @@ async def play_all(
         ]
 
 
-def _group(rows: list[dict]) -> dict[str, Any]:
-    """Counts and rates of one group of rows, per condition."""
-    out: dict[str, Any] = {"n": len(rows)}
-    for cond in CONDITIONS:
-        for key in ("correct", "exact", "contains"):
-            hits = sum(bool(r[cond][key]) for r in rows)
-            out[f"{cond}_{key}"] = hits / len(rows) if rows else float("nan")
-    return out
-
-
-def summarise(rows: list[dict]) -> dict[str, Any]:
-    """Accuracy per question type (and ``_abs`` questions, also counted in their type),
-    p50/p95 latency of the question turn, and token totals."""
-    types = sorted({r["question_type"] for r in rows})
-    summary: dict[str, Any] = {
-        "questions": len(rows),
-        "by_type": {t: _group([r for r in rows if r["question_type"] == t]) for t in types},
-        "abstention": _group([r for r in rows if r["abstention"]]),
-        "overall": _group(rows),
-        "tokens": {
-            "fed_import": sum(r["fed_import"] for r in rows),
-            "turns_imported": sum(r["turns_imported"] for r in rows),
-            "sessions_imported": sum(r["sessions"] for r in rows),
-            "turns_changed": sum(r["turns_changed"] for r in rows),
-            "memory_writes": sum(r["memory_writes"] for r in rows),
-        },
-        "latency": {},
-    }
-    for cond in CONDITIONS:
-        lat = [r[cond]["latency_s"] * 1000 for r in rows]
-        summary["latency"][cond] = {"p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95)}
-        for key in ("prompt_tokens", "cached_tokens", "completion_tokens"):
-            summary["tokens"][f"{cond}_{key}"] = sum(r[cond][key] for r in rows)
-    return summary
-
-
-def _pct(x: float) -> str:
-    return "–" if x != x else f"{100 * x:.1f}%"
-
-
-def markdown(summary: dict, meta: dict, rows: list[dict]) -> str:
-    """The committed table: accuracy per type memory on vs off, latency, tokens."""
-    s, t = summary, summary["tokens"]
-    judged = meta["judge"] is not None
-    lines = [
-        "# LongMemEval through the REST API (memory on vs off)",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Data: `{meta['data']}` ({meta['instances_in_file']} instances, first "
-        f"{s['questions']} run), variant `{meta['variant']}`; model `{meta['model_dir']}`; "
-        f"backend: {meta['backend']}; max_tokens {meta['max_tokens']}, greedy; "
-        f"{meta['machine']['cpus']} CPUs, load {meta['machine']['loadavg_1_5_15']}; "
-        f"{meta['wall_s']:.0f} s.",
-        "",
-        "Each instance is a new user: its sessions are imported through "
-        "`POST /v1/sessions/{id}/transcript`, then the question is asked in a new session "
-        'with `memory_scope: "user"` (on) and `"none"` (off). Correct = '
-        + ("the judge's verdict" if judged else "the normalised answer is in the reply")
-        + "; `_abs` questions are correct when the reply declines.",
-        "",
-        "| question type | n | on: correct | on: exact | off: correct | off: exact |",
-        "|---|---|---|---|---|---|",
-    ]
-    groups = [*s["by_type"].items(), ("abstention (`_abs`, also in its type)", s["abstention"])]
-    for name, g in [*groups, ("**all**", s["overall"])]:
-        lines.append(
-            f"| {name} | {g['n']} | {_pct(g['memory_on_correct'])} | {_pct(g['memory_on_exact'])}"
-            f" | {_pct(g['memory_off_correct'])} | {_pct(g['memory_off_exact'])} |"
-        )
-    on, off = s["latency"]["memory_on"], s["latency"]["memory_off"]
-    lines += [
-        "",
-        "| question turn | p50 ms | p95 ms | tokens fed (prompt) | served from saved state |",
-        "|---|---|---|---|---|",
-        f"| memory on | {on['p50_ms']:.0f} | {on['p95_ms']:.0f} | "
-        f"{t['memory_on_prompt_tokens']} | {t['memory_on_cached_tokens']} |",
-        f"| memory off | {off['p50_ms']:.0f} | {off['p95_ms']:.0f} | "
-        f"{t['memory_off_prompt_tokens']} | {t['memory_off_cached_tokens']} |",
-        "",
-        f"History imported: {t['sessions_imported']} sessions, {t['turns_imported']} messages, "
-        f"**{t['fed_import']} tokens fed** once (prefilled, nothing generated; "
-        f"{t['memory_writes']} memory writes; {t['turns_changed']} messages adjusted to "
-        "user/assistant pairs). The question session is new, so no history is served from "
-        "a saved state (0 by design) and none is re-fed: with memory on, the history "
-        "reaches the question only through the memories written at import.",
-        "",
-        "Misses with memory on (first 10):",
-        "",
-    ]
-    misses = [r for r in rows if not r["memory_on"]["correct"]][:10]
-    lines += [
-        f"- `{r['question_id']}` {r['question']!r} (answer {r['answer']!r}): "
-        f"{r['memory_on']['reply']!r}"
-        for r in misses
-    ] or ["- none"]
-    return "\n".join(lines) + "\n"
-
-
 def run(
     data: Path,
     out: Path,
@@ -332,7 +235,9 @@ def run(
         "data": str(data),
         "instances_in_file": len(instances),
         "variant": variant,
-        "model_dir": str(model),
+        "model_dir": str(
+            model.relative_to(REPO_ROOT) if model.is_relative_to(REPO_ROOT) else model
+        ),
         "backend": "Postgres" if database_url else "SQLite (embedded default)",
         "max_tokens": max_tokens,
         "judge": judge,
@@ -347,13 +252,14 @@ def run(
 
 
 def cli(
-    out: Annotated[Path, typer.Option(help="folder for longmemeval.json / .md")],
+    out: Annotated[Path | None, typer.Option(help="folder for longmemeval.json / .md")] = None,
     data: Annotated[Path | None, typer.Option(help="LongMemEval JSON (e.g. oracle)")] = None,
     variant: Annotated[str, typer.Option(help="oracle: evidence sessions only; full")] = "oracle",
     limit: Annotated[int | None, typer.Option(min=1, help="first N questions only")] = None,
     generate: Annotated[int | None, typer.Option(min=1, help="write N synthetic")] = None,
     out_data: Annotated[Path | None, typer.Option(help="where --generate writes")] = None,
     seed: Annotated[int, typer.Option(help="seed of --generate")] = 0,
+    max_filler: Annotated[int, typer.Option(min=0, help="--generate: most filler")] = 8,
     judge: Annotated[str | None, typer.Option(help="module:function(q, a, reply)")] = None,
     model_dir: Annotated[Path | None, typer.Option(help="checkpoint [default: shipped]")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, max=512, help="tokens per reply")] = 24,
@@ -370,14 +276,17 @@ def cli(
         if out_data is None:
             raise typer.BadParameter("--generate needs --out-data FILE")
         out_data.parent.mkdir(parents=True, exist_ok=True)
-        out_data.write_text(json.dumps(make(generate, seed), indent=1))
+        out_data.write_text(json.dumps(make(generate, seed, max_filler), indent=1))
         typer.echo(f"wrote {generate} synthetic instances to {out_data}")
+        if out is None:  # only the data set was asked for
+            return
         data = data or out_data
-    if data is None:
-        raise typer.BadParameter("give --data FILE (or --generate N --out-data FILE)")
+    if data is None or out is None:
+        raise typer.BadParameter("give --data FILE (or --generate N --out-data FILE) and --out DIR")
     parts = ["memsvc bench longmemeval"]
     if generate is not None:
-        parts.append(f"--generate {generate} --seed {seed} --out-data {out_data}")
+        parts.append(f"--generate {generate} --seed {seed} --max-filler {max_filler}")
+        parts.append(f"--out-data {out_data}")
     else:
         parts.append(f"--data {data}")
     parts.append(f"--variant {variant}" + (f" --limit {limit}" if limit else ""))

@@ -96,6 +96,18 @@ def test_malformed_files_are_clear_errors(
     assert res.exit_code == 2 and message.split("'")[0] in res.output, res.output
 
 
+def test_cli_generate_writes_a_valid_set(tmp_path: Path) -> None:
+    path = tmp_path / "gen" / "synth.json"
+    args = ["bench", "longmemeval", "--generate", "5", "--seed", "2", "--out-data", str(path)]
+    res = CliRunner().invoke(app, [*args, "--max-filler", "3"])
+    assert res.exit_code == 0, res.output
+    insts = load_instances(path)
+    assert len(insts) == 5 and json.loads(path.read_text()) == generate(5, seed=2, max_filler=3)
+    assert max(len(i.sessions) - len(i.answer_session_ids) for i in insts) == 3
+    res = CliRunner().invoke(app, ["bench", "longmemeval", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--data" in res.output
+
+
 def test_parse_helpers() -> None:
     assert parse_date("2023/05/20 (Sat) 02:21").isoformat() == "2023-05-20T02:21:00+00:00"
     turns = (("assistant", "hi"), ("user", "a"), ("user", "b"), ("assistant", ""), ("user", "c"))
@@ -125,10 +137,12 @@ def test_bench_end_to_end_on_tiny_model(checkpoint: Path, synthetic: Path, tmp_p
     rows = saved["rows"]
     insts = load_instances(synthetic)[:5]
     assert [r["question_id"] for r in rows] == [i.question_id for i in insts]
-    types = Counter(i.question_type for i in insts)
+    types = Counter(i.question_type for i in insts if not i.abstention)
     assert {t: g["n"] for t, g in summary["by_type"].items()} == dict(types)
-    assert sum(g["n"] for g in summary["by_type"].values()) == summary["questions"] == 5
     assert summary["abstention"]["n"] == 1
+    assert sum(g["n"] for g in summary["by_history"].values()) == 5
+    n_types = sum(g["n"] for g in summary["by_type"].values())
+    assert n_types + summary["abstention"]["n"] == summary["questions"] == 5
     tokens = summary["tokens"]
     assert tokens["sessions_imported"] == sum(len(i.sessions) for i in insts)
     assert tokens["fed_import"] == sum(r["fed_import"] for r in rows) > 0
