@@ -15,6 +15,11 @@ CONDITIONS = ("memory_on", "memory_off")
 LENGTH_BUCKETS = ((1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 10**9))  # sessions imported
 
 
+def _bucket(lo: int, hi: int) -> str:
+    """``1``, ``2-3``, ``32+``: the name of a history-length bucket."""
+    return str(lo) if lo == hi else f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}"
+
+
 def _group(rows: list[dict]) -> dict[str, Any]:
     """Counts and rates of one group of rows, per condition."""
     out: dict[str, Any] = {"n": len(rows)}
@@ -44,9 +49,7 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
             "memory_writes": sum(r["memory_writes"] for r in rows),
         },
         "by_history": {
-            f"{lo}-{hi}" if hi < 10**9 else f"{lo}+": _group(
-                [r for r in rows if lo <= r["sessions"] <= hi]
-            )
+            _bucket(lo, hi): _group([r for r in rows if lo <= r["sessions"] <= hi])
             for lo, hi in LENGTH_BUCKETS
             if any(lo <= r["sessions"] <= hi for r in rows)
         },
