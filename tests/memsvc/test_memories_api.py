@@ -186,10 +186,14 @@ def test_transcript_import_advances_state_and_writes_memories(api: Client) -> No
     assert nxt.json()["usage"]["cached_tokens"] == out["token_count"]  # resumed, not replayed
     bad = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     assert api("POST", f"/v1/sessions/{sid}/transcript", json={"turns": bad}).status_code == 422
-    for stamp in ("yesterday", "0001-01-01T00:00:00+05:00"):
+    path = f"/v1/sessions/{sid}/transcript"
+    for stamp in ("yesterday", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:00-05:00"):
         dated = [{**t, "timestamp": stamp} for t in turns]
-        assert (
-            api("POST", f"/v1/sessions/{sid}/transcript", json={"turns": dated}).status_code == 422
-        )
+        assert api("POST", path, json={"turns": dated}).status_code == 422
+    for stamp in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):  # the extremes are stored
+        r = api("POST", path, json={"turns": [{**t, "timestamp": stamp} for t in turns[:2]]})
+        assert r.status_code == 200, r.text
+        last = api("GET", f"/v1/sessions/{sid}/messages").json()["data"][-1]
+        assert last["created_at"][:19] == stamp[:19]
     other = "0" * 32
     assert api("POST", f"/v1/sessions/{other}/transcript", json={"turns": turns}).status_code == 404
