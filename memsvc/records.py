@@ -10,7 +10,7 @@ checked by the managers and answered with 413.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -376,11 +376,26 @@ class UserErased(BaseModel):
 class TranscriptTurn(Strict):
     role: Literal["user", "assistant"]
     content: str = Field(min_length=1, max_length=16_000)
+    timestamp: datetime | None = Field(
+        default=None,
+        description="when the message was sent (ISO 8601; no zone means UTC); default: now",
+    )
 
     @field_validator("content")
     @classmethod
     def _no_nul(cls, v: str) -> str:
         return _reject_nul(v)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        """A naive time is UTC; an aware one is converted to UTC."""
+        if v is None:
+            return None
+        try:
+            return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        except OverflowError as exc:  # e.g. 0001-01-01T00:00+05:00 has no UTC time
+            raise ValueError("timestamp out of range") from exc
 
 
 class TranscriptIn(Strict):

@@ -107,6 +107,9 @@ class TurnCommit:
     user_tokens: int
     assistant_tokens: int
     slot_changes: tuple = ()  # what the turn's bank views recorded (storage.BankChanges)
+    # when the messages happened (an imported transcript's timestamps); None: now
+    user_created_at: datetime | None = None
+    assistant_created_at: datetime | None = None
 
 
 @dataclass(frozen=True)

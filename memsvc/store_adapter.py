@@ -396,13 +396,20 @@ class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, UsageStoreMixin,
         """
         key = c.idempotency_key
         messages = [
-            MessageIn("user", c.user_content, client_key=key, meta={"tokens": c.user_tokens}),
+            MessageIn(
+                "user",
+                c.user_content,
+                client_key=key,
+                meta={"tokens": c.user_tokens},
+                created_at=c.user_created_at,
+            ),
             MessageIn(
                 "assistant",
                 c.assistant_content,
                 client_key=(key + REPLY_SUFFIX) if key else None,
                 meta={"tokens": c.assistant_tokens},
                 key_binds_content=False,  # generated: a redo may word it differently
+                created_at=c.assistant_created_at,
             ),
         ]
         with storage_errors():

@@ -79,6 +79,7 @@ class MessageIn:
     client_key: str | None = None
     meta: dict | None = None
     key_binds_content: bool = True
+    created_at: datetime | None = None  # None: now; an imported past message keeps its time
 
 
 def append_locked(s: Session, tenant_id: str, session_id: str, msg: MessageIn) -> MessageInfo:
@@ -115,7 +116,7 @@ def append_locked(s: Session, tenant_id: str, session_id: str, msg: MessageIn) -
         content=msg.content,
         client_key=msg.client_key,
         meta=msg.meta or {},
-        created_at=utcnow(),
+        created_at=msg.created_at or utcnow(),
     )
     s.add(row)
     s.flush()

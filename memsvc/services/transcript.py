@@ -4,6 +4,7 @@ Each user/assistant pair is fed to the model as if it had happened: the user tur
 the assistant's reply are prefilled after the session's state (nothing is generated),
 the pair and the new state are committed like a turn, and the user message is written to
 memory through the Retention Layer's gate. The session's lock is held for the import.
+A turn's ``timestamp`` (when it happened) becomes its message's ``created_at``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from memsvc.engine.requests import PrefillRequest, Segment
 from memsvc.errors import SessionBusy
-from memsvc.records import TranscriptIn, TranscriptOut
+from memsvc.records import TranscriptIn, TranscriptOut, TranscriptTurn
 from memsvc.services.memory import TurnCapture
 from memsvc.store import Busy, TurnCommit
 from memsvc.threads import run_in_threadpool
@@ -41,8 +42,7 @@ class TranscriptImporter:
         try:
             writes = 0
             for i in range(0, len(body.turns), 2):
-                user, reply = body.turns[i].content, body.turns[i + 1].content
-                writes += await self._pair(session, user, reply)
+                writes += await self._pair(session, body.turns[i], body.turns[i + 1])
         finally:
             await run_in_threadpool(lock.__exit__, None, None, None)
         after = await run_in_threadpool(self.store.get_session, tenant_id, session_id, True)
@@ -55,10 +55,11 @@ class TranscriptImporter:
             token_count=after.token_count,
         )
 
-    async def _pair(self, session, user_text: str, reply_text: str) -> int:
+    async def _pair(self, session, user_turn: TranscriptTurn, reply_turn: TranscriptTurn) -> int:
         """One pair fed and committed like a turn: the engine prefills it (plain request),
         its memory write goes into fresh bank views on the thread pool, and the slots and
         memory are written by the pair's commit."""
+        user_text, reply_text = user_turn.content, reply_turn.content
         loaded = await run_in_threadpool(self.store.load_state, session.tenant_id, session.id)
         tok = self.runtime.tokenizer
         banks, may_write = None, True
@@ -108,6 +109,8 @@ class TranscriptImporter:
             user_tokens=user_tokens,
             assistant_tokens=reply_tokens,
             slot_changes=tuple(view.changes() for view in (banks or {}).values()),
+            user_created_at=user_turn.timestamp,
+            assistant_created_at=reply_turn.timestamp,
         )
         await run_in_threadpool(self.store.commit_turn, commit)
         return writes

@@ -174,18 +174,34 @@ def test_transcript_import_advances_state_and_writes_memories(api: Client) -> No
         {"role": "user", "content": "I work as a nurse."},
         {"role": "assistant", "content": "Noted."},
     ]
-    r = api("POST", f"/v1/sessions/{sid}/transcript", json={"turns": turns})
+    stamps = {0: "2023-05-20T02:21:00", 1: "2023-05-20T04:21:00+02:00"}  # both 02:21 UTC
+    body = {
+        "turns": [{**t, "timestamp": stamps[i]} if i in stamps else t for i, t in enumerate(turns)]
+    }
+    r = api("POST", f"/v1/sessions/{sid}/transcript", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["turns_imported"] == 2 and out["version"] == 2 and out["token_count"] > 0
     assert out["memory_writes"] > 0
     msgs = api("GET", f"/v1/sessions/{sid}/messages").json()["data"]
     assert [(m["role"], m["content"]) for m in msgs] == [(t["role"], t["content"]) for t in turns]
+    # a turn's timestamp is its message's time; turns without one are stamped now
+    assert {m["created_at"][:19] for m in msgs[:2]} == {"2023-05-20T02:21:00"}
+    assert all(m["created_at"] > "2024" for m in msgs[2:])
     mems = api("GET", "/v1/users/ivy/memories").json()["memories"]
     assert [m["text"] for m in mems] == ["I work as a nurse.", "My cat is called Momo."]
     nxt = api("POST", f"/v1/sessions/{sid}/messages", json={"content": "Hi", "max_tokens": 2})
     assert nxt.json()["usage"]["cached_tokens"] == out["token_count"]  # resumed, not replayed
     bad = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     assert api("POST", f"/v1/sessions/{sid}/transcript", json={"turns": bad}).status_code == 422
+    path = f"/v1/sessions/{sid}/transcript"
+    for stamp in ("yesterday", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:00-05:00"):
+        dated = [{**t, "timestamp": stamp} for t in turns]
+        assert api("POST", path, json={"turns": dated}).status_code == 422
+    for stamp in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):  # the extremes are stored
+        r = api("POST", path, json={"turns": [{**t, "timestamp": stamp} for t in turns[:2]]})
+        assert r.status_code == 200, r.text
+        last = api("GET", f"/v1/sessions/{sid}/messages").json()["data"][-1]
+        assert last["created_at"][:19] == stamp[:19]
     other = "0" * 32
     assert api("POST", f"/v1/sessions/{other}/transcript", json={"turns": turns}).status_code == 404
