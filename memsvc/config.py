@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     rag_threshold: float = Field(default=0.35, ge=-1.0, le=1.0)
     passage_tokens: int = Field(default=128, ge=8, description="token budget per passage")
     embedder_device: str = "cpu"
-    snapshot_cache_size: int = Field(default=256, ge=0)
+    snapshot_cache_size: int = Field(default=256, ge=0, description="snapshots kept in process")
+    snapshot_cache_bytes: int = Field(
+        default=256 * 2**20, ge=0, description="byte budget of the in-process snapshot cache"
+    )
 
     # how states and snapshots are stored (small states are always stored raw)
     state_precision: Literal["fp32", "bf16"] = Field(

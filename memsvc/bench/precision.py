@@ -121,6 +121,19 @@ def run_shape(shape: str, prompt_len: int, steps: int, repeats: int) -> list[dic
     return rows
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's vector and matrix extensions that decide low-precision speed (Linux)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
+    )
+    return [f for f in wanted if f in flags]
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: str) -> str:
     """The table, with ratios to fp32 of the same shape and run."""
     lines = [
@@ -130,6 +143,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: str) -> 
         "",
         f"Machine: {meta['cpus']} CPUs, torch {meta['torch']}, {meta['torch_threads']} threads, "
         f"load average {meta['loadavg_1_5_15']} at the start ({meta['time_utc']}).",
+        f"CPU extensions: {', '.join(meta.get('cpu_flags') or ['none listed'])}; native bf16 "
+        f"matmuls (oneDNN): {'yes' if meta.get('native_bf16') else 'no, emulated'}.",
         "The three precisions of a shape ran round-robin in one process (each prefill repeat "
         "and each decode step timed for all three in turn); compare the ratios.",
         "",
@@ -162,8 +177,10 @@ def cli(
     """fp32 vs bf16 vs int8 weights: decode, prefill, memory and logit error per shape."""
     if threads:
         torch.set_num_threads(threads)
+    from retnet_core.precision import native_bf16
+
     shapes = shapes or list(SHAPES)
-    meta = machine_info()
+    meta = {**machine_info(), "native_bf16": native_bf16(), "cpu_flags": cpu_flags()}
     rows = [row for shape in shapes for row in run_shape(shape, prompt, steps, repeats)]
     out.mkdir(parents=True, exist_ok=True)
     shape_flags = " ".join(f"--shape {s}" for s in shapes)

@@ -158,13 +158,29 @@ class SnapshotCache:
     and ``put_snapshot(tenant, fingerprint, start_hash, chain, blob, position)``; it is
     consulted on a local miss and written through, so snapshots survive restarts and are
     shared between replicas. Tenants never share snapshots.
+
+    The LRU is bounded twice: at most ``capacity`` snapshots and ``max_bytes`` bytes. A
+    snapshot is as large as a session's state (a few hundred KB for the shipped model,
+    96 MiB for a 1.3B RetNet in fp32), so a count alone would not bound memory; one
+    larger than ``max_bytes`` is not kept in process (the backing store still has it).
     """
 
-    def __init__(self, capacity: int = 256, backing: Any = None) -> None:
-        self.capacity = capacity
+    def __init__(
+        self, capacity: int = 256, backing: Any = None, max_bytes: int = 256 * 2**20
+    ) -> None:
+        self.capacity, self.max_bytes = capacity, max_bytes
         self.backing = backing
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the snapshots held in process."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, tenant_id: str, fingerprint: str, start_hash: str, chain: Sequence[str]):
         key = snapshot_key(tenant_id, fingerprint, start_hash, chain)
@@ -187,17 +203,21 @@ class SnapshotCache:
             )
 
     def _remember(self, key: str, data: bytes) -> None:
-        if self.capacity <= 0:
+        if self.capacity <= 0 or len(data) > self.max_bytes:
             return
         with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes -= 0 if old is None else len(old)
             self._items[key] = data
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._bytes += len(data)
+            while len(self._items) > self.capacity or self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._bytes = 0
 
 
 @dataclass(frozen=True)

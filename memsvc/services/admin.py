@@ -77,10 +77,13 @@ def usage_out(u: UsageRec, limits: LimitsOut) -> UsageOut:
 class AdminManager:
     """Operator operations over the store (evictions reach every open index via storage)."""
 
-    def __init__(self, store: Store, metrics: Metrics, settings: Any = None) -> None:
+    def __init__(
+        self, store: Store, metrics: Metrics, settings: Any = None, snapshots: Any = None
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.settings = settings
+        self.snapshots = snapshots  # the in-process snapshot cache (its size in stats)
 
     async def list_slots(self, f: SlotFilter) -> SlotList:
         recs = await run_in_threadpool(self.store.list_slots, f)
@@ -118,6 +121,12 @@ class AdminManager:
             "misses": misses,
             "hit_rate": hits / (hits + misses) if hits + misses else None,
         }
+        if self.snapshots is not None:
+            data["snapshot_cache"].update(
+                entries=len(self.snapshots),
+                bytes=self.snapshots.nbytes,
+                max_bytes=self.snapshots.max_bytes,
+            )
         return StatsOut(data=data)
 
     async def reindex(self) -> ReindexOut:

@@ -103,7 +103,9 @@ class Services:
             torch.set_num_threads(runtime.cpu_threads())
         scheduler = Scheduler(runtime, metrics, settings.max_batch)
         embedder = Embedder(settings.embedder_device)
-        snapshots = SnapshotCache(settings.snapshot_cache_size, backing=store)
+        snapshots = SnapshotCache(
+            settings.snapshot_cache_size, backing=store, max_bytes=settings.snapshot_cache_bytes
+        )
 
         def on_lookup(hit: bool) -> None:
             metrics.snapshot_lookups.labels("hit" if hit else "miss").inc()
@@ -131,7 +133,7 @@ class Services:
             sessions=SessionManager(settings, store, runtime, scheduler),
             turns=turns,
             documents=documents,
-            admin=AdminManager(store, metrics, settings),
+            admin=AdminManager(store, metrics, settings, snapshots),
             memory=memory,
             memories=(memories := MemoryService(store, memory, embeddings, limits)),
             items=ItemService(store, memory, memories.embeddings, limits),

@@ -324,3 +324,20 @@ def test_forget_match_takes_the_fact_told_twice_and_nothing_else() -> None:
     assert read_shares(["a", None, "a", "b"], [0.2, 0.5, 0.1, 0.2]) == pytest.approx(
         {"a": 0.3, "b": 0.2}
     )
+
+
+def test_snapshot_cache_has_a_byte_budget() -> None:
+    from memsvc.rag.feed import SnapshotCache
+
+    cache = SnapshotCache(capacity=100, max_bytes=1000)
+    for i in range(5):
+        cache.put("t", "fp", "start", [f"p{i}"], bytes(300), position=i)
+    assert len(cache) == 3 and cache.nbytes == 900  # the two oldest went, by bytes
+    assert cache.get("t", "fp", "start", ["p0"]) is None
+    assert cache.get("t", "fp", "start", ["p4"]) == bytes(300)
+    cache.put("t", "fp", "start", ["big"], bytes(1001), position=9)  # over the budget alone
+    assert cache.get("t", "fp", "start", ["big"]) is None and cache.nbytes == 900
+    cache.put("t", "fp", "start", ["p4"], bytes(100), position=4)  # replaced, not added
+    assert len(cache) == 3 and cache.nbytes == 700
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0
