@@ -52,6 +52,7 @@ class LoadedState:
     version: int
     tier: str  # local | redis | lru | sql | miss
     position: int = 0  # tokens of history the state holds
+    fingerprint: str = ""  # the model that wrote it ("" when unknown)
 
 
 #: a slot's ``message_id`` meaning "the user message committed with this turn"

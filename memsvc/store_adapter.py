@@ -387,7 +387,9 @@ class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, UsageStoreMixin,
             state = self.states.load(tenant_id, session_id)
             if state is None:  # no state yet: the session's version is still the base
                 return LoadedState(None, self.states.version(tenant_id, session_id), "miss")
-        return LoadedState(state.blob, state.version, state.tier, int(state.position))
+        return LoadedState(
+            state.blob, state.version, state.tier, int(state.position), state.fingerprint
+        )
 
     def commit_turn(self, c: TurnCommit) -> tuple[MessageRec, MessageRec]:
         """Both messages and the state in one transaction (compare-and-set on the version).

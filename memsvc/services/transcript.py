@@ -4,6 +4,8 @@ Each user/assistant pair is fed to the model as if it had happened: the user tur
 the assistant's reply are prefilled after the session's state (nothing is generated),
 the pair and the new state are committed like a turn, and the user message is written to
 memory through the Retention Layer's gate. The session's lock is held for the import.
+A session whose state another model wrote is first rebuilt from its stored messages
+(:mod:`memsvc.services.rebuild`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from memsvc.engine.requests import PrefillRequest, Segment
 from memsvc.errors import SessionBusy
 from memsvc.records import TranscriptIn, TranscriptOut
 from memsvc.services.memory import TurnCapture
+from memsvc.services.rebuild import load_or_none, rebuild
 from memsvc.store import Busy, TurnCommit
 from memsvc.threads import run_in_threadpool
 
@@ -66,9 +69,9 @@ class TranscriptImporter:
             banks = await run_in_threadpool(self.memory.views, session)
         if banks and self.limits is not None:  # a user at the memory limit: no new memory
             may_write = await run_in_threadpool(self.limits.turn_may_write, session)
-        state = None
-        if loaded.data:
-            state = await run_in_threadpool(self.runtime.state_from_bytes, loaded.data)
+        state, stale = await run_in_threadpool(load_or_none, self.runtime, loaded)
+        if stale:  # another model's state: its history re-prefilled on this one first
+            state = (await rebuild(self.store, self.runtime, self.scheduler, session)).state
         reads = banks if banks and any(len(b) for b in banks.values()) else None
         offset = 0 if state is None else int(state.position.reshape(-1)[0])
         segments: list[Segment] = []
