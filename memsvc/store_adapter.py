@@ -35,6 +35,7 @@ from memsvc.store import (
 )
 from memsvc.store_adapter_items import ItemStoreMixin
 from memsvc.store_adapter_memories import MemoryStoreMixin
+from memsvc.store_adapter_reindex import ReindexStoreMixin
 from memsvc.store_adapter_usage import UsageStoreMixin
 from storage import Storage, namespace
 from storage import errors as serr
@@ -152,6 +153,9 @@ class SlotAdmin:
                 "layer": b.layer,
                 "size": b.size,
                 "capacity": b.capacity,
+                "d_key": b.d_key,
+                "d_value": b.d_value,
+                "fingerprint": b.fingerprint,
             }
             for b in self.slots.admin_banks()
         ]
@@ -192,7 +196,9 @@ def state_config(options: dict[str, Any]) -> StateConfig:
     return replace(base, codec=codec, **rest)
 
 
-class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, UsageStoreMixin, Store):
+class StorageStore(
+    SlotAdmin, ItemStoreMixin, MemoryStoreMixin, ReindexStoreMixin, UsageStoreMixin, Store
+):
     """Store over storage's managers (see the module docstring)."""
 
     def __init__(
