@@ -90,6 +90,12 @@ class SlotQuery:
         return conds
 
 
+def _bank_info(b: VectorBank, size: int) -> BankInfo:
+    return BankInfo(
+        b.namespace, b.layer, b.dim, b.d_value, b.capacity, size, b.tenant_id, b.fingerprint
+    )
+
+
 class SlotManager:
     """Slot banks of every tenant; each (tenant, namespace, layer) is opened once."""
 
