@@ -404,3 +404,6 @@ class TranscriptOut(BaseModel):
     memory_writes: int
     version: int
     token_count: int
+    state_rebuilt: bool = Field(
+        False, description="the saved state was another model's: rebuilt from the messages first"
+    )

@@ -42,10 +42,11 @@ class TranscriptImporter:
         except Busy as exc:
             raise SessionBusy(f"session {session_id} is busy with another turn") from exc
         try:
-            writes = 0
+            writes, rebuilt = 0, False
             for i in range(0, len(body.turns), 2):
                 user, reply = body.turns[i].content, body.turns[i + 1].content
-                writes += await self._pair(session, user, reply)
+                n, stale = await self._pair(session, user, reply)
+                writes, rebuilt = writes + n, rebuilt or stale
         finally:
             await run_in_threadpool(lock.__exit__, None, None, None)
         after = await run_in_threadpool(self.store.get_session, tenant_id, session_id, True)
@@ -56,12 +57,13 @@ class TranscriptImporter:
             memory_writes=writes,
             version=after.version,
             token_count=after.token_count,
+            state_rebuilt=rebuilt,
         )
 
-    async def _pair(self, session, user_text: str, reply_text: str) -> int:
+    async def _pair(self, session, user_text: str, reply_text: str) -> tuple[int, bool]:
         """One pair fed and committed like a turn: the engine prefills it (plain request),
         its memory write goes into fresh bank views on the thread pool, and the slots and
-        memory are written by the pair's commit."""
+        memory are written by the pair's commit. Returns (memory writes, state rebuilt)."""
         loaded = await run_in_threadpool(self.store.load_state, session.tenant_id, session.id)
         tok = self.runtime.tokenizer
         banks, may_write = None, True
@@ -113,4 +115,4 @@ class TranscriptImporter:
             slot_changes=tuple(view.changes() for view in (banks or {}).values()),
         )
         await run_in_threadpool(self.store.commit_turn, commit)
-        return writes
+        return writes, stale

@@ -87,15 +87,7 @@ def test_switch_rebuilds_the_session_and_reencodes_memories(
 
     ckpt_b = make_tiny_checkpoint(tmp_path / "ckpt-b", seed=1, memory_d=8)
     env_b = {**env_a, "MEMSVC_MODEL_DIR": str(ckpt_b)}
-    dry = subprocess.run(
-        [sys.executable, "-m", "memsvc.cli.main", "reindex", "--dry-run"],
-        env={**os.environ, **env_b},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout.strip().splitlines()[-1])["stale_namespaces"] >= 1
+    assert memsvc_cli(env_b, "reindex", "--dry-run")["stale_namespaces"] >= 1
 
     with Server(env_b, tmp_path / "b") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
         print_b = http.get("/readyz").json()["checks"]["model"]["fingerprint"]
@@ -146,9 +138,53 @@ def test_a_model_without_memory_keeps_memories_stored(pg_backend: Backend, tmp_p
         assert memories(http, key).keys() == before.keys()
         assert slot_ids(http) == old_slots  # nothing re-encoded, nothing evicted
         assert {b["fingerprint"] for b in banks(http, key)} == {print_a}
+        probe = call(http, key, "GET", f"/v1/sessions/{sid}/logits")  # read-only rebuild
+        assert probe.status_code == 200, probe.text
         usage = turn(http, key, sid, "Still there?")["usage"]
         assert usage["state_rebuilt"] is True and usage["rebuilt_tokens"] > 0
     with Server(env_a, tmp_path / "a2") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
         assert slot_ids(http) == old_slots  # back on A: its own slots, no reindex
+        pairs = [
+            {"role": "user", "content": "I like tea."},
+            {"role": "assistant", "content": "Ok."},
+        ]
+        path = f"/v1/sessions/{sid}/transcript"
+        r = call(http, key, "POST", path, json={"turns": pairs})  # the state was C's
+        assert r.status_code == 200 and r.json()["state_rebuilt"] is True, r.text
         usage = turn(http, key, sid, "Back again.")["usage"]
-        assert usage["state_rebuilt"] is True  # the state was C's: rebuilt for A
+        assert usage["state_rebuilt"] is False  # the import saved A's rebuilt state
+        msgs = call(http, key, "GET", f"/v1/sessions/{sid}/messages").json()["data"]
+        assert [m["content"] for m in msgs][-4:] == ["I like tea.", "Ok.", "Back again."] + [
+            msgs[-1]["content"]
+        ]
+        assert len(msgs) == 10
+
+
+def memsvc_cli(env: dict, *args: str) -> dict:
+    """Run ``memsvc ARGS`` against the test database; its last stdout line as JSON."""
+    done = subprocess.run(
+        [sys.executable, "-m", "memsvc.cli.main", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_reindex_command(pg_backend: Backend, tmp_path: Path) -> None:
+    key = pg_backend.new_tenant("switch-cli")
+    with (
+        Server(pg_backend.env, tmp_path / "a") as srv,
+        httpx.Client(base_url=srv.url, timeout=60) as http,
+    ):
+        chat_on_a(http, key)
+    ckpt_b = make_tiny_checkpoint(tmp_path / "ckpt-b", seed=3)  # same dims, other weights
+    report = memsvc_cli(pg_backend.env, "reindex", "--model-dir", str(ckpt_b))
+    assert report["enabled"] is True and report["memories"] >= 3, report
+    assert report["slots_written"] > 0 and report["slots_evicted"] > 0
+    again = memsvc_cli(pg_backend.env, "reindex", "--model-dir", str(ckpt_b), "--dry-run")
+    assert again["stale_namespaces"] == 0  # every bank is B's now
+    back = memsvc_cli(pg_backend.env, "reindex", "--dry-run")  # the configured model: A
+    assert back["stale_namespaces"] >= 1
