@@ -17,6 +17,9 @@ recreated with the new model's dims. What a chat turn's write saw around the mes
 
 A model without a Retention Layer (or memory off) reindexes nothing; the memories and
 their old slots stay stored for a model that can read them.
+
+Run it with no other process writing memories (``serve`` does it before taking
+requests): replicas still serving the old model would write into banks being rebuilt.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from memsvc.store import SlotProvenance, Store
 from memsvc.threads import run_in_threadpool
 
 log = logging.getLogger("memsvc.services.reindex")
+
+#: the fingerprint prefix of banks a running reindex recreated (not yet finished)
+PENDING = "pending:"
 
 #: progress callback: (memories done, memories in all)
 Progress = Callable[[int, int], None]
@@ -92,16 +98,22 @@ class Reindexer:
             plan.append((tenant_id, ns, mems))
         total = sum(len(m) for *_, m in plan)
         done = evicted = written = 0
-        for tenant_id, ns, mems in plan:
-            evicted += await run_in_threadpool(self.store.reset_slot_namespace, tenant_id, ns)
-            for m in mems:
-                written += await self._reencode(tenant_id, ns, m)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-            await run_in_threadpool(
-                self.store.finish_slot_namespace, tenant_id, ns, self.fingerprint
-            )
+        # banks recreated meanwhile are stamped "pending": a reindex cut short (a crash)
+        # leaves them stale, so the next start does that namespace again
+        self.store.set_slot_model(PENDING + self.fingerprint)
+        try:
+            for tenant_id, ns, mems in plan:
+                evicted += await run_in_threadpool(self.store.reset_slot_namespace, tenant_id, ns)
+                for m in mems:
+                    written += await self._reencode(tenant_id, ns, m)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                await run_in_threadpool(
+                    self.store.finish_slot_namespace, tenant_id, ns, self.fingerprint
+                )
+        finally:
+            self.store.set_slot_model(self.fingerprint)
         return ReindexReport(self.fingerprint, len(plan), total, evicted, written)
 
     async def _reencode(self, tenant_id: str, namespace: str, m) -> int:

@@ -293,12 +293,13 @@ class TurnManager:
             slot_changes=tuple(view.changes() for view in banks),
         )
         user_msg, bot_msg = await run_in_threadpool(self.store.commit_turn, commit)
-        self._count_tokens(session.tenant_id, prep, done, loaded)
+        cached = loaded.position if loaded.data and rebuilt is None else 0
+        self._count_tokens(session.tenant_id, prep, done, cached)
         usage = Usage(
             prompt_tokens=prep.prompt_tokens,
             completion_tokens=len(done.token_ids),
             total_tokens=prep.prompt_tokens + len(done.token_ids),
-            cached_tokens=loaded.position if loaded.data and rebuilt is None else 0,
+            cached_tokens=cached,
             state_source=loaded.tier if loaded.data else "new",
             passage_tokens=prep.passage_tokens,
             snapshot_hits=prep.snapshot_hits,
@@ -446,12 +447,12 @@ class TurnManager:
             elif isinstance(event, ErrorEvent):
                 raise Unavailable("generation failed; the turn was not saved") from event.error
 
-    def _count_tokens(self, tenant_id: str, prep: Prepared, done, loaded: LoadedState) -> None:
+    def _count_tokens(self, tenant_id: str, prep: Prepared, done, cached: int) -> None:
         """Process metrics of a committed turn (the durable figures are the messages')."""
         m = self.metrics
         m.tokens.labels("in").inc(prep.prompt_tokens)
         m.tokens.labels("out").inc(len(done.token_ids))
-        m.tokens.labels("cached").inc(loaded.position if loaded.data else 0)
+        m.tokens.labels("cached").inc(cached)
         m.tenant_tokens.labels(tenant_id, "in").inc(prep.prompt_tokens)
         m.tenant_tokens.labels(tenant_id, "out").inc(len(done.token_ids))
         m.tenant_turns.labels(tenant_id).inc()

@@ -188,3 +188,20 @@ def test_reindex_command(pg_backend: Backend, tmp_path: Path) -> None:
     assert again["stale_namespaces"] == 0  # every bank is B's now
     back = memsvc_cli(pg_backend.env, "reindex", "--dry-run")  # the configured model: A
     assert back["stale_namespaces"] >= 1
+
+
+def test_history_is_rendered_as_the_turn_path_feeds_it(checkpoint: Path) -> None:
+    from types import SimpleNamespace as Msg
+
+    from memsvc.services.rebuild import history_ids
+    from retnet_core.tokenizer import ChatTokenizer
+
+    tok = ChatTokenizer.load(checkpoint)
+    stored = [Msg(role="user", content="Hi."), Msg(role="assistant", content="Hello!")]
+    stored.append(Msg(role="tool", content="not replayed"))
+    want = tok.render(
+        [{"role": "system", "content": "Be kind."}]
+        + [{"role": m.role, "content": m.content} for m in stored[:2]]
+    ).ids
+    assert history_ids(tok, "Be kind.", stored) == want
+    assert history_ids(tok, None, []) == []
