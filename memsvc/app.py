@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: FastAPI):
         services.start()
         try:
+            await services.reindex_if_needed()  # another model's memory slots re-encoded
             async with app.state.mcp_sessions.run():  # the /mcp transport's task group
                 yield
         finally:

@@ -146,6 +146,12 @@ class Usage(BaseModel):
     memory_limited: bool = Field(
         False, description="no memory written: the user holds the memories-per-user limit"
     )
+    state_rebuilt: bool = Field(
+        False,
+        description="the saved state belonged to another model: the session's stored "
+        "messages were re-prefilled on this one before the turn (once; then saved)",
+    )
+    rebuilt_tokens: int = Field(0, description="history tokens re-prefilled by that rebuild")
 
 
 class PassageRef(BaseModel):
@@ -418,3 +424,6 @@ class TranscriptOut(BaseModel):
     memory_writes: int
     version: int
     token_count: int
+    state_rebuilt: bool = Field(
+        False, description="the saved state was another model's: rebuilt from the messages first"
+    )

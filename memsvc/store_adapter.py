@@ -35,6 +35,7 @@ from memsvc.store import (
 )
 from memsvc.store_adapter_items import ItemStoreMixin
 from memsvc.store_adapter_memories import MemoryStoreMixin
+from memsvc.store_adapter_reindex import ReindexStoreMixin
 from memsvc.store_adapter_usage import UsageStoreMixin
 from storage import Storage, namespace
 from storage import errors as serr
@@ -152,6 +153,9 @@ class SlotAdmin:
                 "layer": b.layer,
                 "size": b.size,
                 "capacity": b.capacity,
+                "d_key": b.d_key,
+                "d_value": b.d_value,
+                "fingerprint": b.fingerprint,
             }
             for b in self.slots.admin_banks()
         ]
@@ -192,7 +196,9 @@ def state_config(options: dict[str, Any]) -> StateConfig:
     return replace(base, codec=codec, **rest)
 
 
-class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, UsageStoreMixin, Store):
+class StorageStore(
+    SlotAdmin, ItemStoreMixin, MemoryStoreMixin, ReindexStoreMixin, UsageStoreMixin, Store
+):
     """Store over storage's managers (see the module docstring)."""
 
     def __init__(
@@ -387,7 +393,9 @@ class StorageStore(SlotAdmin, ItemStoreMixin, MemoryStoreMixin, UsageStoreMixin,
             state = self.states.load(tenant_id, session_id)
             if state is None:  # no state yet: the session's version is still the base
                 return LoadedState(None, self.states.version(tenant_id, session_id), "miss")
-        return LoadedState(state.blob, state.version, state.tier, int(state.position))
+        return LoadedState(
+            state.blob, state.version, state.tier, int(state.position), state.fingerprint
+        )
 
     def commit_turn(self, c: TurnCommit) -> tuple[MessageRec, MessageRec]:
         """Both messages and the state in one transaction (compare-and-set on the version).

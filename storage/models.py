@@ -213,6 +213,9 @@ class VectorBank(Base):
     capacity: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     clock: Mapped[int] = mapped_column(BigInteger, default=0)
+    # the model (fingerprint) whose Retention Layer wrote the bank's slots; None: not
+    # recorded (created before migration 0005, or by a caller that named no model)
+    fingerprint: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
 
 

@@ -41,6 +41,7 @@ class BankInfo:
     capacity: int | None
     size: int
     tenant_id: str = ""
+    fingerprint: str | None = None  # the model that wrote the bank's slots
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,12 @@ class SlotQuery:
         return conds
 
 
+def _bank_info(b: VectorBank, size: int) -> BankInfo:
+    return BankInfo(
+        b.namespace, b.layer, b.dim, b.d_value, b.capacity, size, b.tenant_id, b.fingerprint
+    )
+
+
 class SlotManager:
     """Slot banks of every tenant; each (tenant, namespace, layer) is opened once."""
 
@@ -103,6 +110,8 @@ class SlotManager:
         self.db, self.metrics, self.index_dir, self.params = db, metrics, index_dir, params
         self._banks: dict[tuple[str, str, int], SlotBank] = {}
         self._lock = threading.Lock()
+        #: recorded on banks created from now on: the model whose slots they hold
+        self.model_fingerprint: str | None = None
 
     def bank(
         self,
@@ -178,6 +187,7 @@ class SlotManager:
                     capacity=capacity,
                     last_seq=0,
                     clock=0,
+                    fingerprint=self.model_fingerprint,
                 )
                 s.add(row)
             return row
@@ -209,7 +219,16 @@ class SlotManager:
         )
         with self.db.read() as s:
             return [
-                BankInfo(b.namespace, b.layer, b.dim, b.d_value, b.capacity, n, b.tenant_id)
+                BankInfo(
+                    b.namespace,
+                    b.layer,
+                    b.dim,
+                    b.d_value,
+                    b.capacity,
+                    n,
+                    b.tenant_id,
+                    b.fingerprint,
+                )
                 for b, n in s.execute(q).all()
             ]
 
@@ -310,6 +329,12 @@ class SlotManager:
                 .where(MemorySlot.tenant_id == tenant_id, VectorBank.namespace == namespace)
             ).all()
         return self.evict(tenant_id, ids, cause)
+
+    def drop_open(self, tenant_id: str, namespace: str) -> list[SlotBank]:
+        """Forget the open banks of a namespace (their rows are being deleted)."""
+        with self._lock:
+            keys = [k for k in self._banks if k[:2] == (tenant_id, namespace)]
+            return [self._banks.pop(k) for k in keys]
 
     def _sync_open(self, tenant_id: str) -> None:
         with self._lock:

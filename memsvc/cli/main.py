@@ -5,7 +5,7 @@ when it runs, so `memsvc --help` stays fast and one broken extra never takes the
 whole CLI down. Failures end as one line on stderr and exit status 1 (set
 ``MEMSVC_DEBUG=1`` for the traceback).
 
-    memsvc serve | migrate | tenant create|list|revoke | ingest | chat | mcp
+    memsvc serve | migrate | reindex | tenant create|list|revoke | ingest | chat | mcp
     memsvc convert | train | distill | bench <name> | experiment <name> | version
 """
 
@@ -133,6 +133,25 @@ def migrate() -> None:
     from memsvc.cli.tenants import run_migrations
 
     typer.echo(f"migrated {run_migrations()}")
+
+
+@app.command()
+def reindex(
+    model_dir: Annotated[
+        str | None, typer.Option(help="checkpoint folder [default: MEMSVC_MODEL_DIR]")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only count the namespaces to re-encode")
+    ] = False,
+) -> None:
+    """Re-encode memories that another model wrote, for this model (progress bar; JSON).
+
+    Every live memory of a bank whose model fingerprint (or dims) differs gets new slots
+    from its text; ids, collection/key and provenance stay. ``serve`` does it at start.
+    """
+    from memsvc.cli.reindex_cmd import run_reindex
+
+    typer.echo(json.dumps(run_reindex(model_dir, dry_run)))
 
 
 @tenant_app.command("create")

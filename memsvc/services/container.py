@@ -27,6 +27,7 @@ from memsvc.services.limits import TenantLimits
 from memsvc.services.memories import EmbeddingCache, MemoryService
 from memsvc.services.memory import MemoryManager
 from memsvc.services.memory_outcome import memory_off_reason
+from memsvc.services.reindex import Reindexer, reindex_at_start
 from memsvc.services.sessions import SessionManager
 from memsvc.services.transcript import TranscriptImporter
 from memsvc.services.turns import TurnManager
@@ -148,6 +149,11 @@ class Services:
             threading.Thread(
                 target=self._warm_embedder, name="memsvc-embedder", daemon=True
             ).start()
+
+    async def reindex_if_needed(self) -> None:
+        """Before serving: memories another model wrote are re-encoded for this one
+        (:mod:`memsvc.services.reindex`); with memory off nothing is touched."""
+        await reindex_at_start(Reindexer(self.store, self.memory))
 
     def _warm_embedder(self) -> None:
         try:

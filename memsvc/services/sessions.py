@@ -19,6 +19,7 @@ from memsvc.records import (
     SessionList,
     SessionOut,
 )
+from memsvc.services.rebuild import load_or_none, rebuild
 from memsvc.store import SessionRec, Store
 from memsvc.threads import run_in_threadpool
 
@@ -106,7 +107,9 @@ class SessionManager:
         if loaded.data is None:
             raise NotFound(f"session {session_id} has no state yet (no turn was taken)")
         rt = self.runtime
-        state = await run_in_threadpool(rt.state_from_bytes, loaded.data)
+        state, stale = await run_in_threadpool(load_or_none, rt, loaded)
+        if stale:  # another model's state: probe a rebuilt one (saved by the next turn)
+            state = (await rebuild(self.store, rt, self.scheduler, session)).state
         probe = Segment(rt.tokenizer.generation_prompt(), alone=True)
         logits = (await self.scheduler.run(PrefillRequest([probe], state))).logits
         values, ids = logits.topk(min(top, logits.numel()))

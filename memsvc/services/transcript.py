@@ -4,7 +4,9 @@ Each user/assistant pair is fed to the model as if it had happened: the user tur
 the assistant's reply are prefilled after the session's state (nothing is generated),
 the pair and the new state are committed like a turn, and the user message is written to
 memory through the Retention Layer's gate. The session's lock is held for the import.
-A turn's ``timestamp`` (when it happened) becomes its message's ``created_at``.
+A turn's ``timestamp`` (when it happened) becomes its message's ``created_at``. A
+session whose state another model wrote is first rebuilt from its stored messages
+(:mod:`memsvc.services.rebuild`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from memsvc.engine.requests import PrefillRequest, Segment
 from memsvc.errors import SessionBusy
 from memsvc.records import TranscriptIn, TranscriptOut, TranscriptTurn
 from memsvc.services.memory import TurnCapture
+from memsvc.services.rebuild import load_or_none, rebuild
 from memsvc.store import Busy, TurnCommit
 from memsvc.threads import run_in_threadpool
 
@@ -40,9 +43,10 @@ class TranscriptImporter:
         except Busy as exc:
             raise SessionBusy(f"session {session_id} is busy with another turn") from exc
         try:
-            writes = 0
+            writes, rebuilt = 0, False
             for i in range(0, len(body.turns), 2):
-                writes += await self._pair(session, body.turns[i], body.turns[i + 1])
+                n, stale = await self._pair(session, body.turns[i], body.turns[i + 1])
+                writes, rebuilt = writes + n, rebuilt or stale
         finally:
             await run_in_threadpool(lock.__exit__, None, None, None)
         after = await run_in_threadpool(self.store.get_session, tenant_id, session_id, True)
@@ -53,12 +57,15 @@ class TranscriptImporter:
             memory_writes=writes,
             version=after.version,
             token_count=after.token_count,
+            state_rebuilt=rebuilt,
         )
 
-    async def _pair(self, session, user_turn: TranscriptTurn, reply_turn: TranscriptTurn) -> int:
+    async def _pair(
+        self, session, user_turn: TranscriptTurn, reply_turn: TranscriptTurn
+    ) -> tuple[int, bool]:
         """One pair fed and committed like a turn: the engine prefills it (plain request),
         its memory write goes into fresh bank views on the thread pool, and the slots and
-        memory are written by the pair's commit."""
+        memory are written by the pair's commit. Returns (memory writes, state rebuilt)."""
         user_text, reply_text = user_turn.content, reply_turn.content
         loaded = await run_in_threadpool(self.store.load_state, session.tenant_id, session.id)
         tok = self.runtime.tokenizer
@@ -67,9 +74,9 @@ class TranscriptImporter:
             banks = await run_in_threadpool(self.memory.views, session)
         if banks and self.limits is not None:  # a user at the memory limit: no new memory
             may_write = await run_in_threadpool(self.limits.turn_may_write, session)
-        state = None
-        if loaded.data:
-            state = await run_in_threadpool(self.runtime.state_from_bytes, loaded.data)
+        state, stale = await run_in_threadpool(load_or_none, self.runtime, loaded)
+        if stale:  # another model's state: its history re-prefilled on this one first
+            state = (await rebuild(self.store, self.runtime, self.scheduler, session)).state
         reads = banks if banks and any(len(b) for b in banks.values()) else None
         offset = 0 if state is None else int(state.position.reshape(-1)[0])
         segments: list[Segment] = []
@@ -113,4 +120,4 @@ class TranscriptImporter:
             assistant_created_at=reply_turn.timestamp,
         )
         await run_in_threadpool(self.store.commit_turn, commit)
-        return writes
+        return writes, stale

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memsvc.config import Settings
@@ -49,6 +49,7 @@ from memsvc.records import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
 from memsvc.services.forget import parse_forget
 from memsvc.services.limits import TenantLimits
 from memsvc.services.memory import TurnCapture
+from memsvc.services.rebuild import load_or_none, rebuild
 from memsvc.services.system_prompts import SystemPromptCache
 from memsvc.store import Busy, LoadedState, SessionRec, Store, TurnCommit
 from memsvc.threads import run_in_threadpool
@@ -174,12 +175,25 @@ class TurnManager:
         """Thread pool: the state (bytes and tensors), the bank views when memory is on,
         and whether the session's user already holds the memory limit."""
         loaded = self.store.load_state(session.tenant_id, session.id)
-        state = self.runtime.state_from_bytes(loaded.data) if loaded.data else None
+        state, stale = load_or_none(self.runtime, loaded)  # stale: another model's state
         banks, full = None, False
         if req.use_memory and self.memory is not None and self.memory.enabled:
             banks = self.memory.views(session)
             full = banks is not None and not self.limits.turn_may_write(session)
-        return loaded, state, banks, full
+        return loaded, state, banks, full, stale
+
+    async def _rebuilt(self, session: SessionRec, loaded: LoadedState) -> tuple:
+        """Another model's state: the history re-prefilled on this one (see
+        :mod:`memsvc.services.rebuild`); returns (loaded as if this model wrote it, state,
+        tokens fed). Saved by the turn's commit like any new state."""
+        rebuilt = await rebuild(self.store, self.runtime, self.scheduler, session)
+        log.info("session %s: state rebuilt for this model (%d tokens)", session.id, rebuilt.tokens)
+        data = None
+        if rebuilt.state is not None:
+            data = await run_in_threadpool(self.runtime.state_to_bytes, rebuilt.state)
+        fp = self.runtime.fingerprint
+        loaded = replace(loaded, data=data, position=rebuilt.tokens, fingerprint=fp)
+        return loaded, rebuilt.state, rebuilt.tokens
 
     async def events(self, turn: Turn) -> AsyncIterator[object]:
         """Text events, then the committed :class:`TurnOut` (or an exception)."""
@@ -233,8 +247,11 @@ class TurnManager:
             )
             if done is not None:
                 return self._replayed(session, *done)
-        loaded, state, banks, full = await run_in_threadpool(self._load, session, req)
+        loaded, state, banks, full, stale = await run_in_threadpool(self._load, session, req)
         loaded: LoadedState
+        rebuilt = None  # tokens re-prefilled when the state was another model's
+        if stale:
+            loaded, state, rebuilt = await self._rebuilt(session, loaded)
         passages = await self._retrieve(session, req)
         prep = Prepared(banks=banks, memory_full=full)
         events: asyncio.Queue = asyncio.Queue()
@@ -277,12 +294,13 @@ class TurnManager:
             slot_changes=tuple(view.changes() for view in banks),
         )
         user_msg, bot_msg = await run_in_threadpool(self.store.commit_turn, commit)
-        self._count_tokens(session.tenant_id, prep, done, loaded)
+        cached = loaded.position if loaded.data and rebuilt is None else 0
+        self._count_tokens(session.tenant_id, prep, done, cached)
         usage = Usage(
             prompt_tokens=prep.prompt_tokens,
             completion_tokens=len(done.token_ids),
             total_tokens=prep.prompt_tokens + len(done.token_ids),
-            cached_tokens=loaded.position if loaded.data else 0,
+            cached_tokens=cached,
             state_source=loaded.tier if loaded.data else "new",
             passage_tokens=prep.passage_tokens,
             snapshot_hits=prep.snapshot_hits,
@@ -292,6 +310,8 @@ class TurnManager:
             forgotten_memories=prep.forgotten_memories,
             memory_enabled=self.memory is not None and self.memory.enabled,
             memory_limited=prep.memory_full,
+            state_rebuilt=rebuilt is not None,
+            rebuilt_tokens=rebuilt or 0,
         )
         return TurnOut(
             session_id=session.id,
@@ -429,12 +449,12 @@ class TurnManager:
             elif isinstance(event, ErrorEvent):
                 raise Unavailable("generation failed; the turn was not saved") from event.error
 
-    def _count_tokens(self, tenant_id: str, prep: Prepared, done, loaded: LoadedState) -> None:
+    def _count_tokens(self, tenant_id: str, prep: Prepared, done, cached: int) -> None:
         """Process metrics of a committed turn (the durable figures are the messages')."""
         m = self.metrics
         m.tokens.labels("in").inc(prep.prompt_tokens)
         m.tokens.labels("out").inc(len(done.token_ids))
-        m.tokens.labels("cached").inc(loaded.position if loaded.data else 0)
+        m.tokens.labels("cached").inc(cached)
         m.tenant_tokens.labels(tenant_id, "in").inc(prep.prompt_tokens)
         m.tenant_tokens.labels(tenant_id, "out").inc(len(done.token_ids))
         m.tenant_turns.labels(tenant_id).inc()
@@ -468,7 +488,8 @@ def _release_quietly(lock: Any, session_id: str) -> None:
 
 
 def _as_api_error(exc: BaseException) -> Exception:
-    """Known failures as API errors: a foreign state 409, a timeout 503; others unchanged."""
+    """Known failures as API errors: a damaged state 409 (another model's state is rebuilt,
+    never refused), a timeout 503; others unchanged."""
     from sqlalchemy.exc import DataError
 
     from retnet_core.state import StateError
@@ -476,7 +497,7 @@ def _as_api_error(exc: BaseException) -> Exception:
     if isinstance(exc, DataError):
         return BadRequest("a value of this turn cannot be stored; nothing was saved")
     if isinstance(exc, StateError):
-        return Conflict(f"the session's saved state cannot be used by this model: {exc}")
+        return Conflict(f"the session's saved state is damaged and cannot be used: {exc}")
     if isinstance(exc, TimeoutError):
         return Unavailable("generation timed out; the turn was not saved")
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))

@@ -3,8 +3,8 @@
 A live server over Postgres + Redis: ``/readyz`` reports the precision, a session chats
 and resumes across a restart (its state stored and loaded under the settings). The
 precision is in the model's fingerprint, so the same database served with fp32
-weights refuses the int8 session's state with a 409 rather than continuing it with
-other weights.
+weights does not continue the int8 session's state with other weights: it rebuilds
+the state once from the stored messages (``usage.state_rebuilt``) and saves it.
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ def test_int8_weights_and_bf16_states(pg_backend: Backend, tmp_path: Path) -> No
     with Server(fp32, tmp_path / "c") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
         model = http.get("/readyz").json()["checks"]["model"]
         assert model["weights"] == "fp32" and model["fingerprint"] != int8_print
-        refused = turn(http, key, sid, "Still there?")
-        assert refused.status_code == 409, refused.text
-        assert "cannot be used by this model" in refused.json()["error"]["message"]
+        rebuilt = turn(http, key, sid, "Still there?")  # re-prefilled, never refused
+        assert rebuilt.status_code == 200, rebuilt.text
+        usage = rebuilt.json()["usage"]
+        assert usage["state_rebuilt"] is True and usage["cached_tokens"] == 0
+        assert usage["rebuilt_tokens"] > 0
+        after = turn(http, key, sid, "And now?")  # the rebuilt state was saved: no rebuild
+        assert after.status_code == 200, after.text
+        assert after.json()["usage"]["state_rebuilt"] is False
+        assert after.json()["usage"]["cached_tokens"] > usage["rebuilt_tokens"]

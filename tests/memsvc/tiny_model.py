@@ -19,8 +19,11 @@ CORPUS = [
 ] * 20
 
 
-def make_tiny_checkpoint(directory: Path, seed: int = 0, memory_layers=(1,)) -> Path:
-    """Write config.json, model.safetensors and tokenizer.json of a 2-layer model."""
+def make_tiny_checkpoint(
+    directory: Path, seed: int = 0, memory_layers=(1,), memory_d: int = 16
+) -> Path:
+    """Write config.json, model.safetensors and tokenizer.json of a 2-layer model
+    (``memory_d``: the slots' d_key and d_value)."""
     torch.manual_seed(seed)
     tok = ChatTokenizer.train(CORPUS, vocab_size=400, min_frequency=2)
     cfg = RetNetConfig(
@@ -31,8 +34,8 @@ def make_tiny_checkpoint(directory: Path, seed: int = 0, memory_layers=(1,)) -> 
         ffn_dim=64,
         chunk_size=16,
         memory_layers=list(memory_layers),
-        memory_d_key=16,
-        memory_d_value=16,
+        memory_d_key=memory_d,
+        memory_d_value=memory_d,
         memory_write_threshold=0.0,
     )
     model = RetNetLM(cfg)
