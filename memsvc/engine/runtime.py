@@ -29,6 +29,10 @@ log = logging.getLogger("memsvc.engine.runtime")
 #: models below this many parameters run on one CPU thread unless a setting says otherwise
 SMALL_MODEL_PARAMS = 50_000_000
 
+#: states this large are stored in bf16 when the state storage precision is bf16 (the
+#: threshold of storage's codec, ``CodecConfig.min_bytes``: smaller ones are stored raw)
+LARGE_STATE_BYTES = 4 * 2**20
+
 
 class ModelUnavailable(RuntimeError):
     """The checkpoint directory is missing or unreadable."""
@@ -58,6 +62,7 @@ class ModelRuntime:
         # the checkpoint's own defaults, for whatever a request leaves unset
         self.sampling = sampling or SamplingParams()
         self.fingerprint: str = str(model.fingerprint())
+        self.state_storage = "fp32"  # or "bf16": see state_to_bytes (set from settings)
 
     @classmethod
     def load(
@@ -110,14 +115,25 @@ class ModelRuntime:
 
     # ------------------------------------------------------------------ states
     def state_to_bytes(self, state: Any) -> bytes:
-        """Serialise one session's state (batch 1)."""
+        """Serialise one session's state (batch 1).
+
+        With ``state_storage == "bf16"``, a large state (``LARGE_STATE_BYTES`` and up) is
+        written in bf16 here, checked as stored: storage then has nothing to round or
+        re-seal (the codec's bf16 path would otherwise rebuild the blob), and the save
+        costs half the bytes. Small states stay exact.
+        """
+        if self.state_storage == "bf16" and _float_bytes(state) >= LARGE_STATE_BYTES:
+            return state.to_bytes(torch.bfloat16)
         return state.to_bytes()
 
     def state_from_bytes(self, data: bytes) -> Any:
-        """Inverse of :meth:`state_to_bytes`; a foreign or damaged state raises StateError."""
+        """Inverse of :meth:`state_to_bytes` (decoding resumes in the model's state dtype);
+        a foreign or damaged state raises StateError."""
         from retnet_core.state import RecurrentState
 
-        return RecurrentState.from_bytes(data, fingerprint=self.fingerprint, device=self.device)
+        return RecurrentState.from_bytes(
+            data, fingerprint=self.fingerprint, device=self.device, dtype=self.model.state_dtype
+        )
 
     @staticmethod
     def state_hash(data: bytes | None) -> str:
@@ -206,6 +222,13 @@ class ModelRuntime:
         t = torch.tensor(tokens, dtype=torch.long, device=self.device)
         logits, new_state = self.model.step(t, state, memory=memory)
         return logits.reshape(len(tokens), -1).float(), new_state
+
+
+def _float_bytes(state: Any) -> int:
+    """Bytes of a state's floating tensors as they are held (fp32 while decoding)."""
+    return sum(t.numel() * t.element_size() for t in state.S) + sum(
+        t.numel() * t.element_size() for t in (state.z or [])
+    )
 
 
 def logits_digest(logits: Tensor) -> str:

@@ -100,6 +100,7 @@ class Services:
             settings.threads,
             weights=settings.weights,
         )
+        runtime.state_storage = settings.state_precision
         if settings.threads is None and runtime.device == "cpu":
             torch.set_num_threads(runtime.cpu_threads())
         scheduler = Scheduler(runtime, metrics, settings.max_batch)

@@ -95,3 +95,44 @@ def test_state_is_not_modified_by_step(model):
         model.step(torch.tensor([1, 2]), st)
     assert all(torch.equal(x, y) for x, y in zip(st.S, before.S, strict=True))
     assert torch.equal(st.position, before.position)
+
+
+def test_bf16_blob_is_checked_as_stored_and_resumes_in_fp32() -> None:
+    """to_bytes(bfloat16): half the bytes of the floats, its own checksum (a flipped byte
+    is caught), and from_bytes(dtype=float32) gives the rounded values back in fp32."""
+    import pytest
+
+    from retnet_core.state import RecurrentState, StateCorruptError
+
+    g = torch.Generator().manual_seed(0)
+    S = [torch.randn(1, 4, 64, 64, generator=g) for _ in range(3)]
+    state = RecurrentState(S, None, torch.tensor([17]), "fp")
+    full, half = state.to_bytes(), state.to_bytes(torch.bfloat16)
+    assert len(half) < 0.55 * len(full)
+    back = RecurrentState.from_bytes(half, fingerprint="fp", dtype=torch.float32)
+    assert all(b.dtype == torch.float32 for b in back.S) and int(back.position) == 17
+    for a, b in zip(S, back.S, strict=True):
+        assert torch.equal(b, a.bfloat16().float())
+    damaged = bytearray(half)
+    damaged[-5] ^= 0x40
+    with pytest.raises(StateCorruptError):
+        RecurrentState.from_bytes(bytes(damaged))
+
+
+def test_blobs_written_before_xxh3_still_load() -> None:
+    """A blob without ``checksum_alg`` (BLAKE2b-128, as stored before) is read and checked."""
+    from safetensors.torch import save
+
+    from retnet_core.state import RecurrentState, StateCorruptError, _checksum
+
+    tensors = {"S.0": torch.randn(1, 2, 4, 4), "position": torch.tensor([3])}
+    meta = {"format_version": "1", "fingerprint": "fp", "n_layers": "1", "has_z": "False"}
+    from retnet_core.state import STATE_FORMAT_VERSION
+
+    meta["format_version"] = str(STATE_FORMAT_VERSION)
+    old = save(tensors, metadata={**meta, "checksum": _checksum(tensors, meta)})
+    back = RecurrentState.from_bytes(old, fingerprint="fp")
+    assert torch.equal(back.S[0], tensors["S.0"])
+    forged = save(tensors, metadata={**meta, "checksum": "0" * 32})
+    with pytest.raises(StateCorruptError):
+        RecurrentState.from_bytes(forged)
