@@ -48,7 +48,7 @@ from memsvc.bench._live import (
     work_root,
 )
 from memsvc.bench.memory_data import KINDS, WORDS, UserPlan, make_plans
-from memsvc.bench.memory_report import MEASURES, markdown, summarise
+from memsvc.bench.memory_report import MEASURES, command_line, markdown, plan_json, shown, summarise
 
 # ---- scoring -------------------------------------------------------------------------
 DECLINE = re.compile(
@@ -322,24 +322,6 @@ def heldout_pools() -> dict[str, list[str]]:
     return ValuePools.build(exclude=words).heldout
 
 
-def command_line(
-    out: Path,
-    model_dir: Path | None,
-    users: int,
-    seed: int,
-    max_tokens: int,
-    concurrency: int,
-    baseline: bool,
-    postgres: bool,
-) -> str:
-    """The command that reproduces a run (database URLs elided)."""
-    cmd = f"memsvc bench memory --out {out} --users {users} --seed {seed}"
-    cmd += f" --max-tokens {max_tokens} --concurrency {concurrency}"
-    cmd += f" --model-dir {model_dir}" if model_dir else ""
-    cmd += "" if baseline else " --no-baseline"
-    return cmd + (" --database-url URL --redis-url URL" if postgres else "")
-
-
 def run(
     out: Path,
     model_dir: Path | None = None,
@@ -371,7 +353,7 @@ def run(
         "command": command_line(
             out, model_dir, users, seed, max_tokens, concurrency, baseline, database_url is not None
         ),
-        "model_dir": str(model),
+        "model_dir": shown(model),
         "backend": "Postgres + Redis" if database_url else "SQLite (embedded default)",
         "users": users,
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -379,20 +361,10 @@ def run(
         "measures": {m.key: {"label": m.label, "op": m.op, "target": m.target} for m in MEASURES},
     }
     out.mkdir(parents=True, exist_ok=True)
-    record = {"summary": summary, "meta": meta, "plans": [_plan_json(p) for p in plans], **rows}
+    record = {"summary": summary, "meta": meta, "plans": [plan_json(p) for p in plans], **rows}
     (out / "memory.json").write_text(json.dumps(record, indent=1))
     (out / "memory.md").write_text(markdown(summary, meta, rows))
     return summary
-
-
-def _plan_json(plan: UserPlan) -> dict[str, Any]:
-    return {
-        "user": plan.index,
-        "facts": [{"kind": f.kind, "value": f.value, "tell": f.tell} for f in plan.facts],
-        "never": plan.never,
-        "update": {"fact": plan.update, "value": plan.new_value, "said": plan.update_text},
-        "forget": {"fact": plan.forget, "said": plan.forget_text},
-    }
 
 
 def cli(

@@ -8,6 +8,7 @@ rate: positive means missed). Issue 13's "Targets" table gives the targets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -78,6 +79,10 @@ def summarise(rows: dict[str, list[dict]]) -> dict[str, Any]:
             "forget_requests_removing_a_memory": sum(
                 it["forgotten_memories"] > 0 for it in removes
             ),
+            "forget_requests_removing_no_memory_with_the_value": sum(
+                not any(it["value"].lower() in t.lower() for t in it["removed_texts"])
+                for it in removes
+            ),
             "kept_facts_still_in_memories": sum(
                 it["kept_in_store"] for it in on if it["measure"] == "forget_keeps"
             ),
@@ -135,3 +140,40 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], rows: dict[str, list
             value = f" (value `{it['value']}`)" if it["value"] else ""
             lines.append(f"- {m.key}: asked `{it['asked']}`{value}: `{it['reply']}`")
     return "\n".join(lines) + "\n"
+
+
+# ---- the run's record ------------------------------------------------------------------
+def command_line(
+    out: Path,
+    model_dir: Path | None,
+    users: int,
+    seed: int,
+    max_tokens: int,
+    concurrency: int,
+    baseline: bool,
+    postgres: bool,
+) -> str:
+    """The command that reproduces a run (database URLs elided)."""
+    cmd = f"memsvc bench memory --out {out} --users {users} --seed {seed}"
+    cmd += f" --max-tokens {max_tokens} --concurrency {concurrency}"
+    cmd += f" --model-dir {model_dir}" if model_dir else ""
+    cmd += "" if baseline else " --no-baseline"
+    return cmd + (" --database-url URL --redis-url URL" if postgres else "")
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (results stay portable)."""
+    from memsvc.bench._live import REPO_ROOT
+
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def plan_json(plan: Any) -> dict[str, Any]:
+    """A :class:`~memsvc.bench.memory_data.UserPlan` as JSON (what the user said)."""
+    return {
+        "user": plan.index,
+        "facts": [{"kind": f.kind, "value": f.value, "tell": f.tell} for f in plan.facts],
+        "never": plan.never,
+        "update": {"fact": plan.update, "value": plan.new_value, "said": plan.update_text},
+        "forget": {"fact": plan.forget, "said": plan.forget_text},
+    }

@@ -142,6 +142,15 @@ def test_bench_end_to_end_on_tiny_model(checkpoint: Path, tmp_path: Path) -> Non
             assert isinstance(it["reply"], str) and it["asked"]
         # the tiny model writes every told turn (write threshold 0)
         assert u["facts_written"] > 0 and u["memories"] >= 3
+    removes = [
+        it for u in saved["memory_on"] for it in u["items"] if it["measure"] == "forget_removes"
+    ]
+    diag = summary["diagnostics"]
+    assert diag["forget_value_gone_from_memories"] == sum(it["gone_store"] for it in removes)
+    assert diag["forget_requests_removing_a_memory"] == sum(
+        bool(it["removed_texts"]) for it in removes
+    )
+    assert diag["users_with_a_fact_written"] == users
     off = [it for u in saved["memory_off"] for it in u["items"]]
     assert len(off) == 5 * users and all(u["facts_written"] == 0 for u in saved["memory_off"])
     md = (tmp_path / "memory.md").read_text()
