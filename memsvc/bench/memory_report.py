@@ -124,7 +124,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], rows: dict[str, list
         "case); decline = the reply says it does not know and names no value of that "
         "kind; forget removes = the value is neither in the reply nor in any memory text "
         "(`GET /v1/users/{u}/memories`). Memory off = the same turns in sessions with "
-        '`memory_scope: "none"`.',
+        '`memory_scope: "none"`. Gap = rate − target (for the ≤ target, negative is good).',
         "",
         "| measure | n | memory on | memory off | target | gap | |",
         "|---|---|---|---|---|---|---|",
