@@ -67,8 +67,15 @@ def summarise(rows: dict[str, list[dict]]) -> dict[str, Any]:
     latest = [it for it in on if it["measure"] == "latest"]
     removes = [it for it in on if it["measure"] == "forget_removes"]
     users = rows["memory_on"]
+    by_kind: dict[str, list[int]] = {}
+    for it in on:
+        if it["measure"].startswith("recall"):
+            ok_n = by_kind.setdefault(it["kind"], [0, 0])
+            ok_n[0] += bool(it["ok"])
+            ok_n[1] += 1
     return {
         "users": len(users),
+        "recall_by_kind": dict(sorted(by_kind.items())),
         "facts": sum(measures[k]["n"] for k in ("recall_trained", "recall_other")),
         "measures": measures,
         "diagnostics": {
@@ -132,6 +139,8 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any], rows: dict[str, list
     lines += [_row(m, summary["measures"][m.key]) for m in MEASURES]
     lines += ["", "Diagnostics (counts over users):", ""]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in summary["diagnostics"].items()]
+    kinds = ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in summary["recall_by_kind"].items())
+    lines += ["", f"Recall by kind (memory on): {kinds}."]
     lines += ["", "First misses per measure (memory on):", ""]
     items = [it for u in rows["memory_on"] for it in u["items"]]
     for m in MEASURES:

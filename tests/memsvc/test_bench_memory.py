@@ -145,6 +145,11 @@ def test_bench_end_to_end_on_tiny_model(checkpoint: Path, tmp_path: Path) -> Non
     removes = [
         it for u in saved["memory_on"] for it in u["items"] if it["measure"] == "forget_removes"
     ]
+    by_kind = summary["recall_by_kind"]
+    assert sum(n for _, n in by_kind.values()) == 3 * users
+    assert (
+        sum(ok for ok, _ in by_kind.values()) == m["recall_trained"]["ok"] + m["recall_other"]["ok"]
+    )
     diag = summary["diagnostics"]
     assert diag["forget_value_gone_from_memories"] == sum(it["gone_store"] for it in removes)
     assert diag["forget_requests_removing_a_memory"] == sum(
