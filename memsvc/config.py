@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, description="Redis URL; unset: no Redis")
     redis_prefix: str = Field(default="memsvc:", description="key prefix for everything in Redis")
     model_dir: Path | None = Field(default=None, description="checkpoint dir; default: shipped")
+    model: Literal["tiny", "smollm2-hybrid"] = Field(
+        default="tiny",
+        description="the shipped model served when model_dir is unset: tiny (6.3M RetNet "
+        "trained here) or smollm2-hybrid (SmolLM2-135M-Instruct's weights plus the "
+        "committed distillation delta, assembled under data_dir on first start)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     weights: Literal["fp32", "bf16", "int8"] = Field(
         default="fp32",
@@ -133,8 +139,13 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.data_dir / 'memsvc.db'}"
 
     def resolved_model_dir(self) -> Path:
-        """The checkpoint directory to load: the configured one or the shipped default."""
-        return self.model_dir if self.model_dir is not None else DEFAULT_MODEL_DIR
+        """The checkpoint directory to load: the configured one, else the shipped
+        ``model``'s (``smollm2-hybrid``: where it is assembled, see ``memsvc.distilled``)."""
+        if self.model_dir is not None:
+            return self.model_dir
+        if self.model == "tiny":
+            return DEFAULT_MODEL_DIR
+        return self.data_dir / "models" / self.model
 
     def state_options(self) -> dict[str, object]:
         """The state-storage settings, by name (the storage adapter maps them)."""

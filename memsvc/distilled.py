@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DELTA_DIR", "assemble"]
+__all__ = ["DELTA_DIR", "assemble", "ensure_model"]
 
 # the committed delta: delta.safetensors + delta.json (see retnet_core.assemble)
 DELTA_DIR = Path(__file__).resolve().parent / "models" / "smollm2-hybrid"
@@ -31,3 +31,14 @@ def assemble(
     from retnet_core.assemble import assemble as build
 
     return build(dest, delta_dir, base=base, progress=progress)
+
+
+def ensure_model(settings) -> Path:
+    """The checkpoint directory ``settings`` serve, assembled first when it is the
+    distilled model and not yet built (or no longer verified). Raises
+    ``retnet_core.assemble.AssembleError`` (missing base package, wrong checksums)."""
+    target = settings.resolved_model_dir()
+    if settings.model_dir is None and settings.model == "smollm2-hybrid":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        assemble(target, progress=True)
+    return target

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from memsvc.config import Settings
-from memsvc.engine.runtime import ModelRuntime
+from memsvc.engine.runtime import ModelRuntime, ModelUnavailable
 from memsvc.engine.scheduler import Scheduler
 from memsvc.metrics import Metrics
 from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
@@ -64,6 +64,17 @@ def open_store(settings: Settings, registry: Any = None) -> Store:
     )
 
 
+def model_dir(settings: Settings) -> Path:
+    """The checkpoint to load; the distilled model is assembled on first start."""
+    from memsvc.distilled import ensure_model
+    from retnet_core.assemble import AssembleError
+
+    try:
+        return ensure_model(settings)
+    except AssembleError as exc:
+        raise ModelUnavailable(f"cannot assemble model {settings.model!r}: {exc}") from exc
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -95,7 +106,7 @@ class Services:
         metrics = Metrics()
         store = open_store(settings, metrics.registry)
         runtime = ModelRuntime.load(
-            settings.resolved_model_dir(),
+            model_dir(settings),
             settings.resolved_device(),
             settings.threads,
             weights=settings.weights,

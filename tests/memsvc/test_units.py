@@ -341,3 +341,14 @@ def test_snapshot_cache_has_a_byte_budget() -> None:
     assert len(cache) == 3 and cache.nbytes == 700
     cache.clear()
     assert len(cache) == 0 and cache.nbytes == 0
+
+
+def test_forget_match_skips_questions() -> None:
+    import numpy as np
+
+    from memsvc.services.forget_match import candidates, chosen
+
+    texts = {"q": "What instrument am I learning?", "s": "I've been learning the cello."}
+    vectors = np.array([[1.0, 0.0], [0.8, 0.6]])  # the question is closer to the topic
+    got = chosen(candidates(texts, np.array([1.0, 0.0]), vectors, {}))
+    assert [c.memory_id for c in got] == ["s"]
