@@ -55,9 +55,11 @@ class Runner(Protocol):
 
 
 def _weight_bytes(model: nn.Module, embedding: nn.Module) -> int:
-    """Parameter bytes excluding the input embedding, of which a step reads one row."""
+    """Parameter and buffer bytes (low-bit weights are buffers) excluding the input
+    embedding, of which a step reads one row."""
     skip = {id(p) for p in embedding.parameters()}
-    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in skip}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 # Chunk of our chunkwise prefill (the model's config default is 256); chosen by
