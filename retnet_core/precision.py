@@ -25,6 +25,8 @@ being silently continued with other weights.
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Literal, get_args
 
 import torch
@@ -62,17 +64,41 @@ def native_bf16() -> bool:
         return False
 
 
+#: int8 kernels: "weight-only" (the default, within the stated tolerance) or "fbgemm"
+INT8_KERNELS = ("weight-only", "fbgemm")
+
+
+def fbgemm_int8(weight: Tensor, kernel: str) -> bool:
+    """Whether an int8 layer runs fbgemm's dynamic int8 linear: asked for (``kernel``
+    "fbgemm", e.g. ``RETNET_INT8_KERNEL=fbgemm``), a CPU weight, torch built with fbgemm.
+
+    That kernel quantizes each call's activations to u8 (one scale and zero point per
+    call, 7 bits to stay clear of AVX2's 16-bit saturation) and multiplies in integers:
+    y ≈ s_x (x_q − z_x) W_qᵀ ⊙ s_w + b. On an AVX2-only CPU it is the fastest int8 path
+    for decode and prefill alike, but the per-call activation scale is coarse: on the
+    shipped checkpoint it gave a 0.044 relative logit error (tolerance 0.03) and forked
+    greedy decoding within 8 tokens, so it is opt-in (measured in docs/bench/cpu-speed.md).
+    """
+    return (
+        kernel == "fbgemm"
+        and weight.device.type == "cpu"
+        and "fbgemm" in torch.backends.quantized.supported_engines
+    )
+
+
 class LowBitLinear(nn.Module):
     """``nn.Linear`` with bf16 or int8 (per-row scale) weights; float32 in and out.
 
     x (..., in) -> y (..., out) in x's dtype. See the module docstring for the kernels.
     """
 
-    def __init__(self, linear: nn.Linear, precision: str) -> None:
+    def __init__(self, linear: nn.Linear, precision: str, kernel: str = "weight-only") -> None:
         super().__init__()
         if precision not in ("bf16", "int8"):
             raise ValueError(f"LowBitLinear holds bf16 or int8 weights, not {precision!r}")
-        self.precision = precision
+        if kernel not in INT8_KERNELS:
+            raise ValueError(f"unknown int8 kernel {kernel!r}: one of {INT8_KERNELS}")
+        self.precision, self.kernel = precision, kernel
         self.in_features, self.out_features = linear.in_features, linear.out_features
         device = linear.weight.device
         if precision == "int8":
@@ -84,6 +110,7 @@ class LowBitLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.register_buffer("bias", bias)
         self.widen = not native_bf16()
+        self._fbgemm: object | None = None  # packed int8 weight, built on first use
 
     def widened(self) -> Tensor:
         """The weight as float32 (out, in): W_q ⊙ s for int8."""
@@ -91,8 +118,29 @@ class LowBitLinear(nn.Module):
             return self.weight_int8.float() * self.scale.float()[:, None]
         return self.weight_bf16.float()
 
+    def packed(self) -> object | None:
+        """W_q with its row scales packed for fbgemm's dynamic int8 linear, or None when
+        this is not an int8 layer on a CPU with fbgemm (see :func:`fbgemm_int8`)."""
+        wanted = self.precision == "int8" and self._fbgemm is None
+        if wanted and fbgemm_int8(self.weight_int8, self.kernel):
+            scale = self.scale.double()  # the stored (bf16) scales, exactly
+            zero = torch.zeros_like(self.weight_int8[:, 0], dtype=torch.long)
+            with warnings.catch_warnings():  # quantized tensors are deprecated, fbgemm not
+                warnings.simplefilter("ignore", UserWarning)
+                wq = torch._make_per_channel_quantized_tensor(self.weight_int8, scale, zero, 0)
+            self._fbgemm = torch.ops.quantized.linear_prepack(wq, self.bias)
+        return self._fbgemm
+
+    def _apply(self, fn, *args, **kwargs):  # .to() and friends: repack from the buffers
+        self._fbgemm = None
+        return super()._apply(fn, *args, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
+        packed = self.packed()
+        if packed is not None:  # bias included; u8 activations, 7 bits (reduce_range)
+            y = torch.ops.quantized.linear_dynamic(flat.float().contiguous(), packed, True)
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         if self.widen and flat.shape[0] >= WIDEN_ROWS:
             y = torch.nn.functional.linear(flat.float(), self.widened())
         elif self.precision == "int8":
@@ -110,7 +158,7 @@ class LowBitLinear(nn.Module):
         )
 
 
-def _replace_linears(module: nn.Module, precision: str, keep: set[int]) -> int:
+def _replace_linears(module: nn.Module, precision: str, keep: set[int], kernel: str) -> int:
     """Replace the :data:`LOW_BIT_TARGETS` ``nn.Linear`` children by
     :class:`LowBitLinear`, recursively, except those whose weight is in ``keep`` (tied
     to an embedding); returns how many were replaced."""
@@ -121,15 +169,18 @@ def _replace_linears(module: nn.Module, precision: str, keep: set[int]) -> int:
             and name in LOW_BIT_TARGETS
             and id(child.weight) not in keep
         ):
-            setattr(module, name, LowBitLinear(child, precision))
+            setattr(module, name, LowBitLinear(child, precision, kernel))
             replaced += 1
         else:
-            replaced += _replace_linears(child, precision, keep)
+            replaced += _replace_linears(child, precision, keep, kernel)
     return replaced
 
 
-def apply_precision(model: nn.Module, precision: str) -> nn.Module:
+def apply_precision(model: nn.Module, precision: str, int8_kernel: str | None = None) -> nn.Module:
     """The float32 ``model`` with its large projections in ``precision``, in eval mode.
+
+    ``int8_kernel``: one of :data:`INT8_KERNELS` (default: ``RETNET_INT8_KERNEL``, else
+    "weight-only"); see :func:`fbgemm_int8`.
 
     fp32 returns it unchanged. Raises ValueError for an unknown precision, for int8 on
     a non-CPU model, or when the model has no projection to convert.
@@ -142,7 +193,10 @@ def apply_precision(model: nn.Module, precision: str) -> nn.Module:
     if precision == "int8" and device.type != "cpu":
         raise ValueError("int8 weights run on CPU only; use bf16 on CUDA")
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    if _replace_linears(model, precision, tied) == 0:
+    kernel = int8_kernel or os.environ.get("RETNET_INT8_KERNEL", "weight-only")
+    if kernel not in INT8_KERNELS:
+        raise ValueError(f"unknown int8 kernel {kernel!r}: one of {INT8_KERNELS}")
+    if _replace_linears(model, precision, tied, kernel) == 0:
         raise ValueError(f"{precision}: the model has no projection to convert")
     if hasattr(model, "_weights"):  # RetNetLM: the fingerprint re-reads its tensors
         model._weights, model._fingerprint = None, None

@@ -40,6 +40,9 @@ LABELS = {
     "ours-vf1": "ours-vf1",
     "ours-compiled": "ours-compiled",
     "ours-matched": "ours-matched",
+    "ours-bf16": "ours-bf16",
+    "ours-int8": "ours-int8",
+    "ours-int8-fbgemm": "ours-int8-fbgemm",
     "yar": "yar",
     "llama": "Llama + KV",
 }
@@ -48,6 +51,9 @@ DESCRIPTIONS = {
     "ours-vf1": "ours with value_factor 1 (values/gate d_model wide like yar's, SwiGLU 2048)",
     "ours-compiled": "ours, default config, with the opt-in compile_step()",
     "ours-matched": "ours at yar's weight count (value_factor 1, SwiGLU 1365)",
+    "ours-bf16": "ours, default config, bf16 weights (retnet_core.precision)",
+    "ours-int8": "ours, default config, int8 weights, weight-only kernel",
+    "ours-int8-fbgemm": "ours, default config, int8 weights, fbgemm dynamic int8 (opt-in)",
     "yar": "yet-another-retnet (PyPI), recurrent step",
     "llama": "HF LlamaForCausalLM with a DynamicCache (SDPA)",
 }
@@ -159,7 +165,7 @@ def _goal(name: str, value: float, target: str, met: bool) -> dict:
 # Our rows the targets are computed for, the fairest "same shape" comparison first:
 # ours-vf1 has yar's value/gate width (d_model) and its FFN width (2048), eager like yar;
 # the default (value_factor 2) carries a value path twice as wide as yar's.
-TARGET_ROWS = ("ours-vf1", "ours", "ours-compiled")
+TARGET_ROWS = ("ours-vf1", "ours", "ours-compiled", "ours-int8", "ours-int8-fbgemm")
 
 
 def targets(results: list[Measurement], row: str = "ours") -> list[dict]:
@@ -418,9 +424,7 @@ def cli(
     quick: Annotated[
         bool, typer.Option("--quick/--full", help="quick: L up to 4k, fewer steps")
     ] = True,
-    models: Annotated[
-        str, typer.Option(help="subset of ours,ours-vf1,ours-compiled,ours-matched,yar,llama")
-    ] = DEFAULT_MODELS,
+    models: Annotated[str, typer.Option(help=f"subset of {','.join(RUNNERS)}")] = DEFAULT_MODELS,
     decode_tokens: Annotated[int | None, typer.Option(help="timed steps per length")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all CPUs)")] = None,
 ) -> None:

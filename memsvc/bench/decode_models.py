@@ -55,9 +55,11 @@ class Runner(Protocol):
 
 
 def _weight_bytes(model: nn.Module, embedding: nn.Module) -> int:
-    """Parameter bytes excluding the input embedding, of which a step reads one row."""
+    """Parameter and buffer bytes (low-bit weights are buffers) excluding the input
+    embedding, of which a step reads one row."""
     skip = {id(p) for p in embedding.parameters()}
-    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in skip}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 # Chunk of our chunkwise prefill (the model's config default is 256); chosen by
@@ -157,6 +159,41 @@ class CompiledRunner(OursRunner):
             seconds = time.perf_counter() - t0
         self.reset()
         return seconds
+
+
+class LowBitRunner(OursRunner):
+    """Ours (default config) with its large projections in bf16 or int8
+    (``retnet_core.precision.apply_precision``); ``kernel`` picks the int8 kernel."""
+
+    precision = "int8"
+    kernel = "weight-only"
+
+    def __init__(self, shape: Shape, **kw) -> None:
+        from retnet_core.precision import apply_precision
+
+        super().__init__(shape, **kw)
+        self.model = apply_precision(self.model, self.precision, self.kernel)
+
+
+class Int8Runner(LowBitRunner):
+    """int8 weights (per-row scales), weight-only kernel: within the stated tolerance."""
+
+    name = "ours-int8"
+
+
+class Int8FbgemmRunner(LowBitRunner):
+    """int8 weights with fbgemm's dynamic int8 linear (u8 activations, one scale per
+    call): the fastest on AVX2, outside the stated logit tolerance (opt-in)."""
+
+    name = "ours-int8-fbgemm"
+    kernel = "fbgemm"
+
+
+class Bf16Runner(LowBitRunner):
+    """bf16 weights (emulated bf16 matmuls without AVX512-BF16; prefill widens to fp32)."""
+
+    name = "ours-bf16"
+    precision = "bf16"
 
 
 class YarRunner:
@@ -263,6 +300,9 @@ RUNNERS: dict[str, Callable[[Shape], Runner]] = {
     "ours-vf1": Vf1Runner,
     "ours-compiled": CompiledRunner,
     "ours-matched": OursMatchedRunner,
+    "ours-bf16": Bf16Runner,
+    "ours-int8": Int8Runner,
+    "ours-int8-fbgemm": Int8FbgemmRunner,
     "yar": YarRunner,
     "llama": LlamaRunner,
 }
