@@ -16,8 +16,11 @@ Questions the user asked are memories too, but state no fact: they are not candi
 and every memory with ``score ≥ MIN_SCORE`` whose similarity is within ``MARGIN`` of
 the best one's are removed: a fact told twice, or told then updated ("my dog is Rex",
 "actually he's called Max"), goes entirely; an unrelated memory, well below, stays.
-Measured on MiniLM: a topic scores 0.43–0.73 against its own fact and at most 0.28
-against other facts of the same user.
+The thresholds were chosen on ``memsvc bench memory``'s forget requests (everyday
+phrasings, invented values, which MiniLM embeds poorly: "my car" against "I drive a
+Zirnirly, it's old but reliable.") and checked on three other seeds of it (210
+requests): the named fact removed in 200 (0.95); 24 requests also took one other fact
+(of 420 others: 0.94 kept). ``MIN_SCORE`` 0.35 removed the named fact in only 172.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 READ_WEIGHT = 0.25
-MIN_SCORE = 0.35
+MIN_SCORE = 0.25
 MARGIN = 0.15
 
 
