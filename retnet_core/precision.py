@@ -141,7 +141,7 @@ class LowBitLinear(nn.Module):
         if packed is not None:  # bias included; u8 activations, 7 bits (reduce_range)
             y = torch.ops.quantized.linear_dynamic(flat.float().contiguous(), packed, True)
             return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-        if self.widen and flat.shape[0] >= WIDEN_ROWS:
+        if self.widen and flat.is_cpu and flat.shape[0] >= WIDEN_ROWS:
             y = torch.nn.functional.linear(flat.float(), self.widened())
         elif self.precision == "int8":
             y = torch._weight_int8pack_mm(flat.to(torch.bfloat16), self.weight_int8, self.scale)
