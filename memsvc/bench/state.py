@@ -319,7 +319,7 @@ def measure_large(st, label: str, blob: bytes, n: int) -> list[dict]:  # type: i
     """Save and load one large state ``n`` times each through ``st`` (Postgres + Redis)."""
     from storage.state_codec import encode
 
-    tenant = st.tenants.create("bench").id
+    tenant = st.tenants.create(f"bench-large-{label}-{time.monotonic_ns()}").id  # names are unique
     sid = st.sessions.create(tenant).id
     version, saved = [0], [None]
 
