@@ -247,13 +247,13 @@ def real_state_ratios() -> dict:
     """Stored/raw size of the shipped model's state after a prefill of the README."""
     import torch
 
-    from retnet_core.model import RetNetLM
+    from retnet_core.checkpoint import load_pretrained
     from retnet_core.tokenizer import ChatTokenizer
     from storage.state_codec import CodecConfig, encode
 
     root = Path(__file__).resolve().parents[2]
     model_dir = root / "memsvc" / "models" / "default"  # the shipped model
-    model = RetNetLM.from_pretrained(model_dir).eval()
+    model = load_pretrained(model_dir).eval()
     tok = ChatTokenizer.load(model_dir)
     text = (root / "README.md").read_text()
     ids = torch.tensor([tok.encode(text)[:2048]])
