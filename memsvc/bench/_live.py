@@ -12,15 +12,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +223,26 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def play_on_live_server(
+    name: str,
+    model_dir: Path,
+    database_url: str | None,
+    redis_url: str | None,
+    extra_env: dict[str, str] | None,
+    play: Callable[[str, str], Awaitable[Any]],
+) -> Any:
+    """Start a server on ``model_dir`` in a fresh work folder, create a tenant, run
+    ``play(url, tenant_key)`` to completion, then stop the server and remove the folder.
+    Returns what ``play`` returned."""
+    work = work_root() / f"{name}-{time.monotonic_ns()}"
+    env = server_env(model_dir, work / "data", database_url, redis_url, **(extra_env or {}))
+    try:
+        with LiveServer(env, work) as server:
+            return asyncio.run(play(server.url, new_tenant_key(env)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def server_env(

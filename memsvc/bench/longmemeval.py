@@ -33,11 +33,9 @@ Writes ``longmemeval.json`` and ``longmemeval.md`` to ``--out``.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,12 +46,9 @@ import typer
 
 from memsvc.bench._live import (
     REPO_ROOT,
-    LiveServer,
     exit_on_sigterm,
     machine_info,
-    new_tenant_key,
-    server_env,
-    work_root,
+    play_on_live_server,
 )
 from memsvc.bench.longmemeval_data import (
     DataError,
@@ -218,15 +213,11 @@ def run(
     chosen = instances[:limit] if limit else instances
     judge_fn = load_judge(judge) if judge else None
     model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()  # the server runs in its own cwd
-    work = work_root() / f"longmemeval-{time.monotonic_ns()}"
-    env = server_env(model, work / "data", database_url, redis_url, **(extra_env or {}))
     t0 = time.perf_counter()
-    try:
-        with LiveServer(env, work) as server:
-            key = new_tenant_key(env)
-            rows = asyncio.run(play_all(server.url, key, chosen, variant, max_tokens, judge_fn))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    rows = play_on_live_server(
+        "longmemeval", model, database_url, redis_url, extra_env,
+        lambda url, key: play_all(url, key, chosen, variant, max_tokens, judge_fn),
+    )  # fmt: skip
     summary = summarise(rows)
     meta = {
         "command": command

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,12 +39,9 @@ import httpx
 import typer
 
 from memsvc.bench._live import (
-    LiveServer,
     exit_on_sigterm,
     machine_info,
-    new_tenant_key,
-    server_env,
-    work_root,
+    play_on_live_server,
 )
 from memsvc.bench.memory_data import KINDS, WORDS, UserPlan, make_plans
 from memsvc.bench.memory_report import MEASURES, command_line, markdown, plan_json, shown, summarise
@@ -339,15 +335,11 @@ def run(
 
     model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()
     plans = make_plans(users, seed, heldout_pools())
-    work = work_root() / f"memory-{time.monotonic_ns()}"
-    env = server_env(model, work / "data", database_url, redis_url, **(extra_env or {}))
     t0 = time.perf_counter()
-    try:
-        with LiveServer(env, work) as server:
-            key = new_tenant_key(env)
-            rows = asyncio.run(play_all(server.url, key, plans, max_tokens, concurrency, baseline))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    rows = play_on_live_server(
+        "memory", model, database_url, redis_url, extra_env,
+        lambda url, key: play_all(url, key, plans, max_tokens, concurrency, baseline),
+    )  # fmt: skip
     summary = summarise(rows)
     meta = {
         "command": command_line(
