@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retnet_core.config import RetNetConfig
+from retnet_core.hybrid_step import hybrid_step, hybrid_step_supported
 from retnet_core.layers import (
     EMBEDS,
     TOKENS,
@@ -292,6 +293,8 @@ class RetNetLM(nn.Module):
         fp = self.check_state(state, b)
         if self._fast_ok():
             return self._fast_step(tokens, state, fp, memory)
+        if self._hybrid_fast_ok() and memory is None:
+            return hybrid_step(self, tokens, state, fp)
         ctx = self._context(state.position[:, None], "step")
         hidden, layers = self._run(tokens[:, None], ctx, state, memory, None)
         logits = self._logits(hidden, ctx.copies)[:, 0]
@@ -305,6 +308,14 @@ class RetNetLM(nn.Module):
             and c.retention_norm != "torchscale"
             and (c.dropout == 0.0 or not self.training)
             and self._classic
+        )
+
+    def _hybrid_fast_ok(self) -> bool:
+        """The hybrid's fused step (``retnet_core.hybrid_step``): CPU, inference."""
+        return (
+            self.device.type == "cpu"
+            and not (self.training and self.config.dropout)
+            and hybrid_step_supported(self.config)
         )
 
     @property

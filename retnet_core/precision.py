@@ -1,13 +1,16 @@
 """Weight precision of a loaded model: fp32, bf16, or int8 weight-only (CPU).
 
 One setting picks it (``memsvc``: ``MEMSVC_WEIGHTS``); :func:`apply_precision` replaces
-the large projections of a float32 model (retention in/out, FFN in/out, an untied LM
-head: nearly all the weights of a large model) by :class:`LowBitLinear` modules that
+the large projections of a float32 model (retention in/out, FFN in/out, the LM head:
+nearly all the weights a decode step reads) by :class:`LowBitLinear` modules that
 hold their weights in bf16, or in int8 with one scale per output row. Everything else
 (embeddings, norms, decays, memory layers) and every activation stays float32, and so
 does the recurrent state ``S_t = γ S_{t-1} + k_tᵀ v_t``: it is a running sum over the
 whole conversation, and rounding it every token would compound.
 
+- A head tied to the embedding gets its own low-bit copy; the embedding keeps its float
+  rows (a lookup reads one row, the head reads them all, every token: at SmolLM2's
+  vocabulary of 49k it is a fifth of the model and was a quarter of an int8 step).
 - ``bf16``: half of fp32's bytes for those weights; ``int8``: a quarter, with
   ``W_q = round(W / s)``, ``s_i = max_j |W_ij| / 127``, so ``|W - W_q ⊙ s| ≤ s / 2``.
 - Which kernel computes ``y = x Wᵀ + b`` depends on the rows of x (tokens in the call)
@@ -158,21 +161,17 @@ class LowBitLinear(nn.Module):
         )
 
 
-def _replace_linears(module: nn.Module, precision: str, keep: set[int], kernel: str) -> int:
+def _replace_linears(module: nn.Module, precision: str, kernel: str) -> int:
     """Replace the :data:`LOW_BIT_TARGETS` ``nn.Linear`` children by
-    :class:`LowBitLinear`, recursively, except those whose weight is in ``keep`` (tied
-    to an embedding); returns how many were replaced."""
+    :class:`LowBitLinear`, recursively; returns how many were replaced. A weight shared
+    with an embedding is copied, never changed in place."""
     replaced = 0
     for name, child in list(module.named_children()):
-        if (
-            isinstance(child, nn.Linear)
-            and name in LOW_BIT_TARGETS
-            and id(child.weight) not in keep
-        ):
+        if isinstance(child, nn.Linear) and name in LOW_BIT_TARGETS:
             setattr(module, name, LowBitLinear(child, precision, kernel))
             replaced += 1
         else:
-            replaced += _replace_linears(child, precision, keep, kernel)
+            replaced += _replace_linears(child, precision, kernel)
     return replaced
 
 
@@ -192,11 +191,10 @@ def apply_precision(model: nn.Module, precision: str, int8_kernel: str | None = 
     device = next(model.parameters()).device
     if precision == "int8" and device.type != "cpu":
         raise ValueError("int8 weights run on CPU only; use bf16 on CUDA")
-    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     kernel = int8_kernel or os.environ.get("RETNET_INT8_KERNEL", "weight-only")
     if kernel not in INT8_KERNELS:
         raise ValueError(f"unknown int8 kernel {kernel!r}: one of {INT8_KERNELS}")
-    if _replace_linears(model, precision, tied, kernel) == 0:
+    if _replace_linears(model, precision, kernel) == 0:
         raise ValueError(f"{precision}: the model has no projection to convert")
     if hasattr(model, "_weights"):  # RetNetLM: the fingerprint re-reads its tensors
         model._weights, model._fingerprint = None, None

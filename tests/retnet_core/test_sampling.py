@@ -13,6 +13,7 @@ from retnet_core.sampling import (
     load_sampling_defaults,
     sample,
     save_sampling_defaults,
+    top_p_filter,
 )
 
 
@@ -69,3 +70,34 @@ def test_invalid_params_are_refused() -> None:
 def test_shipped_model_is_greedy_by_its_own_config() -> None:
     shipped = Path(__file__).resolve().parents[2] / "memsvc" / "models" / "default"
     assert load_sampling_defaults(shipped).temperature == 0.0
+
+
+def _nucleus_by_sort(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """The definition: sort, keep while the mass strictly before is < p."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    drop_sorted = (probs.cumsum(dim=-1) - probs) >= p
+    return logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])  # flat (falls back to the sort) .. peaked
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.99])
+def test_top_p_keeps_the_nucleus_of_the_definition(scale: float, p: float) -> None:
+    gen = torch.Generator().manual_seed(int(scale * 10) + int(p * 100))
+    logits = torch.randn(3, 5000, generator=gen) * scale
+    got = top_p_filter(logits, p)
+    want = _nucleus_by_sort(logits, p)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    assert torch.equal(got[torch.isfinite(got)], want[torch.isfinite(want)])
+
+
+def test_draws_follow_the_filtered_distribution() -> None:
+    """The compact draw (few finite logits) keeps softmax's frequencies."""
+    logits = torch.full((1, 1000), float("-inf"))
+    logits[0, [3, 500, 999]] = torch.tensor([0.0, 1.0, 2.0])
+    params = SamplingParams(temperature=1.0, seed=5)
+    gen = params.generator()
+    draws = torch.stack([sample(logits, params, gen) for _ in range(4000)]).flatten()
+    freq = torch.tensor([(draws == i).float().mean().item() for i in (3, 500, 999)])
+    torch.testing.assert_close(freq, torch.tensor([0.0, 1.0, 2.0]).softmax(0), atol=0.03, rtol=0)
+    assert set(draws.tolist()) <= {3, 500, 999}
