@@ -217,7 +217,9 @@ def cli(
         + f" --rows {rows} --conversations {conversations} --far {far} --far-gap {far_gap}",
         "conversations": len(convs),
         "far_n": 0 if far_ex is None else len(far_ex),
-        "far_gap_median": None if not far_ex else sorted(e["gap"] for e in far_ex)[len(far_ex) // 2],
+        "far_gap_median": None
+        if not far_ex
+        else sorted(e["gap"] for e in far_ex)[len(far_ex) // 2],  # noqa: E501
         "edge": edge,
         "rows": {},
     }

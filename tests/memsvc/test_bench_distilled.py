@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from memsvc.bench.distilled import far_examples, far_recall_rate, report, heldout_conversations
+from memsvc.bench.distilled import far_examples, far_recall_rate, heldout_conversations, report
 from memsvc.bench.model_speed import _verdict, prompt_of
 from retnet_core.checkpoint import load_pretrained
 from retnet_core.tokenizer import ChatTokenizer
