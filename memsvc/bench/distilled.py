@@ -211,15 +211,14 @@ def cli(
 
     cfg = RetNetConfig.load(model_dir / "config.json")
     edge = cfg.window + cfg.sinks
+    gaps = sorted(e["gap"] for e in far_ex or [])
     result: dict[str, Any] = {
         "command": f"memsvc bench distilled --out {out}"
         + (f" --model-dir {model_dir}" if model_dir != work_root() / "smollm2-hybrid" else "")
         + f" --rows {rows} --conversations {conversations} --far {far} --far-gap {far_gap}",
         "conversations": len(convs),
         "far_n": 0 if far_ex is None else len(far_ex),
-        "far_gap_median": None
-        if not far_ex
-        else sorted(e["gap"] for e in far_ex)[len(far_ex) // 2],  # noqa: E501
+        "far_gap_median": None if not gaps else gaps[len(gaps) // 2],
         "edge": edge,
         "rows": {},
     }
