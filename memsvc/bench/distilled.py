@@ -126,7 +126,13 @@ def load_rows(model_dir: Path, rows: list[str]) -> dict[str, tuple[Any, Any]]:
 
 
 def score_row(
-    name: str, model: Any, tok: Any, conversations: list[Any], far: list[dict] | None, edge: int
+    name: str,
+    model: Any,
+    tok: Any,
+    conversations: list[Any],
+    far: list[dict] | None,
+    edge: int,
+    protocols: tuple[str, ...] = ("plain", "bench"),
 ) -> dict[str, Any]:
     """Every measure of one row (the student-off row zeroes α while it is scored)."""
     from contextlib import nullcontext
@@ -136,8 +142,9 @@ def score_row(
     t0 = time.perf_counter()
     ctx = retention_off(model) if name == "student-off" else nullcontext()
     with ctx, torch.inference_mode():
-        plain = heldout_bits(model, tok, [c.text() for c in conversations], edge)
-        bench = bench_protocol(model, tok, conversations)
+        texts = [c.text() for c in conversations]
+        plain = heldout_bits(model, tok, texts, edge) if "plain" in protocols else None
+        bench = bench_protocol(model, tok, conversations) if "bench" in protocols else None
         rate = None if far is None else far_recall_rate(model, tok, far)
     return {"plain": plain, "bench": bench, "far_recall": rate, "seconds": time.perf_counter() - t0}
 
@@ -194,6 +201,7 @@ def cli(
     far: Annotated[int, typer.Option(help="far-recall examples (0: skip)")] = 100,
     far_gap: Annotated[int, typer.Option(help="tokens between telling and asking")] = 300,
     seed: Annotated[int, typer.Option(help="seed of the far-recall examples")] = 0,
+    protocols: Annotated[str, typer.Option(help="plain, bench or both")] = "plain,bench",
 ) -> None:
     """Held-out bits/char (two protocols) and in-session far recall: teacher vs student."""
     from memsvc.distilled import assemble
@@ -215,7 +223,8 @@ def cli(
     result: dict[str, Any] = {
         "command": f"memsvc bench distilled --out {out}"
         + (f" --model-dir {model_dir}" if model_dir != work_root() / "smollm2-hybrid" else "")
-        + f" --rows {rows} --conversations {conversations} --far {far} --far-gap {far_gap}",
+        + f" --rows {rows} --conversations {conversations} --far {far} --far-gap {far_gap}"
+        + (f" --protocols {protocols}" if protocols != "plain,bench" else ""),
         "conversations": len(convs),
         "far_n": 0 if far_ex is None else len(far_ex),
         "far_gap_median": None if not gaps else gaps[len(gaps) // 2],
@@ -227,7 +236,9 @@ def cli(
         model, tok = models[name]
         # tiny has its own tokenizer and chat format: the far dialogues are not rendered for it
         row_far = far_ex if name != "tiny" else None
-        result["rows"][name] = score_row(name, model, tok, convs, row_far, edge)
+        result["rows"][name] = score_row(
+            name, model, tok, convs, row_far, edge, tuple(protocols.split(","))
+        )
         result["machine"] = machine_info()
         (out / "distilled.json").write_text(json.dumps(result, indent=2))
         (out / "distilled.md").write_text(report(result))
