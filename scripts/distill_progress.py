@@ -75,12 +75,39 @@ def summary(records: list[dict], bin_size: int = 5) -> str:
     return "\n".join(out) + "\n"
 
 
+def plot(records: list[dict], png: Path) -> None:
+    """Loss per step of each stage (one panel each: their losses are different units)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [r for r in records if "stage_step" in r and "loss" in r]
+    names = list(dict.fromkeys(r["stage"] for r in stages))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        rows = [r for r in stages if r["stage"] == name]
+        ax.plot([r["tokens"] for r in rows], [r["loss"] for r in rows], lw=0.6, alpha=0.5)
+        k = 10  # a running mean over 10 steps shows the trend through the noise
+        mean = [sum(r["loss"] for r in rows[max(0, i - k + 1) : i + 1]) / min(i + 1, k)
+                for i in range(len(rows))]  # fmt: skip
+        ax.plot([r["tokens"] for r in rows], mean, lw=1.5)
+        ax.set_title(name)
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("relative MSE" if name == "transfer" else "KL (nats/token)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("log", type=Path)
     ap.add_argument("--update", type=Path, default=None)
     ap.add_argument("--bin", type=int, default=5)
+    ap.add_argument("--png", type=Path, default=None, help="also plot the loss curves here")
     args = ap.parse_args()
+    if args.png is not None:
+        plot(_records(args.log), args.png)
     text = summary(_records(args.log), args.bin)
     if args.update is None:
         print(text)
