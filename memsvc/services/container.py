@@ -109,7 +109,7 @@ class Services:
             model_dir(settings),
             settings.resolved_device(),
             settings.threads,
-            weights=settings.weights,
+            weights=settings.resolved_weights(),
         )
         runtime.state_storage = settings.state_precision
         if settings.threads is None and runtime.device == "cpu":

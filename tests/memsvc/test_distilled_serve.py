@@ -36,6 +36,7 @@ def test_distilled_model_assembles_once_and_chats(pg_backend: Backend, tmp_path:
         assert record["base"] == "smollm2" and set(record["files"]) >= {"model.safetensors"}
         checks = http.get("/readyz").json()["checks"]
         assert checks["memory"]["enabled"] is False
+        assert checks["model"]["weights"] == "int8"  # MEMSVC_WEIGHTS=auto on CPU
         sid = http.post("/v1/sessions", json={"user_id": "u"}, headers=auth).json()["id"]
         r = http.post(
             f"/v1/sessions/{sid}/messages",

@@ -352,3 +352,16 @@ def test_forget_match_skips_questions() -> None:
     vectors = np.array([[1.0, 0.0], [0.8, 0.6]])  # the question is closer to the topic
     got = chosen(candidates(texts, np.array([1.0, 0.0]), vectors, {}))
     assert [c.memory_id for c in got] == ["s"]
+
+
+def test_weights_auto_is_int8_only_for_the_distilled_model_on_cpu(tmp_path) -> None:
+    from memsvc.config import Settings
+
+    base = dict(data_dir=tmp_path, device="cpu")
+    assert Settings(**base, model="smollm2-hybrid").resolved_weights() == "int8"
+    assert Settings(**base, model="tiny").resolved_weights() == "fp32"
+    assert Settings(**base, model="smollm2-hybrid", weights="fp32").resolved_weights() == "fp32"
+    own = Settings(**base, model="smollm2-hybrid", model_dir=tmp_path)  # a user's checkpoint
+    assert own.resolved_weights() == "fp32"
+    gpu = Settings(data_dir=tmp_path, device="cuda", model="smollm2-hybrid")
+    assert gpu.resolved_weights() == "fp32"  # int8 weights run on CPU only
