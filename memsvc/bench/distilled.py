@@ -166,15 +166,20 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"{result['conversations']} test-split conversations; far recall: "
-        f"{result['far_n']} held-out facts, {result['far_gap_median']} tokens (median) "
-        f"of a real conversation between telling and asking. Machine: "
-        f"{result['machine']['cpus']} CPUs, torch {result['machine']['torch']}, "
+        f"{result['conversations']} test-split conversations"
+        + (
+            f"; far recall: {result['far_n']} held-out facts, {result['far_gap_median']} "
+            "tokens (median) of a real conversation between telling and asking"
+            if result["far_n"]
+            else ""
+        )
+        + f". Machine: {result['machine']['cpus']} CPUs, torch {result['machine']['torch']}, "
         f"{result['machine']['time_utc']}.",
         "",
         head,
         "|---" * (len(names) + 1) + "|",
     ]
+    measured = {k for r in rows.values() for k in ("plain", "bench", "far_recall") if r.get(k)}
     table = [
         ("bits/char, plain text (target ≤ 1.40)", ("plain", "bits_per_char"), ".4f"),
         ("bits/token, plain text", ("plain", "bits_per_token"), ".4f"),
@@ -187,6 +192,8 @@ def report(result: dict[str, Any]) -> str:
         ("seconds to score", ("seconds",), ".0f"),
     ]  # fmt: skip
     for label, path, fmt in table:
+        if path[0] in ("plain", "bench", "far_recall") and path[0] not in measured:
+            continue  # a protocol this run did not measure
         lines.append(f"| {label} | " + " | ".join(cell(n, path, fmt) for n in names) + " |")
     return "\n".join(lines) + "\n"
 
