@@ -75,7 +75,7 @@ async def _converse(url: str, key: str, max_tokens: int) -> list[dict[str, Any]]
                 body = {"content": text, "max_tokens": max_tokens, "temperature": 0}
                 r = await client.post(f"/v1/sessions/{sid}/messages", json=body)
                 r.raise_for_status()
-                turns.append({"user": text, "assistant": r.json()["content"]})
+                turns.append({"user": text, "assistant": r.json()["message"]["content"]})
             out.append({"topic": word, "turns": turns})
     return out
 
@@ -97,7 +97,8 @@ def report(result: dict[str, Any]) -> str:
         n = result["train_mentions"][conv["topic"]]
         lines += [f"## {conv['topic']} (train conversations mentioning it: {n})", ""]
         for t in conv["turns"]:
-            lines += [f"> **user:** {t['user']}", ">", f"> **assistant:** {t['assistant']}", ""]
+            reply = "\n".join(f"> {x}" if x else ">" for x in t["assistant"].split("\n"))
+            lines += [f"> **user:** {t['user']}", ">", "> **assistant:**", reply, ""]
     return "\n".join(lines)
 
 
