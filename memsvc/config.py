@@ -117,6 +117,11 @@ class Settings(BaseSettings):
 
     # memory slots
     memory_enabled: bool = True
+    memory_notes: bool = Field(
+        default=True,
+        description="a model without memory layers keeps memories as text and reads them "
+        "as a system note (memsvc.services.memory_notes); false: such a model has no memory",
+    )
 
     @field_validator(
         "database_url",

@@ -138,6 +138,11 @@ class Usage(BaseModel):
         description="ids of the memories a forget request in chat removed (their history "
         "keeps the deletion: GET /v1/users/{user_id}/memories/history)",
     )
+    noted_memories: list[str] = Field(
+        default_factory=list,
+        description="ids of the memories this turn read as a note (a model without memory "
+        "layers reads its memories' text: memsvc.services.memory_notes)",
+    )
     memory_enabled: bool = Field(
         True,
         description="memory features are on for this service (false: the model has no "

@@ -87,6 +87,17 @@ class PendingMemory:
     key: str | None = None
 
 
+@dataclass(frozen=True)
+class TextMemories:
+    """What a turn of a model without memory layers does to memories: ``new`` are kept as
+    text only (no slots; read back as a note, :mod:`memsvc.services.memory_notes`) and
+    ``retire`` (memory id → cause) are tombstoned, in the turn's transaction."""
+
+    tenant_id: str
+    new: tuple[tuple[PendingMemory, str], ...] = ()  # (memory, cause)
+    retire: tuple[tuple[str, str], ...] = ()  # (memory id, cause)
+
+
 def new_memory_id() -> str:
     """A fresh memory id (32 hex digits, as storage's ids)."""
     return uuid.uuid4().hex
@@ -108,6 +119,8 @@ class TurnCommit:
     user_tokens: int
     assistant_tokens: int
     slot_changes: tuple = ()  # what the turn's bank views recorded (storage.BankChanges)
+    # memories written or retired without slots (a model without memory layers)
+    text_memories: TextMemories | None = None
     # when the messages happened (an imported transcript's timestamps); None: now
     user_created_at: datetime | None = None
     assistant_created_at: datetime | None = None
@@ -250,6 +263,7 @@ class Store(Protocol):
         self, tenant_id: str, ns: tuple[str, str], layers: list[int], dims: tuple[int, int, Any]
     ) -> dict[int, Any]: ...
     def commit_slots(self, changes: list[Any]) -> list[dict[int, int]]: ...
+    def commit_text_memories(self, changes: TextMemories) -> None: ...
 
     # documents
     def add_document(

@@ -31,6 +31,7 @@ from memsvc.store import (
     SlotFilter,
     SlotRec,
     Store,
+    TextMemories,
     TurnCommit,
 )
 from memsvc.store_adapter_items import ItemStoreMixin
@@ -40,6 +41,7 @@ from memsvc.store_adapter_usage import UsageStoreMixin
 from storage import Storage, namespace
 from storage import errors as serr
 from storage.config import StateConfig
+from storage.memory_commit import MemoryChanges
 from storage.passages import PassageIn
 from storage.sessions import MessageIn
 from storage.slot_manager import SlotQuery
@@ -397,6 +399,11 @@ class StorageStore(
             state.blob, state.version, state.tier, int(state.position), state.fingerprint
         )
 
+    def commit_text_memories(self, changes: TextMemories) -> None:
+        """Text memories written or retired outside a turn (one transaction)."""
+        with storage_errors():
+            self.storage.commit_memories(_text_memory_changes(changes))
+
     def commit_turn(self, c: TurnCommit) -> tuple[MessageRec, MessageRec]:
         """Both messages and the state in one transaction (compare-and-set on the version).
 
@@ -430,6 +437,7 @@ class StorageStore(
                 position=c.position,
                 expected_version=c.expected_version,
                 slot_changes=c.slot_changes,
+                memory_changes=_text_memory_changes(c.text_memories),
             )
         user, reply = done.messages
         return _msg(user), _msg(reply)
@@ -507,6 +515,13 @@ def _doc(d: Any) -> DocumentRec:
         tokens=int(meta.get("tokens", 0)),
         created_at=d.created_at,
     )
+
+
+def _text_memory_changes(t: TextMemories | None) -> tuple[MemoryChanges, ...]:
+    """The storage form of a turn's text memories (none: nothing to write)."""
+    if t is None or not (t.new or t.retire):
+        return ()
+    return (MemoryChanges(t.tenant_id, texts=list(t.new), retire=dict(t.retire)),)
 
 
 def _msg(m: Any) -> MessageRec:

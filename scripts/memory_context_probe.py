@@ -43,6 +43,10 @@ def render(fmt: str, tells: list[str], question: str) -> list[Message]:
             msgs += [Message("user", t), Message("assistant", "Got it, I'll remember that.")]
         return [*msgs, Message("user", question)]
     note = "What the user told you in earlier conversations:\n" + "\n".join(f"- {t}" for t in tells)
+    if fmt == "note":  # the note alone, as a session without a system prompt gets it
+        return [Message("system", note), Message("user", question)]
+    if fmt == "default+note":  # the default system prompt's turn, then the note's
+        return [Message("system", SYSTEM), Message("system", note), Message("user", question)]
     return [Message("system", f"{SYSTEM}\n{note}"), Message("user", question)]
 
 
@@ -52,6 +56,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--out", type=Path, default=Path("docs/distill"))
     ap.add_argument("--model-dir", type=Path, default=None)
+    ap.add_argument("--formats", default="turns,system", help="turns,system,note,default+note")
     args = ap.parse_args()
     model_dir = args.model_dir or assemble(Path("/tmp/memsvc-bench/smollm2-hybrid"))
     model = apply_precision(load_pretrained(model_dir), "int8")
@@ -62,7 +67,7 @@ def main() -> None:
     results: dict[str, dict[str, list]] = {}
     samples: list[dict] = []
     t0 = time.perf_counter()
-    for fmt in ("turns", "system"):
+    for fmt in args.formats.split(","):
         res = results.setdefault(fmt, {"recall": [], "decline": []})
         for plan in plans:
             tells = [f.tell for f in plan.facts]

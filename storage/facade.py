@@ -16,7 +16,7 @@ from storage.counters import Counters
 from storage.db import Database
 from storage.locks import LockManager
 from storage.memories import MemoryManager
-from storage.memory_commit import apply_slot_and_memory_changes
+from storage.memory_commit import MemoryChanges, apply_slot_and_memory_changes
 from storage.memory_items import MemoryItems
 from storage.metrics import StorageMetrics
 from storage.passages import PassageManager
@@ -156,6 +156,7 @@ class Storage:
         position: int,
         expected_version: int,
         slot_changes: Sequence[BankChanges] = (),
+        memory_changes: Sequence[MemoryChanges] = (),
     ) -> TurnCommitted:
         """A turn's messages and its new state in ONE SQL transaction, then the hot tier.
 
@@ -167,7 +168,8 @@ class Storage:
         after the commit, as in :meth:`StateStore.save`. ``slot_changes`` (what the turn's
         bank views recorded) are merged in the same transaction, bank by bank in id order
         (see :mod:`storage.slot_view`), with the memories they carry
-        (:mod:`storage.memory_commit`).
+        (:mod:`storage.memory_commit`); ``memory_changes``: memories written or retired
+        without slots (text memories of a model without memory layers), likewise.
         """
         state = None
         try:
@@ -185,7 +187,7 @@ class Storage:
                 user_id = next((int(m.id) for m in infos if m.role == "user"), None)
                 fresh = all(m.created for m in infos)  # an idempotent replay writes no slots
                 if fresh:  # bank rows locked in one order: no deadlock
-                    apply_slot_and_memory_changes(s, slot_changes, user_id)
+                    apply_slot_and_memory_changes(s, slot_changes, user_id, memory_changes)
         except BaseException:
             if state is not None:
                 self.states.abandon(tenant_id, state)
@@ -211,6 +213,11 @@ class Storage:
             dict(zip(ch.pending, ids, strict=True))
             for ch, ids in zip(slot_changes, new, strict=True)
         ]
+
+    def commit_memories(self, memory_changes: Sequence[MemoryChanges]) -> None:
+        """Memories written or retired without slots (text memories), in one transaction."""
+        with self.db.write() as s:
+            apply_slot_and_memory_changes(s, (), None, memory_changes)
 
     def delete_session(self, tenant_id: str, session_id: str) -> bool:
         """Delete a session with its messages, state (both tiers) and session-scoped slots."""

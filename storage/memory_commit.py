@@ -15,6 +15,9 @@ slots, by :func:`apply_memory_changes`:
   ``merged_into`` for the caller. Skips leave nothing.
 - ``retire``: memories some of whose slots this commit removed (chat forget): those left
   without a slot are tombstoned (``deleted``), after every bank's removals.
+- ``texts``: memories kept as text only, with no slots: a model without memory layers
+  reads them as a note (:mod:`memsvc.services.memory_notes`). Their rows are inserted
+  with ``slots = 0``; ``retire`` tombstones them like emptied ones.
 
 Reads need no :class:`MemoryChanges`: the banks' read counts already say which slots the
 turn read, and :func:`log_reads` adds one ``read`` event per live memory behind them.
@@ -51,6 +54,7 @@ class MemoryChanges:
     merges: list[tuple[list[int], str]] = field(default_factory=list)
     retire: dict[str, str] = field(default_factory=dict)  # memory id -> cause
     merged_into: list[str | None] = field(default_factory=list)  # filled by the commit
+    texts: list[tuple[Any, str]] = field(default_factory=list)  # (memory, cause): no slots
 
 
 def insert_new(s: Session, changes: Sequence, adds: Sequence, user_message_id: int | None) -> None:
@@ -65,36 +69,40 @@ def insert_new(s: Session, changes: Sequence, adds: Sequence, user_message_id: i
             counts[memory_id] = counts.get(memory_id, 0) + 1
     now = utcnow()
     for mc in changes:
-        for new, gate, cause in mc.new:
-            if not counts.get(new.id):
-                continue
-            message_id = new.message_id
-            if message_id == TURN_USER_MESSAGE:
-                message_id = user_message_id
-            s.add(
-                Memory(
-                    id=new.id,
-                    tenant_id=new.tenant_id,
-                    user_id=new.user_id,
-                    namespace=new.namespace,
-                    session_id=new.session_id,
-                    message_id=message_id,
-                    span_start=new.span[0],
-                    span_end=new.span[1],
-                    text=new.text,
-                    collection=collection_column(new.collection),
-                    key=new.key,
-                    gate=float(gate),
-                    slots=counts[new.id],
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+        slotted = [(new, gate, cause, counts.get(new.id, 0)) for new, gate, cause in mc.new]
+        # a write whose slots were all evicted again within it leaves no memory
+        rows = [row for row in slotted if row[3]] + [
+            (new, 1.0, cause, 0) for new, cause in mc.texts
+        ]
+        for new, gate, cause, slots in rows:
+            s.add(_memory_row(new, gate, slots, user_message_id, now))
             _event(s, new.tenant_id, new.user_id, new.id, "written", cause)
     try:
         s.flush()
     except IntegrityError:
         raise Conflict("a memory with this collection and key exists") from None
+
+
+def _memory_row(new: Any, gate: float, slots: int, user_message_id: int | None, now) -> Memory:
+    """The row of pending memory ``new`` (its turn's user message id resolved)."""
+    message_id = user_message_id if new.message_id == TURN_USER_MESSAGE else new.message_id
+    return Memory(
+        id=new.id,
+        tenant_id=new.tenant_id,
+        user_id=new.user_id,
+        namespace=new.namespace,
+        session_id=new.session_id,
+        message_id=message_id,
+        span_start=new.span[0],
+        span_end=new.span[1],
+        text=new.text,
+        collection=collection_column(new.collection),
+        key=new.key,
+        gate=float(gate),
+        slots=slots,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def log_merges(s: Session, changes: Sequence) -> None:
@@ -175,16 +183,23 @@ def log_reads(s: Session, slot_changes: Sequence) -> None:
 
 
 def apply_slot_and_memory_changes(
-    s: Session, slot_changes: Sequence, user_message_id: int | None
+    s: Session,
+    slot_changes: Sequence,
+    user_message_id: int | None,
+    memory_changes: Sequence[MemoryChanges] = (),
 ) -> list[list[int]]:
-    """Every bank's changes and the memories they carry, in the caller's transaction.
+    """Every bank's changes and the memories they carry, in the caller's transaction;
+    ``memory_changes``: more, written without slots (text memories, their forgets).
 
     Banks are applied in id order (their rows are locked in one order: no deadlock).
     Returns, per change set in the given order, the ids of its new slots.
     """
     from storage.slot_view import apply_changes
 
-    memory_changes = [ch.memories for ch in slot_changes if ch.memories is not None]
+    memory_changes = [
+        *(ch.memories for ch in slot_changes if ch.memories is not None),
+        *memory_changes,
+    ]
     insert_new(s, memory_changes, [a for ch in slot_changes for a in ch.adds], user_message_id)
     new: dict[int, list[int]] = {}
     for n, ch in sorted(enumerate(slot_changes), key=lambda nc: nc[1].bank_id):

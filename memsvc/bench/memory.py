@@ -329,6 +329,7 @@ def run(
     database_url: str | None = None,
     redis_url: str | None = None,
     extra_env: dict[str, str] | None = None,
+    weights: str = "auto",
 ) -> dict[str, Any]:
     """Start a server, play every user, write memory.{json,md}; returns the summary."""
     from memsvc.config import DEFAULT_MODEL_DIR
@@ -336,14 +337,23 @@ def run(
     model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()
     plans = make_plans(users, seed, heldout_pools())
     t0 = time.perf_counter()
+    env = {**(extra_env or {}), "MEMSVC_WEIGHTS": weights}
     rows = play_on_live_server(
-        "memory", model, database_url, redis_url, extra_env,
+        "memory", model, database_url, redis_url, env,
         lambda url, key: play_all(url, key, plans, max_tokens, concurrency, baseline),
     )  # fmt: skip
     summary = summarise(rows)
     meta = {
         "command": command_line(
-            out, model_dir, users, seed, max_tokens, concurrency, baseline, database_url is not None
+            out,
+            model_dir,
+            users,
+            seed,
+            max_tokens,
+            concurrency,
+            baseline,
+            database_url is not None,
+            weights,
         ),
         "model_dir": shown(model),
         "backend": "Postgres + Redis" if database_url else "SQLite (embedded default)",
@@ -369,10 +379,20 @@ def cli(
     baseline: Annotated[bool, typer.Option(help="also play memory off")] = True,
     database_url: Annotated[str | None, typer.Option(help="Postgres URL")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
+    weights: Annotated[str, typer.Option(help="auto, fp32, bf16 or int8")] = "auto",
 ) -> None:
     """Cross-session memory through REST: recall, declines, update, forget, other users."""
     exit_on_sigterm()
     summary = run(
-        out, model_dir, users, seed, max_tokens, concurrency, baseline, database_url, redis_url
+        out,
+        model_dir,
+        users,
+        seed,
+        max_tokens,
+        concurrency,
+        baseline,
+        database_url,
+        redis_url,
+        weights=weights,
     )
     typer.echo(json.dumps(summary, indent=2))

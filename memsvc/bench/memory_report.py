@@ -161,12 +161,14 @@ def command_line(
     concurrency: int,
     baseline: bool,
     postgres: bool,
+    weights: str = "auto",
 ) -> str:
     """The command that reproduces a run (database URLs elided)."""
     cmd = f"memsvc bench memory --out {out} --users {users} --seed {seed}"
     cmd += f" --max-tokens {max_tokens} --concurrency {concurrency}"
     cmd += f" --model-dir {model_dir}" if model_dir else ""
     cmd += "" if baseline else " --no-baseline"
+    cmd += "" if weights == "auto" else f" --weights {weights}"
     return cmd + (" --database-url URL --redis-url URL" if postgres else "")
 
 

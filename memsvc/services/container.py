@@ -26,6 +26,7 @@ from memsvc.services.items import ItemService
 from memsvc.services.limits import TenantLimits
 from memsvc.services.memories import EmbeddingCache, MemoryService
 from memsvc.services.memory import MemoryManager
+from memsvc.services.memory_notes import NoteMemory
 from memsvc.services.memory_outcome import memory_off_reason
 from memsvc.services.reindex import Reindexer, reindex_at_start
 from memsvc.services.sessions import SessionManager
@@ -73,6 +74,13 @@ def model_dir(settings: Settings) -> Path:
         return ensure_model(settings)
     except AssembleError as exc:
         raise ModelUnavailable(f"cannot assemble model {settings.model!r}: {exc}") from exc
+
+
+def note_memory(settings: Settings, memory: Any, store: Store, embeddings: Any) -> Any:
+    """Text memories read as a note, for a model without memory layers (None otherwise)."""
+    if memory is None or memory.enabled or not settings.memory_notes:
+        return None
+    return NoteMemory(store, embeddings)
 
 
 @dataclass
@@ -132,8 +140,18 @@ class Services:
             else None
         )
         limits = TenantLimits(settings, store, metrics)
+        notes = note_memory(settings, memory, store, embeddings)
         turns = TurnManager(
-            settings, store, runtime, scheduler, feeder, documents, memory, metrics, limits=limits
+            settings,
+            store,
+            runtime,
+            scheduler,
+            feeder,
+            documents,
+            memory,
+            metrics,
+            limits=limits,
+            notes=notes,
         )
         return cls(
             settings=settings,
@@ -148,7 +166,7 @@ class Services:
             documents=documents,
             admin=AdminManager(store, metrics, settings, snapshots),
             memory=memory,
-            memories=(memories := MemoryService(store, memory, embeddings, limits)),
+            memories=(memories := MemoryService(store, memory, embeddings, limits, notes)),
             items=ItemService(store, memory, memories.embeddings, limits),
             limits=limits,
             transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory, limits),
@@ -186,8 +204,11 @@ class Services:
             "device": self.runtime.device,
             "weights": self.runtime.weights,
         }
-        off = memory_off_reason(self.memory)  # informative: a base model is still ready
+        notes = self.turns.notes is not None
+        off = None if notes else memory_off_reason(self.memory)  # a base model is ready too
         checks["memory"] = {"ok": True, "enabled": off is None}
         if off:
             checks["memory"]["reason"] = off
+        else:
+            checks["memory"]["mode"] = "notes" if notes else "slots"
         return checks

@@ -88,10 +88,16 @@ class MemoryService:
     """See the module docstring."""
 
     def __init__(
-        self, store: Any, memory: Any, embeddings: EmbeddingCache, limits: Any = None
+        self,
+        store: Any,
+        memory: Any,
+        embeddings: EmbeddingCache,
+        limits: Any = None,
+        notes: Any = None,
     ) -> None:
         self.store, self.memory, self.limits = store, memory, limits
         self.embeddings = embeddings
+        self.notes = notes  # memsvc.services.memory_notes.NoteMemory, or None
 
     async def list(
         self,
@@ -124,6 +130,8 @@ class MemoryService:
         return MemoryList(memories=out, limit=limit, offset=offset)
 
     async def write(self, tenant_id: str, user_id: str, body: MemoryCreate) -> MemoryWriteOut:
+        if self.notes is not None:  # a model without memory layers: kept as text
+            return await self._write_note(tenant_id, user_id, body)
         if reason := memory_off_reason(self.memory):
             raise MemoryOff(f"{reason}; nothing can be written")
         if body.key is not None and body.collection is None:
@@ -151,6 +159,20 @@ class MemoryService:
             gate=out.gate,
             slots_written=len(out.slots_written),
             reason=out.reason,
+        )
+
+    async def _write_note(self, tenant_id: str, user_id: str, body: MemoryCreate):
+        if body.key is not None and body.collection is None:
+            raise Unprocessable("a key needs a collection")
+        if self.limits is not None:  # 429 before anything is written
+            await run_in_threadpool(self.limits.check_memory_write, tenant_id, user_id, body.text)
+        fields = {"collection": body.collection, "key": body.key}
+        status, memory = await run_in_threadpool(
+            self.notes.write, tenant_id, user_id, body.text, fields
+        )
+        reason = "duplicate of an existing memory" if status == "merged" else None
+        return MemoryWriteOut(
+            status=status, memory=memory_out(memory), gate=1.0, slots_written=0, reason=reason
         )
 
     async def get(self, tenant_id: str, memory_id: str) -> MemoryOut:

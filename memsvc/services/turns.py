@@ -72,6 +72,7 @@ class Prepared:
     forgotten: list[str] = field(default_factory=list)  # slots a forget request removed
     forgotten_memories: list[str] = field(default_factory=list)  # and their memories
     memory_full: bool = False  # the user holds the memory limit: this turn writes none
+    notes: Any = None  # memsvc.services.memory_notes.NoteTurn (a model without memory layers)
     offset: int = 0  # session position where the user turn starts
     user_end: int = 0  # the user turn's ``<|end|>`` within the prompt
 
@@ -100,6 +101,7 @@ class TurnManager:
         metrics: Metrics,
         system_prompts: SystemPromptCache | None = None,
         limits: TenantLimits | None = None,
+        notes: Any = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -111,6 +113,7 @@ class TurnManager:
         self.metrics = metrics
         self.system_prompts = system_prompts or SystemPromptCache(runtime, scheduler)
         self.limits = limits or TenantLimits(settings, store, metrics)
+        self.notes = notes  # memsvc.services.memory_notes.NoteMemory, or None
 
     # ------------------------------------------------------------------ checks
     def check_limits(self, req: MessageCreate) -> int:
@@ -254,6 +257,8 @@ class TurnManager:
             loaded, state, rebuilt = await self._rebuilt(session, loaded)
         passages = await self._retrieve(session, req)
         prep = Prepared(banks=banks, memory_full=full)
+        if self.notes is not None and req.use_memory:  # memories as text: read, forget
+            prep.notes, prep.memory_full = await run_in_threadpool(self._note_turn, session, req)
         events: asyncio.Queue = asyncio.Queue()
         gen = await self._request(session, loaded, state, passages, req, max_new, prep, events)
         gen.started = accepted
@@ -292,6 +297,7 @@ class TurnManager:
             user_tokens=prep.prompt_tokens,
             assistant_tokens=len(done.token_ids),
             slot_changes=tuple(view.changes() for view in banks),
+            text_memories=prep.notes.changes(session.tenant_id) if prep.notes else None,
         )
         user_msg, bot_msg = await run_in_threadpool(self.store.commit_turn, commit)
         cached = loaded.position if loaded.data and rebuilt is None else 0
@@ -307,8 +313,10 @@ class TurnManager:
             snapshot_misses=prep.snapshot_misses,
             memory_writes=writes,
             memory_forgotten=len(prep.forgotten),
-            forgotten_memories=prep.forgotten_memories,
-            memory_enabled=self.memory is not None and self.memory.enabled,
+            forgotten_memories=prep.forgotten_memories
+            or list(getattr(prep.notes, "forgotten", ())),
+            noted_memories=list(getattr(prep.notes, "read", ())),
+            memory_enabled=self.memory_enabled,
             memory_limited=prep.memory_full,
             state_rebuilt=rebuilt is not None,
             rebuilt_tokens=rebuilt or 0,
@@ -322,9 +330,22 @@ class TurnManager:
             passages=prep.passages,
         )
 
+    @property
+    def memory_enabled(self) -> bool:
+        """Whether turns read and write memory (slots, or text notes without layers)."""
+        return self.memory is not None and (self.memory.enabled or self.notes is not None)
+
+    def _note_turn(self, session: SessionRec, req: MessageCreate) -> tuple[Any, bool]:
+        """Thread pool: the turn's text memories (:mod:`memsvc.services.memory_notes`)
+        and whether the user holds the memory limit."""
+        may_write = self.limits.turn_may_write(session)
+        return self.notes.turn(session, req.content, may_write), not may_write
+
     def _write_memory(self, prep: Prepared, session: SessionRec, req: MessageCreate) -> int:
         """Thread pool: the user message's slots into the turn's bank views (tensors
         only; the commit writes them). A failure only logs: the reply still commits."""
+        if prep.notes is not None:
+            return int(prep.notes.new is not None)
         if not prep.banks or prep.memory_full:
             return 0
         try:
@@ -374,12 +395,17 @@ class TurnManager:
             if self.memory is not None and self.memory.reads_passages:
                 texts = [p.text for p in passages]
                 reads = await self.memory.passage_reads(reads, texts)
+        note = (
+            tok.render_turn({"role": "system", "content": prep.notes.note})
+            if (prep.notes and prep.notes.note)
+            else []
+        )
         user = tok.render_turn({"role": "user", "content": req.content})
-        ids = user + tok.generation_prompt()
+        ids = note + user + tok.generation_prompt()
         prep.prompt_tokens = head + prep.passage_tokens + len(ids)
         prep.turn_tokens = prep.prompt_tokens
         prep.offset = 0 if state is None else int(state.position.reshape(-1)[0])
-        prep.user_end = len(user) - 1
+        prep.user_end = len(note) + len(user) - 1
         params = self.runtime.sampling.with_overrides(
             temperature=req.temperature,
             top_p=req.top_p,
@@ -390,7 +416,9 @@ class TurnManager:
         if not prep.banks and reads is None:  # nothing read or captured: batched prefill
             prompt = Segment(ids)
         else:
-            prompt = Segment(ids, (len(user),), read_memory=True, capture=bool(prep.banks))
+            prompt = Segment(
+                ids, (len(note) + len(user),), read_memory=True, capture=bool(prep.banks)
+            )
         return GenerateRequest(
             prefill=PrefillRequest([prompt], state, reads),
             params=params,
@@ -467,7 +495,7 @@ class TurnManager:
             total_tokens=0,
             cached_tokens=0,
             state_source="replay",
-            memory_enabled=self.memory is not None and self.memory.enabled,
+            memory_enabled=self.memory_enabled,
         )
         return TurnOut(
             session_id=session.id,

@@ -61,7 +61,8 @@ def test_converted_fla_model_chats_with_memory_off(tmp_path: Path) -> None:
     _convert(src, dst)
     for backend in make_backend("postgres", tmp_path, dst):
         key = backend.new_tenant("fla")
-        with _serving(backend.env, tmp_path) as http:
+        env = {**backend.env, "MEMSVC_MEMORY_NOTES": "false"}  # no text notes either
+        with _serving(env, tmp_path) as http:
             api = Client(http, key)
             ready = http.get("/readyz")
             assert ready.status_code == 200, ready.text
@@ -90,7 +91,7 @@ def test_converted_fla_model_chats_with_memory_off(tmp_path: Path) -> None:
             again = turn(api, new_session(api, memory_scope="none"), QUESTION, max_tokens=3)
             assert again["usage"]["snapshot_hits"] == len(fed)
             count = api("GET", f"/v1/sessions/{sid}").json()["token_count"]
-        with _serving(backend.env, tmp_path) as http:  # a fresh process: resume from storage
+        with _serving(env, tmp_path) as http:  # a fresh process: resume from storage
             after = turn(Client(http, key), sid, "Still there?", max_tokens=3)
         assert after["usage"]["cached_tokens"] == count
         assert after["usage"]["state_source"] in ("redis", "sql")

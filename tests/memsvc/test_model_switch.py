@@ -134,7 +134,8 @@ def test_a_model_without_memory_keeps_memories_stored(pg_backend: Backend, tmp_p
     plain = make_tiny_checkpoint(tmp_path / "ckpt-plain", seed=2, memory_layers=())
     env_c = {**env_a, "MEMSVC_MODEL_DIR": str(plain)}
     with Server(env_c, tmp_path / "c") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
-        assert http.get("/readyz").json()["checks"]["memory"]["enabled"] is False
+        # no Retention Layer: memories are read as text notes (memsvc.services.memory_notes)
+        assert http.get("/readyz").json()["checks"]["memory"]["mode"] == "notes"
         assert memories(http, key).keys() == before.keys()
         assert slot_ids(http) == old_slots  # nothing re-encoded, nothing evicted
         assert {b["fingerprint"] for b in banks(http, key)} == {print_a}

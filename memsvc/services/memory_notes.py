@@ -1,0 +1,230 @@
+"""Memory for a model without a Retention Layer: memories kept as text, read as a note.
+
+A model without memory layers (the distilled ``smollm2-hybrid``) has no slots to read,
+but its users still expect what they said last week to be there. So, for such a model:
+
+- **write**: a chat turn that states something about the user ("My sister is called
+  Ann.") is kept as a memory whose text is the user message (its provenance, as for a
+  slot memory), with no slots, in the turn's own commit. Questions, forget requests and
+  messages that say nothing about the user are not kept (:func:`worth_keeping`);
+- **read**: before the user turn is fed, the memories of the session's namespace that
+  the message is about are picked by their text (MiniLM cosine with the message, the
+  same embedder the forget path uses; :func:`pick`) and fed as one system turn::
+
+      <|system|>What the user told you in earlier conversations:
+      - I live in Lyon.
+      - Actually, I moved to Porto.<|end|>
+
+  Oldest first, so an update sits nearest the question. Memories of the session itself
+  are already in its state and are not repeated;
+- **forget**: "Please forget my dog's name." retires the memories whose text the topic
+  names (:func:`memsvc.services.forget_match.chosen`, text signal only: there is no
+  read), in the turn's commit; ``usage.forgotten_memories`` lists them.
+
+The note becomes part of the session's state, like a fed passage; the stored messages
+do not hold it, so a state rebuilt from them (model switch) lacks old notes, and the
+next turn reads them again.
+
+Thresholds were chosen on ``memsvc bench memory``'s plans of seed 7 (the bench reports
+seed 13): a question's own fact scores 0.27 at the 5th percentile, another fact of the
+same user 0.23 at the 90th, and the fact is the top one in 120 of 120.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from memsvc.services.forget import ForgetRequest, parse_forget
+from memsvc.services.forget_match import candidates, chosen
+from memsvc.store import (
+    TURN_USER_MESSAGE,
+    MemoryRec,
+    PendingMemory,
+    SessionRec,
+    TextMemories,
+    new_memory_id,
+)
+
+NOTE_HEADER = "What the user told you in earlier conversations:"
+TOP_K = 4  # memories in one note
+MIN_SIMILARITY = 0.25  # below: not what the message is about
+MARGIN = 0.2  # kept: within this of the best memory's similarity
+
+_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|mine|myself|we|our|us)\b", re.I)
+_ASKS = re.compile(
+    r"^\s*(what|who|where|when|which|why|how|do you|did i|do i|can you|could you|"
+    r"remind me|tell me|have i|am i|is my|are my)\b",
+    re.I,
+)
+
+
+def worth_keeping(text: str) -> bool:
+    """Whether a user message is kept as a memory: a statement about the user.
+
+    >>> worth_keeping("My sister is called Ann.")
+    True
+    >>> worth_keeping("What is my sister called?"), worth_keeping("Remind me where I live")
+    (False, False)
+    >>> worth_keeping("Please forget my dog's name."), worth_keeping("The sky is blue.")
+    (False, False)
+    """
+    words = text.split()
+    if len(words) < 3 or text.rstrip().endswith("?") or _ASKS.match(text):
+        return False
+    return parse_forget(text) is None and _FIRST_PERSON.search(text) is not None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A memory and its cosine with the message."""
+
+    memory: MemoryRec
+    similarity: float
+
+
+def pick(
+    memories: Sequence[MemoryRec],
+    vectors: np.ndarray,
+    query: np.ndarray,
+    k: int = TOP_K,
+    min_similarity: float = MIN_SIMILARITY,
+    margin: float = MARGIN,
+) -> list[Scored]:
+    """The memories a message is about, oldest first.
+
+    ``vectors`` (N, D) and ``query`` (D,) are unit-norm; ``memories`` are in the rows'
+    order. Kept: the ``k`` most similar with ``sim ≥ max(min_similarity, best − margin)``.
+    """
+    if not memories:
+        return []
+    sims = vectors @ query
+    best = float(sims.max())
+    floor = max(min_similarity, best - margin)
+    order = [int(i) for i in np.argsort(-sims, kind="stable")[:k] if sims[i] >= floor]
+    kept = [Scored(memories[i], float(sims[i])) for i in order]
+    return sorted(kept, key=lambda s: (s.memory.created_at, s.memory.id))
+
+
+def note_text(texts: Sequence[str]) -> str:
+    """The system note that hands the model its memories (empty: no note)."""
+    if not texts:
+        return ""
+    return NOTE_HEADER + "\n" + "\n".join(f"- {t.strip()}" for t in texts)
+
+
+@dataclass(frozen=True)
+class NoteTurn:
+    """What memory does in one turn: the note to feed (``""``: none), the memories it
+    holds, the ones a forget request names and the memory the message makes."""
+
+    note: str = ""
+    read: tuple[str, ...] = ()
+    forgotten: tuple[str, ...] = ()
+    new: PendingMemory | None = None
+
+    def changes(self, tenant_id: str) -> TextMemories | None:
+        """The turn's commit of them (None: nothing to write)."""
+        if self.new is None and not self.forgotten:
+            return None
+        new = () if self.new is None else ((self.new, "chat turn"),)
+        return TextMemories(tenant_id, new, tuple((m, "forget") for m in self.forgotten))
+
+
+class NoteMemory:
+    """Text memories of a model without memory layers (see the module docstring).
+
+    Every method runs on the thread pool: SQL reads and the embedder, no model.
+    """
+
+    def __init__(self, store: Any, embeddings: Any) -> None:
+        self.store = store
+        self.embeddings = embeddings  # memsvc.services.memories.EmbeddingCache
+
+    @staticmethod
+    def namespace(session: SessionRec) -> str | None:
+        """``scope:id`` of the session's memory (as slot memories), None for ``none``."""
+        from memsvc.services.memory import MemoryManager
+
+        ns = MemoryManager.namespace(session)
+        return None if ns is None else f"{ns[0]}:{ns[1]}"
+
+    def _live(self, session: SessionRec) -> list[MemoryRec]:
+        ns = self.namespace(session)
+        if ns is None:
+            return []
+        return [m for m in self.store.namespace_memories(session.tenant_id, ns) if m.text]
+
+    def read(self, session: SessionRec, content: str) -> list[Scored]:
+        """The memories ``content`` is about, from other sessions of the namespace."""
+        live = [m for m in self._live(session) if m.session_id != session.id]
+        if not live:
+            return []
+        query = self.embeddings.embedder.embed([content])[0]
+        return pick(live, self.embeddings.matrix(live), query)
+
+    def forget(self, session: SessionRec, request: ForgetRequest) -> list[str]:
+        """Ids of the memories a forget request names (topic: by their text; last: the
+        newest; all: every one)."""
+        live = self._live(session)
+        if not live:
+            return []
+        if request.scope == "all":
+            return [m.id for m in live]
+        if request.scope == "last":
+            return [max(live, key=lambda m: (m.created_at, m.id)).id]
+        topic = self.embeddings.embedder.embed([request.topic])[0]
+        texts = {m.id: m.text for m in live}
+        scored = candidates(texts, topic, self.embeddings.matrix(live), {})
+        return [c.memory_id for c in chosen(scored)]
+
+    def turn(self, session: SessionRec, content: str, may_write: bool) -> NoteTurn:
+        """A chat turn's memory: a forget request retires what it names and reads
+        nothing; any other message reads its note and, when ``may_write`` and it is
+        worth keeping, becomes a memory."""
+        request = parse_forget(content)
+        if request is not None:
+            return NoteTurn(forgotten=tuple(self.forget(session, request)))
+        read = self.read(session, content)
+        new = self.pending(session, content) if may_write else None
+        note = note_text([s.memory.text for s in read])
+        return NoteTurn(note, tuple(s.memory.id for s in read), (), new)
+
+    def write(self, tenant_id: str, user_id: str, text: str, fields: dict[str, Any]) -> tuple:
+        """An explicit write (API) of ``text`` as a memory of ``user:<user_id>``:
+        (``stored`` or ``merged``, the memory). The same live text is not kept twice."""
+        namespace = f"user:{user_id}"
+        dup = self.store.find_memory_text(tenant_id, namespace, text)
+        if dup is not None:
+            return "merged", self.store.memory_merged(tenant_id, dup, "api write: same text")
+        new = PendingMemory(
+            id=new_memory_id(),
+            tenant_id=tenant_id,
+            namespace=namespace,
+            user_id=user_id,
+            span=(0, len(text)),
+            text=text,
+            collection=fields.get("collection"),
+            key=fields.get("key"),
+        )
+        self.store.commit_text_memories(TextMemories(tenant_id, ((new, "api write"),)))
+        return "stored", self.store.get_memory(tenant_id, new.id)
+
+    def pending(self, session: SessionRec, content: str) -> PendingMemory | None:
+        """The memory a turn's user message makes, or None (not worth keeping)."""
+        ns = self.namespace(session)
+        if ns is None or not worth_keeping(content):
+            return None
+        return PendingMemory(
+            id=new_memory_id(),
+            tenant_id=session.tenant_id,
+            namespace=ns,
+            user_id=ns[len("user:") :] if ns.startswith("user:") else None,
+            session_id=session.id,
+            message_id=TURN_USER_MESSAGE,
+            span=(0, len(content)),
+        )

@@ -1,0 +1,214 @@
+"""Memories of a model without memory layers: kept as text, read as a note, forgotten
+exactly (memsvc.services.memory_notes).
+
+Pure parts (what is kept, which memories a message is about, the note, the commit)
+are checked directly; the service end to end over HTTP with Postgres + Redis, on a
+tiny random checkpoint without a Retention Layer (what is tested is the memory path,
+not the replies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import make_backend
+from server_util import Server
+from service_testkit import Backend
+from tiny_model import make_tiny_checkpoint
+
+from memsvc.services.memory_notes import (
+    NOTE_HEADER,
+    NoteTurn,
+    note_text,
+    pick,
+    worth_keeping,
+)
+from memsvc.store import MemoryRec, PendingMemory
+
+
+# ---- pure ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("My sister is called Ann.", True),
+        ("I drive an old Zirnirly, it's reliable.", True),
+        ("Actually, we moved to Porto.", True),
+        ("What is my sister called?", False),
+        ("Remind me where I live", False),
+        ("Do you know my name", False),
+        ("Please forget my dog's name.", False),
+        ("Forget everything about me.", False),
+        ("The sky is blue today.", False),  # nothing about the user
+        ("Hi me", False),  # too short to state a fact
+    ],
+)
+def test_worth_keeping(text: str, kept: bool) -> None:
+    assert worth_keeping(text) is kept
+
+
+def _memory(i: int, text: str = "", minutes: int = 0) -> MemoryRec:
+    at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)
+    return MemoryRec(
+        id=f"m{i}",
+        tenant_id="t",
+        user_id="u",
+        namespace="user:u",
+        session_id="s",
+        message_id="1",
+        span=(0, len(text)),
+        text=text or f"fact {i}",
+        collection=None,
+        key=None,
+        gate=1.0,
+        slots=0,
+        reads=0,
+        last_read_at=None,
+        created_at=at,
+        updated_at=at,
+        deleted_at=None,
+    )
+
+
+def _unit(*rows: list[float]) -> np.ndarray:
+    m = np.array(rows, dtype=np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def test_pick_keeps_the_close_ones_oldest_first() -> None:
+    query = _unit([1.0, 0.0, 0.0])[0]
+    # cosines with the query: 0.71, 0.95, 0.0, 0.55
+    vectors = _unit([1, 1, 0], [1, 0.33, 0], [0, 1, 0], [1, 1.5, 0])
+    mems = [_memory(0, minutes=5), _memory(1, minutes=9), _memory(2), _memory(3, minutes=1)]
+    got = pick(mems, vectors, query, k=4, min_similarity=0.25, margin=0.3)
+    assert [s.memory.id for s in got] == ["m0", "m1"]  # 0.55 < 0.95 − 0.3; 0.0 < 0.25
+    assert got[1].similarity == pytest.approx(0.95, abs=0.01)
+    wide = pick(mems, vectors, query, k=2, min_similarity=0.25, margin=1.0)
+    assert [s.memory.id for s in wide] == ["m0", "m1"]  # the k most similar only
+    assert [s.memory.id for s in pick(mems, vectors, query, k=4, margin=1.0)] == [
+        "m3",  # oldest first: an update sits nearest the question
+        "m0",
+        "m1",
+    ]
+    assert pick(mems, vectors, _unit([0, 0, 1.0])[0]) == []  # nothing about it
+    assert pick([], np.zeros((0, 3)), query) == []
+
+
+def test_note_text() -> None:
+    assert note_text([]) == ""
+    assert note_text([" I live in Lyon. ", "Actually, I moved to Porto."]) == (
+        f"{NOTE_HEADER}\n- I live in Lyon.\n- Actually, I moved to Porto."
+    )
+
+
+def test_note_turn_changes() -> None:
+    assert NoteTurn(note="x", read=("m1",)).changes("t") is None  # a read writes nothing
+    new = PendingMemory(id="n", tenant_id="t", namespace="user:u")
+    got = NoteTurn(new=new, forgotten=("m1", "m2")).changes("t")
+    assert got.tenant_id == "t" and got.new == ((new, "chat turn"),)
+    assert got.retire == (("m1", "forget"), ("m2", "forget"))
+
+
+# ---- end to end ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, checkpoint: Path) -> Iterator[tuple[Backend, httpx.Client]]:
+    root = tmp_path_factory.mktemp("notes")
+    plain = make_tiny_checkpoint(root / "ckpt-plain", seed=4, memory_layers=())
+    for backend in make_backend("postgres", root, checkpoint):
+        env = {**backend.env, "MEMSVC_MODEL_DIR": str(plain)}
+        with Server(env, root / "srv") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
+            yield backend, http
+
+
+def _call(http: httpx.Client, key: str, method: str, path: str, **kw) -> httpx.Response:
+    r = http.request(method, path, headers={"Authorization": f"Bearer {key}"}, **kw)
+    assert r.status_code in (200, 201), r.text
+    return r
+
+
+def _session(http: httpx.Client, key: str, user: str, *turns: str) -> list[dict]:
+    sid = _call(http, key, "POST", "/v1/sessions", json={"user_id": user}).json()["id"]
+    body = {"max_tokens": 2, "temperature": 0.0}
+    return [
+        _call(http, key, "POST", f"/v1/sessions/{sid}/messages", json={**body, "content": t}).json()
+        for t in turns
+    ]
+
+
+def _memories(http: httpx.Client, key: str, user: str) -> dict[str, dict]:
+    page = _call(http, key, "GET", f"/v1/users/{user}/memories", params={"limit": 100})
+    return {m["text"]: m for m in page.json()["memories"]}
+
+
+def test_told_in_one_session_read_in_the_next(served) -> None:
+    backend, http = served
+    key = backend.new_tenant("notes-read")
+    assert http.get("/readyz").json()["checks"]["memory"] == {
+        "ok": True,
+        "enabled": True,
+        "mode": "notes",
+    }
+    told, asked = _session(http, key, "ann", "My dog is called Rex.", "What is my dog called?")
+    assert told["usage"]["memory_writes"] == 1 and told["usage"]["memory_enabled"] is True
+    assert asked["usage"]["memory_writes"] == 0  # a question is not a memory
+    assert asked["usage"]["noted_memories"] == []  # the session's own turns are its state
+    mems = _memories(http, key, "ann")
+    assert list(mems) == ["My dog is called Rex."] and mems["My dog is called Rex."]["slots"] == 0
+    dog = mems["My dog is called Rex."]["id"]
+
+    (again,) = _session(http, key, "ann", "What is my dog called?")
+    (stranger,) = _session(http, key, "bob", "What is my dog called?")
+    assert again["usage"]["noted_memories"] == [dog]
+    assert stranger["usage"]["noted_memories"] == []  # another user of the tenant
+    assert again["usage"]["prompt_tokens"] > stranger["usage"]["prompt_tokens"] + 5  # the note
+    (unrelated,) = _session(http, key, "ann", "Quantum chromodynamics lattice gauge?")
+    assert unrelated["usage"]["noted_memories"] == []  # below the similarity floor
+
+    other = backend.new_tenant("notes-other")
+    (foreign,) = _session(http, other, "ann", "What is my dog called?")
+    assert foreign["usage"]["noted_memories"] == []  # another tenant's "ann"
+
+
+def test_forget_in_chat_removes_that_memory_only(served) -> None:
+    backend, http = served
+    key = backend.new_tenant("notes-forget")
+    _session(http, key, "cy", "My dog is called Rex.", "I live in a small flat in Lyon.")
+    _session(http, key, "cy", "My sister plays the cello in an orchestra.")
+    before = _memories(http, key, "cy")
+    assert len(before) == 3
+    (forget,) = _session(http, key, "cy", "Please forget my dog's name.")
+    dog = before["My dog is called Rex."]["id"]
+    assert forget["usage"]["forgotten_memories"] == [dog]
+    assert forget["usage"]["memory_writes"] == 0  # the request itself is not kept
+    after = _memories(http, key, "cy")
+    assert set(after) == set(before) - {"My dog is called Rex."}
+    (asked,) = _session(http, key, "cy", "What is my dog called?")
+    assert dog not in asked["usage"]["noted_memories"]
+    history = _call(http, key, "GET", "/v1/users/cy/memories/history").json()["events"]
+    gone = [e for e in history if e["memory_id"] == dog]
+    assert {e["op"] for e in gone} >= {"written", "deleted"}
+    assert any(e["op"] == "deleted" and e["cause"] == "forget" for e in gone)
+
+    (everything,) = _session(http, key, "cy", "Forget everything about me.")
+    assert sorted(everything["usage"]["forgotten_memories"]) == sorted(
+        m["id"] for m in after.values()
+    )
+    assert _memories(http, key, "cy") == {}
+
+
+def test_api_write_keeps_text_and_chat_reads_it(served) -> None:
+    backend, http = served
+    key = backend.new_tenant("notes-api")
+    body = {"text": "I play the cello every Sunday.", "collection": ["hobbies"], "key": "cello"}
+    first = _call(http, key, "POST", "/v1/users/dee/memories", json=body).json()
+    assert first["status"] == "stored" and first["slots_written"] == 0
+    assert first["memory"]["text"] == body["text"] and first["memory"]["key"] == "cello"
+    again = _call(http, key, "POST", "/v1/users/dee/memories", json={"text": body["text"]})
+    assert again.json()["status"] == "merged"
+    assert again.json()["memory"]["id"] == first["memory"]["id"]
+    (asked,) = _session(http, key, "dee", "Which instrument do I play on Sundays?")
+    assert asked["usage"]["noted_memories"] == [first["memory"]["id"]]
