@@ -49,8 +49,8 @@ from memsvc.store import (
     TextMemories,
     new_memory_id,
 )
+from retnet_core.memory_note import note_text
 
-NOTE_HEADER = "What the user told you in earlier conversations:"
 TOP_K = 4  # memories in one note
 MIN_SIMILARITY = 0.25  # below: not what the message is about
 MARGIN = 0.2  # kept: within this of the best memory's similarity
@@ -108,13 +108,6 @@ def pick(
     order = [int(i) for i in np.argsort(-sims, kind="stable")[:k] if sims[i] >= floor]
     kept = [Scored(memories[i], float(sims[i])) for i in order]
     return sorted(kept, key=lambda s: (s.memory.created_at, s.memory.id))
-
-
-def note_text(texts: Sequence[str]) -> str:
-    """The system note that hands the model its memories (empty: no note)."""
-    if not texts:
-        return ""
-    return NOTE_HEADER + "\n" + "\n".join(f"- {t.strip()}" for t in texts)
 
 
 @dataclass(frozen=True)

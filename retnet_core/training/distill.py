@@ -284,13 +284,14 @@ class Distiller:
         total, parts = 0.0, {}
         for micro in range(cfg.grad_accum):
             batch = self.data.batch(
-                cfg.batch_size, cfg.seq_len, gen, cfg.dialogue_frac, cfg.far_frac
+                cfg.batch_size, cfg.seq_len, gen, cfg.dialogue_frac, cfg.far_frac, st.note_frac
             )
             tokens, lengths = batch.tokens.to(self.device), batch.lengths.to(self.device)
+            answer = None if batch.answer is None else batch.answer.to(self.device)
             last = micro == cfg.grad_accum - 1
             sync = nullcontext() if last or self.world == 1 else self.objective.no_sync()
             with sync, self._autocast():
-                loss, p = self.objective(tokens, lengths, self.stage)
+                loss, p = self.objective(tokens, lengths, self.stage, answer)
                 (loss / cfg.grad_accum).backward()
             total += float(loss.detach()) / cfg.grad_accum
             for k, v in p.items():

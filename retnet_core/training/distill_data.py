@@ -12,7 +12,10 @@ Rows of a batch come from three sources, drawn by a seeded generator:
 - *dialogues*: generated single-session memory dialogues (training values only);
 - *far recall*: facts told, then as much of a real chit-chat conversation as fits in
   ``seq_len`` (``filler``), then one fact asked: the answer lies further back than a
-  short softmax window reaches, so a hybrid's retention path must carry it.
+  short softmax window reaches, so a hybrid's retention path must carry it;
+- *notes*: a memory note, a question and the right reply
+  (:mod:`retnet_core.training.note_dialogues`): ``answer`` marks the positions whose
+  next token is the reply's, trained on the truth rather than on the teacher.
 
 The loss targets are the teacher's outputs, so every real position counts; rows shorter
 than ``seq_len`` are right-padded and carry their ``lengths``. The held-out **test**
@@ -38,6 +41,7 @@ from retnet_core.training.data import (
     words_of,
 )
 from retnet_core.training.dialogues import DialogueGenerator, MemoryExample, ValuePools
+from retnet_core.training.note_dialogues import NoteDialogues, note_row
 
 __all__ = [
     "Batch",
@@ -53,10 +57,12 @@ DIALOGUE_KINDS = ("in_context", "passage")
 
 @dataclass
 class Batch:
-    """tokens (B, T) int64; lengths (B,) valid tokens per row (right padding)."""
+    """tokens (B, T) int64; lengths (B,) valid tokens per row (right padding); answer
+    (B, T) bool: positions whose next token is a note example's reply (or None)."""
 
     tokens: Tensor
     lengths: Tensor
+    answer: Tensor | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -102,15 +108,40 @@ def far_recall(
     return ex, [tok.pad_id, *told, *middle, *asked], len(middle)
 
 
-def _pad_rows(rows: list[list[int]], seq_len: int, pad_id: int) -> Batch:
-    """Right-pad id lists into a Batch; rows longer than ``seq_len`` keep their end."""
+def packed_notes(
+    tok: ChatTokenizer, gen: NoteDialogues, seq_len: int
+) -> tuple[list[int], list[int]]:
+    """Note examples back to back (each after ``pad``) while they fit in ``seq_len``,
+    at least one: (ids, answer positions). Later examples follow earlier ones in the
+    state, as a note follows a session's history in the service."""
+    ids: list[int] = []
+    answer: list[int] = []
+    while True:
+        row, pos = note_row(tok, gen.note_example())
+        if ids and len(ids) + len(row) > seq_len:
+            return ids, answer
+        answer += [len(ids) + t for t in pos]
+        ids += row
+
+
+def _pad_rows(
+    rows: list[list[int]], seq_len: int, pad_id: int, answers: list[list[int]] | None = None
+) -> Batch:
+    """Right-pad id lists into a Batch; rows longer than ``seq_len`` keep their end.
+
+    ``answers[i]``: row i's answer positions (see :class:`Batch`), shifted with a cut."""
     tokens = torch.full((len(rows), seq_len), pad_id, dtype=torch.int64)
     lengths = torch.zeros(len(rows), dtype=torch.int64)
+    answer = torch.zeros(len(rows), seq_len, dtype=torch.bool) if answers else None
     for i, row in enumerate(rows):
-        row = row[-seq_len:]
+        cut = max(len(row) - seq_len, 0)
+        row = row[cut:]
         tokens[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
         lengths[i] = len(row)
-    return Batch(tokens, lengths)
+        if answer is not None and i < len(answers):
+            kept = [t - cut for t in answers[i] if t >= cut]
+            answer[i, kept] = True
+    return Batch(tokens, lengths, answer)
 
 
 @dataclass
@@ -129,12 +160,21 @@ class DistillData:
         gen: torch.Generator,
         dialogue_frac: float = 0.0,
         far_frac: float = 0.0,
+        note_frac: float = 0.0,
     ) -> Batch:
-        """``rows`` rows: windows of the stream, then dialogues and far-recall rows."""
+        """``rows`` rows: note examples first, then windows of the stream, dialogues and
+        far-recall rows."""
+        n_note = round(rows * note_frac)
         n_dia, n_far = round(rows * dialogue_frac), round(rows * far_frac)
-        n_win = max(rows - n_dia - n_far, 0)
+        n_win = max(rows - n_note - n_dia - n_far, 0)
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         parts: list[list[int]] = []
+        answers: list[list[int]] = []
+        notes = NoteDialogues(self.pools, "train", seed=seed)
+        for _ in range(n_note):
+            ids, answer = packed_notes(self.tok, notes, seq_len)
+            parts.append(ids)
+            answers.append(answer)
         if n_win:
             x, y = sample_windows(self.train, n_win, seq_len - 1, gen)
             parts += [[*a.tolist(), int(b[-1])] for a, b in zip(x, y, strict=True)]
@@ -145,7 +185,7 @@ class DistillData:
         for _ in range(n_far):
             filler = rng.choice(self.conversations) if self.conversations else ()
             parts.append(far_recall(self.tok, dg, filler, seq_len)[1])
-        return _pad_rows(parts, seq_len, self.tok.pad_id)
+        return _pad_rows(parts, seq_len, self.tok.pad_id, answers)
 
 
 def prepare_distill_data(

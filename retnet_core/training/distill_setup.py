@@ -63,6 +63,10 @@ class Stage:
     min_lr_ratio: float = 0.1
     lm_weight: float = 0.0
     temperature: float = 1.0
+    # note examples (retnet_core.training.note_dialogues): share of a batch's rows, and
+    # the weight of the cross-entropy on their replies (which leave the KL)
+    note_frac: float = 0.0
+    answer_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -230,13 +234,23 @@ def logits_loss(
     lengths: Tensor,
     temperature: float = 1.0,
     lm_weight: float = 0.0,
+    answer: Tensor | None = None,
+    answer_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Stage 2's loss: τ² KL(p_T ‖ p_S) per real position (+ lm_weight × CE)."""
+    """Stage 2's loss: τ² KL(p_T ‖ p_S) per real position (+ lm_weight × CE).
+
+    ``answer`` (B, T) bool marks positions whose next token is a note example's reply:
+    they leave the KL (the teacher misreads notes as often as the student) and are
+    trained on the true token instead, ``+ answer_weight × CE`` (mean over them)."""
     b, t = tokens.shape
     with torch.no_grad():
         t_logits = teacher(tokens, lengths=lengths)
     s_logits = student(tokens, lengths=lengths)
     mask = _valid(lengths, t)
+    scored = None
+    if answer is not None and bool(answer.any()):
+        scored = answer & (mask > 0)
+        mask = mask * (~scored).to(mask.dtype)
     n = mask.sum().clamp_min(1.0)
     log_pt = F.log_softmax(t_logits.float() / temperature, dim=-1)
     log_ps = F.log_softmax(s_logits.float() / temperature, dim=-1)
@@ -252,7 +266,18 @@ def logits_loss(
         )
         parts["lm"] = float(ce.detach())
         loss = loss + lm_weight * ce
+    if scored is not None:
+        ce = answer_ce(s_logits, tokens, scored)
+        parts["answer_ce"] = float(ce.detach())
+        loss = loss + answer_weight * ce
     return loss, parts
+
+
+def answer_ce(logits: Tensor, tokens: Tensor, scored: Tensor) -> Tensor:
+    """Mean −log p(tokens[:, t + 1]) over the positions t where ``scored`` (B, T)."""
+    pos = scored[:, :-1]
+    picked = logits[:, :-1][pos].float()  # (N, V)
+    return F.cross_entropy(picked, tokens[:, 1:][pos])
 
 
 class DistillObjective(nn.Module):
@@ -266,13 +291,22 @@ class DistillObjective(nn.Module):
         self.__dict__["teacher"] = teacher  # not a submodule: DDP must not sync it
         self.stages = stages
 
-    def forward(self, tokens: Tensor, lengths: Tensor, stage: int) -> tuple[Tensor, dict]:
+    def forward(
+        self, tokens: Tensor, lengths: Tensor, stage: int, answer: Tensor | None = None
+    ) -> tuple[Tensor, dict]:
         st = self.stages[stage]
         if st.loss == "attention":
             loss, layers = attention_transfer_loss(self.student, self.teacher, tokens, lengths)
             return loss, {"layers": [round(x, 5) for x in layers]}
         return logits_loss(
-            self.student, self.teacher, tokens, lengths, st.temperature, st.lm_weight
+            self.student,
+            self.teacher,
+            tokens,
+            lengths,
+            st.temperature,
+            st.lm_weight,
+            answer,
+            st.answer_weight,
         )
 
 

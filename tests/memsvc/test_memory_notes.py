@@ -21,14 +21,9 @@ from server_util import Server
 from service_testkit import Backend
 from tiny_model import make_tiny_checkpoint
 
-from memsvc.services.memory_notes import (
-    NOTE_HEADER,
-    NoteTurn,
-    note_text,
-    pick,
-    worth_keeping,
-)
+from memsvc.services.memory_notes import NoteTurn, pick, worth_keeping
 from memsvc.store import MemoryRec, PendingMemory
+from retnet_core.memory_note import NOTE_HEADER, note_text
 
 
 # ---- pure ----------------------------------------------------------------------------

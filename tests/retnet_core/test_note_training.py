@@ -1,0 +1,139 @@
+"""Training a model without memory layers to answer from its memory note: the examples
+(training values only, the latest value after an update, refusals), their rows (the
+reply's positions exactly, packed and cut), the loss (replies leave the KL for a
+cross-entropy on the truth) and a distillation stage that lowers that cross-entropy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_distill import TRANSFER, _config
+from tiny_llama import tiny_llama_dir
+
+from retnet_core.memory_note import NOTE_HEADER
+from retnet_core.training.dialogues import UNKNOWN, ValuePools
+from retnet_core.training.distill import Distiller
+from retnet_core.training.distill_data import _pad_rows, packed_notes
+from retnet_core.training.distill_setup import _valid, answer_ce, logits_loss
+from retnet_core.training.note_dialogues import NoteDialogues, note_row
+
+
+@pytest.fixture(scope="module")
+def pools() -> ValuePools:
+    return ValuePools.build()
+
+
+def test_examples_answer_from_the_note(pools: ValuePools) -> None:
+    gen = NoteDialogues(pools, "train", seed=3)
+    train = {v for vs in pools.train.values() for v in vs}
+    heldout = pools.all_heldout()
+    kinds = set()
+    for _ in range(200):
+        ex = gen.note_example()
+        kinds.add(ex.kind)
+        note, question, reply = ex.turns
+        assert (note.role, question.role, reply.role) == ("system", "user", "assistant")
+        assert note.content.startswith(NOTE_HEADER + "\n- ")
+        lines = note.content.split("\n")[1:]
+        assert 1 <= len(lines) <= 4
+        if ex.kind == "unknown":
+            assert ex.answer == "" and reply.content.startswith(UNKNOWN.split("{")[0])
+            continue
+        assert ex.answer in reply.content and ex.answer in train and ex.answer not in heldout
+        assert any(ex.answer in line for line in lines), note.content
+    assert kinds == {"recall", "update", "unknown"}
+
+
+def test_update_names_the_latest_value_last_among_its_attribute(pools: ValuePools) -> None:
+    gen = NoteDialogues(pools, "train", seed=5)
+    for _ in range(50):
+        ex = gen.note_update()
+        lines = ex.turns[0].content.split("\n")[1:]
+        changed = [i for i, line in enumerate(lines) if ex.answer in line]
+        assert len(changed) == 1 and changed[0] >= 1  # told after at least one line
+        assert lines[changed[0]][2:].startswith(
+            ("Actually, ", "Update: ", "Oh, and things changed: ", "Correction: ")
+        )
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory) -> Distiller:
+    torch.set_num_threads(1)
+    base = tiny_llama_dir(tmp_path_factory.mktemp("base"))
+    out = tmp_path_factory.mktemp("notes")
+    stage = {
+        "name": "notes",
+        "loss": "logits",
+        "steps": 12,
+        "lr": 0.02,
+        "warmup_steps": 1,
+        "note_frac": 0.5,
+        "answer_weight": 1.0,
+        "train": ["*.lora_a", "*.lora_b", *TRANSFER],
+    }
+    return Distiller(_config(base, out, stages=[stage], seq_len=160, dialogue_frac=0.0))
+
+
+def test_rows_mark_the_reply_exactly(runner: Distiller, pools: ValuePools) -> None:
+    tok = runner.data.tok
+    gen = NoteDialogues(pools, "train", seed=1)
+    ex = gen.note_example()
+    ids, answer = note_row(tok, ex)
+    assert ids[0] == tok.pad_id
+    target = tok.decode([ids[t + 1] for t in answer], False)
+    assert target.startswith(ex.turns[2].content) and answer[-1] == len(ids) - 2
+    prompt = tok.decode(ids[: answer[0] + 1], False)
+    assert prompt.endswith(tok.decode(tok.generation_prompt(), False))
+
+    packed, positions = packed_notes(tok, NoteDialogues(pools, "train", seed=1), 600)
+    assert len(packed) <= 600 and packed.count(tok.pad_id) >= 2  # several examples
+    assert packed[: len(ids)] == ids and positions[: len(answer)] == answer
+    for t in positions:  # every marked position predicts a reply token
+        assert packed[t + 1] != tok.pad_id
+
+    batch = _pad_rows([packed, [tok.pad_id] * 5], 40, tok.pad_id, [positions])
+    cut = len(packed) - 40
+    assert batch.tokens[0].tolist() == packed[cut:]
+    assert batch.answer[0].nonzero().flatten().tolist() == [t - cut for t in positions if t >= cut]
+    assert not batch.answer[1].any()
+
+
+def test_replies_leave_the_kl_for_the_truth(runner: Distiller) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batch = runner.data.batch(2, 160, gen, note_frac=0.5)
+    assert batch.answer is not None and batch.answer[0].any() and not batch.answer[1].any()
+    student, teacher = runner.student, runner.teacher
+    with torch.no_grad():
+        plain, parts = logits_loss(student, teacher, batch.tokens, batch.lengths)
+        mixed, mparts = logits_loss(
+            student, teacher, batch.tokens, batch.lengths, answer=batch.answer, answer_weight=2.0
+        )
+        s_logits = student(batch.tokens, lengths=batch.lengths)
+        t_logits = teacher(batch.tokens, lengths=batch.lengths)
+    # by hand: KL over the real positions that are not replies, + 2 × the replies' CE
+    mask = _valid(batch.lengths, batch.tokens.shape[1]) * (~batch.answer).float()
+    log_pt, log_ps = t_logits.log_softmax(-1), s_logits.log_softmax(-1)
+    kl = ((log_pt.exp() * (log_pt - log_ps)).sum(-1) * mask).sum() / mask.sum()
+    pos = batch.answer[:, :-1]
+    ce = -log_ps[:, :-1][pos].gather(-1, batch.tokens[:, 1:][pos][:, None]).mean()
+    assert mparts["kl"] == pytest.approx(float(kl), rel=1e-4)
+    assert mparts["answer_ce"] == pytest.approx(float(ce), rel=1e-4)
+    assert float(mixed) == pytest.approx(float(kl + 2.0 * ce), rel=1e-4)
+    assert "answer_ce" not in parts and float(plain) != pytest.approx(float(mixed))
+    assert float(answer_ce(s_logits, batch.tokens, batch.answer)) == pytest.approx(float(ce))
+
+
+def test_a_notes_stage_lowers_the_replies_loss(runner: Distiller) -> None:
+    """On one fixed batch (a clean signal), twelve steps of the stage lower the CE."""
+    gen = torch.Generator().manual_seed(1)
+    batch = runner.data.batch(2, 160, gen, note_frac=0.5)
+    runner.data.batch = lambda *a, **k: batch
+    runner.run()
+    log = [
+        json.loads(x) for x in (Path(runner.cfg.out_dir) / "log.jsonl").read_text().split("\n") if x
+    ]
+    ce = [r["answer_ce"] for r in log if "answer_ce" in r]
+    assert len(ce) == 12 and ce[-1] < 0.5 * ce[0], ce
