@@ -169,7 +169,9 @@ class Services:
             memories=(memories := MemoryService(store, memory, embeddings, limits, notes)),
             items=ItemService(store, memory, memories.embeddings, limits),
             limits=limits,
-            transcripts=TranscriptImporter(settings, store, runtime, scheduler, memory, limits),
+            transcripts=TranscriptImporter(
+                settings, store, runtime, scheduler, memory, limits, notes
+            ),
         )
 
     def start(self) -> None:

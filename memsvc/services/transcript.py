@@ -18,7 +18,7 @@ from memsvc.errors import SessionBusy
 from memsvc.records import TranscriptIn, TranscriptOut, TranscriptTurn
 from memsvc.services.memory import TurnCapture
 from memsvc.services.rebuild import load_or_none, rebuild
-from memsvc.store import Busy, TurnCommit
+from memsvc.store import Busy, TextMemories, TurnCommit
 from memsvc.threads import run_in_threadpool
 
 
@@ -31,9 +31,11 @@ class TranscriptImporter:
         scheduler: Any,
         memory: Any,
         limits: Any = None,
+        notes: Any = None,
     ):
         self.settings, self.store, self.runtime = settings, store, runtime
         self.scheduler, self.memory, self.limits = scheduler, memory, limits
+        self.notes = notes  # memsvc.services.memory_notes.NoteMemory: text memories
 
     async def run(self, tenant_id: str, session_id: str, body: TranscriptIn) -> TranscriptOut:
         session = await run_in_threadpool(self.store.get_session, tenant_id, session_id, False)
@@ -72,8 +74,9 @@ class TranscriptImporter:
         banks, may_write = None, True
         if self.memory is not None and self.memory.enabled:
             banks = await run_in_threadpool(self.memory.views, session)
-        if banks and self.limits is not None:  # a user at the memory limit: no new memory
+        if (banks or self.notes) and self.limits is not None:  # at the limit: no new memory
             may_write = await run_in_threadpool(self.limits.turn_may_write, session)
+        note = self.notes.pending(session, user_text) if self.notes and may_write else None
         state, stale = await run_in_threadpool(load_or_none, self.runtime, loaded)
         if stale:  # another model's state: its history re-prefilled on this one first
             state = (await rebuild(self.store, self.runtime, self.scheduler, session)).state
@@ -101,6 +104,7 @@ class TranscriptImporter:
             return data, writes
 
         data, writes = await run_in_threadpool(finish)
+        writes += note is not None
         position = int(result.state.position.reshape(-1)[0])
         user_tokens, reply_tokens = len(head) + len(user), len(reply)
         commit = TurnCommit(
@@ -116,6 +120,9 @@ class TranscriptImporter:
             user_tokens=user_tokens,
             assistant_tokens=reply_tokens,
             slot_changes=tuple(view.changes() for view in (banks or {}).values()),
+            text_memories=None
+            if note is None
+            else TextMemories(session.tenant_id, ((note, "transcript import"),)),
             user_created_at=user_turn.timestamp,
             assistant_created_at=reply_turn.timestamp,
         )

@@ -207,3 +207,20 @@ def test_api_write_keeps_text_and_chat_reads_it(served) -> None:
     assert again.json()["memory"]["id"] == first["memory"]["id"]
     (asked,) = _session(http, key, "dee", "Which instrument do I play on Sundays?")
     assert asked["usage"]["noted_memories"] == [first["memory"]["id"]]
+
+
+def test_imported_transcript_keeps_its_statements(served) -> None:
+    backend, http = served
+    key = backend.new_tenant("notes-import")
+    sid = _call(http, key, "POST", "/v1/sessions", json={"user_id": "eve"}).json()["id"]
+    turns = [
+        {"role": "user", "content": "I grew up in Tromsø, far up north."},
+        {"role": "assistant", "content": "That sounds cold!"},
+        {"role": "user", "content": "Where should we eat tonight?"},
+        {"role": "assistant", "content": "Somewhere warm."},
+    ]
+    done = _call(http, key, "POST", f"/v1/sessions/{sid}/transcript", json={"turns": turns})
+    assert done.json()["memory_writes"] == 1  # the statement, not the question
+    assert list(_memories(http, key, "eve")) == ["I grew up in Tromsø, far up north."]
+    (asked,) = _session(http, key, "eve", "Where did I grow up?")
+    assert len(asked["usage"]["noted_memories"]) == 1
