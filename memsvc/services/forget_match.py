@@ -87,17 +87,19 @@ def candidates(
     ]
 
 
-def chosen(scored: Sequence[Candidate]) -> list[Candidate]:
+def chosen(
+    scored: Sequence[Candidate], min_score: float = MIN_SCORE, margin: float = MARGIN
+) -> list[Candidate]:
     """The candidates a forget removes, best first (see the module docstring).
 
     The best-scoring candidate names the fact; every candidate that scores at least
-    ``MIN_SCORE`` and whose text is within ``MARGIN`` of the best one's similarity is the
+    ``min_score`` and whose text is within ``margin`` of the best one's similarity is the
     same fact told again (the read may favour one telling; the text decides "same").
     """
     if not scored:
         return []
     best = max(scored, key=lambda c: c.score)
-    if best.score < MIN_SCORE:
+    if best.score < min_score:
         return []
-    keep = [c for c in scored if c.score >= MIN_SCORE and c.similarity >= best.similarity - MARGIN]
+    keep = [c for c in scored if c.score >= min_score and c.similarity >= best.similarity - margin]
     return sorted(keep, key=lambda c: -c.score)

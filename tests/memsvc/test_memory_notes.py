@@ -40,6 +40,8 @@ from retnet_core.memory_note import NOTE_HEADER, note_text
         ("Forget everything about me.", False),
         ("The sky is blue today.", False),  # nothing about the user
         ("Hi me", False),  # too short to state a fact
+        ("Note for later: the gate code is 4471.", True),  # asked to be kept
+        ("Do you remember my name", False),
     ],
 )
 def test_worth_keeping(text: str, kept: bool) -> None:
