@@ -13,7 +13,10 @@ and scores, on the chit-chat **test** split (conversations no training step saw)
   format, packed, scored in 256-token windows), under each model's own tokenizer;
 - **far recall**: held-out facts told, then a real test-split conversation (at least
   ``--far-gap`` tokens, beyond the 64-token window), then the fact asked, in one
-  session with no memory slots; a greedy reply counts when it contains the value.
+  session with no memory slots; a greedy reply counts when it contains the value;
+- **RAG answers**: a held-out passage (the ``passage`` turn the service feeds a retrieved
+  passage as), then a question it answers; a greedy reply counts when it contains the
+  value (issue 13's "exact answer when the right passage was retrieved").
 
 Rows: the softmax teacher (SmolLM2-135M-Instruct itself, same weights), the student,
 the student with its retention path zeroed (α = 0, same weights: what retention adds),
@@ -83,6 +86,24 @@ def far_examples(tok: Any, conversations: list[Any], n: int, gap: int, seed: int
     return out
 
 
+def rag_examples(tok: Any, n: int, seed: int) -> list[dict]:
+    """``n`` held-out passage questions rendered as the service feeds them: the passage
+    turn, the user's question, the generation prompt (values from the held-out pools)."""
+    from retnet_core.training.data import load_chitchat, split_conversations, words_of
+    from retnet_core.training.dialogues import DialogueGenerator, ValuePools
+
+    train = split_conversations(load_chitchat())["train"]
+    pools = ValuePools.build(exclude=words_of(m.content for c in train for m in c.messages))
+    gen = DialogueGenerator(pools, "heldout", seed=seed)
+    out = []
+    for _ in range(n):
+        ex = gen.passage()
+        passage, question, _ = ex.sessions[0]
+        ids = tok.render_ids([passage, question]) + tok.generation_prompt()
+        out.append({"ids": ids, "answer": ex.answer})
+    return out
+
+
 @torch.inference_mode()
 def far_recall_rate(model: Any, tok: Any, examples: list[dict], max_new: int = 16) -> float:
     """Share of greedy replies that contain the told value (one session, no memory)."""
@@ -133,6 +154,7 @@ def score_row(
     far: list[dict] | None,
     edge: int,
     protocols: tuple[str, ...] = ("plain", "bench"),
+    rag: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Every measure of one row (the student-off row zeroes α while it is scored)."""
     from contextlib import nullcontext
@@ -146,7 +168,14 @@ def score_row(
         plain = heldout_bits(model, tok, texts, edge) if "plain" in protocols else None
         bench = bench_protocol(model, tok, conversations) if "bench" in protocols else None
         rate = None if far is None else far_recall_rate(model, tok, far)
-    return {"plain": plain, "bench": bench, "far_recall": rate, "seconds": time.perf_counter() - t0}
+        rag_rate = None if not rag else far_recall_rate(model, tok, rag, max_new=32)
+    return {
+        "plain": plain,
+        "bench": bench,
+        "far_recall": rate,
+        "rag": rag_rate,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def report(result: dict[str, Any]) -> str:
@@ -179,7 +208,8 @@ def report(result: dict[str, Any]) -> str:
         head,
         "|---" * (len(names) + 1) + "|",
     ]
-    measured = {k for r in rows.values() for k in ("plain", "bench", "far_recall") if r.get(k)}
+    measures = ("plain", "bench", "far_recall", "rag")
+    measured = {k for r in rows.values() for k in measures if r.get(k) is not None}
     table = [
         ("bits/char, plain text (target ≤ 1.40)", ("plain", "bits_per_char"), ".4f"),
         ("bits/token, plain text", ("plain", "bits_per_token"), ".4f"),
@@ -189,10 +219,11 @@ def report(result: dict[str, Any]) -> str:
         ("bits/char, `bench quality` protocol", ("bench", "bits_per_char"), ".4f"),
         ("tokens scored, bench", ("bench", "tokens"), ",.0f"),
         ("far recall in one session, no memory", ("far_recall",), ".2f"),
+        ("RAG: reply names the fed passage's answer (target ≥ 0.80)", ("rag",), ".2f"),
         ("seconds to score", ("seconds",), ".0f"),
     ]  # fmt: skip
     for label, path, fmt in table:
-        if path[0] in ("plain", "bench", "far_recall") and path[0] not in measured:
+        if path[0] in measures and path[0] not in measured:
             continue  # a protocol this run did not measure
         lines.append(f"| {label} | " + " | ".join(cell(n, path, fmt) for n in names) + " |")
     return "\n".join(lines) + "\n"
@@ -209,6 +240,7 @@ def cli(
     far_gap: Annotated[int, typer.Option(help="tokens between telling and asking")] = 300,
     seed: Annotated[int, typer.Option(help="seed of the far-recall examples")] = 0,
     protocols: Annotated[str, typer.Option(help="plain, bench or both")] = "plain,bench",
+    rag: Annotated[int, typer.Option(help="held-out passage questions (0: skip)")] = 0,
 ) -> None:
     """Held-out bits/char (two protocols) and in-session far recall: teacher vs student."""
     from memsvc.distilled import assemble
@@ -231,7 +263,8 @@ def cli(
         "command": f"memsvc bench distilled --out {out}"
         + (f" --model-dir {model_dir}" if model_dir != work_root() / "smollm2-hybrid" else "")
         + f" --rows {rows} --conversations {conversations} --far {far} --far-gap {far_gap}"
-        + (f" --protocols {protocols}" if protocols != "plain,bench" else ""),
+        + (f" --protocols {protocols}" if protocols != "plain,bench" else "")
+        + (f" --rag {rag}" if rag else ""),
         "conversations": len(convs),
         "far_n": 0 if far_ex is None else len(far_ex),
         "far_gap_median": None if not gaps else gaps[len(gaps) // 2],
@@ -243,8 +276,16 @@ def cli(
         model, tok = models[name]
         # tiny has its own tokenizer and chat format: the far dialogues are not rendered for it
         row_far = far_ex if name != "tiny" else None
+        row_rag = rag_examples(tok, rag, seed) if rag else None  # in the row's own format
         result["rows"][name] = score_row(
-            name, model, tok, convs, row_far, edge, tuple(protocols.split(","))
+            name,
+            model,
+            tok,
+            convs,
+            row_far,
+            edge,
+            tuple(p for p in protocols.split(",") if p),
+            row_rag,
         )
         result["machine"] = machine_info()
         (out / "distilled.json").write_text(json.dumps(result, indent=2))

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import torch
 
-from memsvc.bench.distilled import far_examples, far_recall_rate, heldout_conversations, report
+from memsvc.bench.distilled import (
+    far_examples,
+    far_recall_rate,
+    heldout_conversations,
+    rag_examples,
+    report,
+)
 from memsvc.bench.model_speed import _verdict, prompt_of
 from retnet_core.checkpoint import load_pretrained
 from retnet_core.tokenizer import ChatTokenizer
@@ -47,6 +53,21 @@ def test_far_recall_counts_replies_holding_the_value() -> None:
     with torch.no_grad():
         model.head.weight.zero_()  # every logit 0: greedy picks id 0, never the value
     assert far_recall_rate(model, tok, ex, max_new=2) == 0.0
+
+
+def test_rag_examples_feed_the_passage_and_ask() -> None:
+    from retnet_core.training.dialogues import ValuePools
+
+    tok = ChatTokenizer.load(TINY)
+    examples = rag_examples(tok, 5, seed=3)
+    heldout = ValuePools.build().all_heldout()
+    prompt = tok.generation_prompt()
+    for ex in examples:
+        assert ex["ids"][-len(prompt) :] == prompt
+        text = tok.decode(ex["ids"])
+        assert ex["answer"] in text and ex["answer"] in heldout  # in the passage, held out
+        assert text.rstrip().endswith("?") or "?" in text[text.rfind(ex["answer"]) :]
+    assert [e["ids"] for e in rag_examples(tok, 5, seed=3)] == [e["ids"] for e in examples]
 
 
 def test_prompt_has_the_requested_token_count() -> None:
