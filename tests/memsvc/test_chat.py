@@ -175,7 +175,7 @@ def test_metrics_cover_latency_ttft_tokens_states_and_batches(api: Client, http)
     ready = http.get("/readyz").json()
     assert ready["status"] == "ready" and ready["checks"]["model"]["ok"]
     assert ready["checks"]["database"]["ok"]
-    assert ready["checks"]["memory"] == {"ok": True, "enabled": True}  # a Retention Layer
+    assert ready["checks"]["memory"] == {"ok": True, "enabled": True, "mode": "slots"}
 
 
 def _multi_session_steps(http) -> float:
