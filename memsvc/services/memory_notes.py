@@ -47,6 +47,7 @@ import numpy as np
 
 from memsvc.services.forget import ForgetRequest, parse_forget
 from memsvc.services.forget_match import candidates, chosen
+from memsvc.services.memory import MemoryManager
 from memsvc.store import (
     TURN_USER_MESSAGE,
     MemoryRec,
@@ -155,8 +156,6 @@ class NoteMemory:
     @staticmethod
     def namespace(session: SessionRec) -> str | None:
         """``scope:id`` of the session's memory (as slot memories), None for ``none``."""
-        from memsvc.services.memory import MemoryManager
-
         ns = MemoryManager.namespace(session)
         return None if ns is None else f"{ns[0]}:{ns[1]}"
 
