@@ -372,7 +372,8 @@ class Distiller:
                     )
                 progress.update(task, completed=self.step)
                 if self.stage_step >= self.current.steps:  # stage done: score, save, move on
-                    last = self._eval_and_log()
+                    if cfg.eval_at_stage_end:
+                        last = self._eval_and_log()
                     self.stage, self.stage_step = self.stage + 1, 0
                     if self.stage < len(cfg.stages):
                         self._enter_stage()

@@ -120,6 +120,7 @@ class DistillConfig:
     eval_max_tokens: int | None = None  # cut each conversation (tests)
     eval_interval_s: float | None = 5400.0  # also at every stage's end
     eval_at_start: bool = True  # score the zero-shot student before the first step
+    eval_at_stage_end: bool = True  # score each stage's last step (off: the bench scores)
     eval_off: bool = True  # hybrid: also score with the retention path zeroed (α = 0)
     eval_piece: int = 512  # tokens per prefill call when scoring (bounded memory)
     # bookkeeping

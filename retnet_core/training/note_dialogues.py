@@ -28,10 +28,21 @@ from dataclasses import dataclass
 
 from retnet_core.memory_note import note_text
 from retnet_core.tokenizer import ChatTokenizer, Message
-from retnet_core.training.dialogues import ATTRIBUTES, UNKNOWN, DialogueGenerator
+from retnet_core.training.dialogues import ATTRIBUTES, UNKNOWN, Attribute, DialogueGenerator
+from retnet_core.training.note_phrasings import (
+    ASIDES,
+    ASK_OPENERS,
+    EXTRA_ASKS,
+    EXTRA_STATES,
+    NOTE_ONLY_ATTRIBUTES,
+    STATE_OPENERS,
+    STATE_TAILS,
+    UPDATE_OPENERS,
+)
 
 NOTE_KINDS = ("recall", "recall", "update", "unknown")  # drawn uniformly: half recall
-UPDATE_OPENERS = ("Actually, ", "Update: ", "Oh, and things changed: ", "Correction: ")
+NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
+ASIDE_RATE = 0.25  # notes holding one line with no fact
 
 
 @dataclass(frozen=True)
@@ -47,15 +58,38 @@ class NoteExample:
 class NoteDialogues(DialogueGenerator):
     """Deterministic :class:`NoteExample` generator (same seeding as the parent)."""
 
+    def _facts(self, n: int) -> list[tuple[str, str]]:
+        """``n`` (attribute, value) pairs with distinct attributes of :data:`NOTE_ATTRIBUTES`."""
+        attrs = self.rng.sample(sorted(NOTE_ATTRIBUTES), n)
+        return [(a, self._value(NOTE_ATTRIBUTES[a].value_kind)) for a in attrs]
+
+    def _sentence(self, attr: str, value: str, after_opener: bool = False) -> str:
+        """The bare statement of ``attr`` = ``value``, in any of its phrasings (its first
+        word lowered when it follows an opener; a value is never lowered)."""
+        phrasings = NOTE_ATTRIBUTES[attr].states + EXTRA_STATES.get(attr, ())
+        template = self.rng.choice(phrasings)
+        return (_lower_first(template) if after_opener else template).format(v=value)
+
     def _statement(self, attr: str, value: str) -> str:
-        return self.rng.choice(ATTRIBUTES[attr].states).format(v=value)
+        """A note line: the statement with chatter around it, as users say it."""
+        opener = self.rng.choice(STATE_OPENERS)
+        sentence = self._sentence(attr, value, after_opener=bool(opener))
+        return opener + sentence + self.rng.choice(STATE_TAILS)
+
+    def _question(self, attr: str) -> str:
+        asks = NOTE_ATTRIBUTES[attr].asks + EXTRA_ASKS.get(attr, ())
+        opener, ask = self.rng.choice(ASK_OPENERS), self.rng.choice(asks)
+        return opener + (_lower_first(ask) if opener else ask)
 
     def _example(self, kind: str, lines: list[str], attr: str, value: str | None) -> NoteExample:
-        a = ATTRIBUTES[attr]
+        a = NOTE_ATTRIBUTES[attr]
         reply = a.answer.format(v=value) if value is not None else UNKNOWN.format(yours=a.yours)
+        if self.rng.random() < ASIDE_RATE:
+            lines = list(lines)
+            lines.insert(self.rng.randint(0, len(lines)), self.rng.choice(ASIDES))
         turns = (
             Message("system", note_text(lines)),
-            Message("user", self.rng.choice(a.asks)),
+            Message("user", self._question(attr)),
             Message("assistant", reply),
         )
         return NoteExample(kind, turns, value or "")
@@ -69,18 +103,18 @@ class NoteDialogues(DialogueGenerator):
     def note_update(self) -> NoteExample:
         facts = self._facts(self.rng.randint(1, 3))
         attr, old = facts[0]
-        new = self._value(ATTRIBUTES[attr].value_kind)
+        new = self._value(NOTE_ATTRIBUTES[attr].value_kind)
         while new == old:
-            new = self._value(ATTRIBUTES[attr].value_kind)
+            new = self._value(NOTE_ATTRIBUTES[attr].value_kind)
         lines = [self._statement(a, v) for a, v in facts]
-        change = self.rng.choice(UPDATE_OPENERS) + _lower_first(self._statement(attr, new))
+        change = self.rng.choice(UPDATE_OPENERS) + self._sentence(attr, new, after_opener=True)
         lines.insert(self.rng.randint(1, len(lines)), change)  # after the old telling
         return self._example("update", lines, attr, new)
 
     def note_unknown(self) -> NoteExample:
         facts = self._facts(self.rng.randint(1, 3))
         told = {a for a, _ in facts}
-        attr = self.rng.choice(sorted(set(ATTRIBUTES) - told))
+        attr = self.rng.choice(sorted(set(NOTE_ATTRIBUTES) - told))
         lines = [self._statement(a, v) for a, v in facts]
         return self._example("unknown", lines, attr, None)
 
@@ -90,8 +124,9 @@ class NoteDialogues(DialogueGenerator):
 
 
 def _lower_first(text: str) -> str:
-    """ "My dog ..." → "my dog ..." after an opener; "I ..." stays."""
-    if text.startswith(("I ", "I'")):
+    """ "My dog ..." → "my dog ..." after an opener; "I ..." and a template that starts
+    with its value ("{v} is ...") stay."""
+    if text.startswith(("I ", "I'")) or not text[:1].isalpha():
         return text
     return text[:1].lower() + text[1:]
 
