@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 NOTE_HEADER = "What the user told you in earlier conversations:"
+NOTHING = "(nothing about this)"
 
 
 def note_text(texts: Sequence[str]) -> str:
@@ -27,3 +28,16 @@ def note_text(texts: Sequence[str]) -> str:
     if not texts:
         return ""
     return NOTE_HEADER + "\n" + "\n".join(f"- {t.strip()}" for t in texts)
+
+
+def nothing_note() -> str:
+    """The note for a question about the user that none of their memories answers.
+
+    Without it such a question reaches the model with no note, and a chat model invents
+    ("Your favourite colour is blue."); with it, the student was trained to say it does
+    not know.
+
+    >>> nothing_note()
+    'What the user told you in earlier conversations:\\n- (nothing about this)'
+    """
+    return NOTE_HEADER + "\n- " + NOTHING

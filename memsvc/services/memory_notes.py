@@ -16,7 +16,9 @@ but its users still expect what they said last week to be there. So, for such a 
       - Actually, I moved to Porto.<|end|>
 
   Oldest first, so an update sits nearest the question. Memories of the session itself
-  are already in its state and are not repeated;
+  are already in its state and are not repeated. A question for a fact about the user
+  that no memory matches (:func:`asks_about_user`) gets the note "(nothing about
+  this)", so the model says it does not know instead of inventing;
 - **forget**: "Please forget my dog's name." retires the memories whose text the topic
   names, in the turn's commit; ``usage.forgotten_memories`` lists them. There is no
   model read to help, so the topic is asked as the question a note read would answer
@@ -56,7 +58,7 @@ from memsvc.store import (
     TextMemories,
     new_memory_id,
 )
-from retnet_core.memory_note import note_text
+from retnet_core.memory_note import note_text, nothing_note
 
 TOP_K = 4  # memories in one note
 MIN_SIMILARITY = 0.25  # below: not what the message is about
@@ -73,6 +75,38 @@ _ASKS = re.compile(
     r"remind me|tell me|have i|am i|is my|are my)\b",
     re.I,
 )
+
+# "What's my cat called?", "Sorry, remind me where I live?", "Who am I again?": a question
+# for a fact about the user. Advice and requests ("What should I cook?", "Can you help me
+# with my essay?") are not: a "nothing about this" note must not make the model refuse them
+_FACT_QUESTION = re.compile(
+    r"^\s*(?:\w+[,:]\s+)?(?:(?:in|at|on|from|for|to|with) )?"
+    r"(?:what|who|where|which|when|do you (?:know|remember)|remind me|"
+    r"did i|do i|am i|have i|is my|are my)\b[^?]*\b(?:i|me|my|mine|we|our|us)\b",
+    re.I,
+)
+_ADVICE = re.compile(
+    r"\b(should|could|would|shall|can|might|need|have to|recommend|suggest|think|help)\b",
+    re.I,
+)
+
+
+def asks_about_user(text: str) -> bool:
+    """Whether a message asks for a fact about the user (then, when no memory answers
+    it, the model is told so rather than left to invent one).
+
+    >>> asks_about_user("What's my favourite colour?"), asks_about_user("Who am I again?")
+    (True, True)
+    >>> asks_about_user("Sorry, remind me what my name is?")
+    True
+    >>> asks_about_user("What should I cook tonight?"), asks_about_user("My cat is Tom.")
+    (False, False)
+    >>> asks_about_user("What is the capital of France?")
+    False
+    """
+    stripped = text.strip()
+    asked = stripped.endswith("?") or stripped.lower().startswith("remind me")
+    return asked and bool(_FACT_QUESTION.match(text)) and not _ADVICE.search(text)
 
 
 def worth_keeping(text: str) -> bool:
@@ -165,13 +199,16 @@ class NoteMemory:
             return []
         return [m for m in self.store.namespace_memories(session.tenant_id, ns) if m.text]
 
-    def read(self, session: SessionRec, content: str) -> list[Scored]:
-        """The memories ``content`` is about, from other sessions of the namespace."""
-        live = [m for m in self._live(session) if m.session_id != session.id]
+    def read(self, session: SessionRec, content: str) -> tuple[list[Scored], bool]:
+        """(the memories ``content`` is about from other sessions of the namespace,
+        whether any memory at all, the session's own included, is about it)."""
+        live = self._live(session)
         if not live:
-            return []
+            return [], False
         query = self.embeddings.embedder.embed([content])[0]
-        return pick(live, self.embeddings.matrix(live), query)
+        about = pick(live, self.embeddings.matrix(live), query)
+        # the session's own memories are in its state already: matched, not repeated
+        return [s for s in about if s.memory.session_id != session.id], bool(about)
 
     def forget(self, session: SessionRec, request: ForgetRequest) -> list[str]:
         """Ids of the memories a forget request names (topic: by their text; last: the
@@ -197,9 +234,11 @@ class NoteMemory:
         request = parse_forget(content)
         if request is not None:
             return NoteTurn(forgotten=tuple(self.forget(session, request)))
-        read = self.read(session, content)
+        read, matched = self.read(session, content)
         new = self.pending(session, content) if may_write else None
         note = note_text([s.memory.text for s in read])
+        if not matched and self.namespace(session) is not None and asks_about_user(content):
+            note = nothing_note()
         return NoteTurn(note, tuple(s.memory.id for s in read), (), new)
 
     def write(self, tenant_id: str, user_id: str, text: str, fields: dict[str, Any]) -> tuple:

@@ -15,7 +15,9 @@ Kinds, drawn by :meth:`NoteDialogues.example`:
 - ``recall`` (1–4 facts of distinct attributes, one asked): the reply names its value;
 - ``update`` (one attribute told, then changed with "Actually, ...", among 0–2 other
   facts): the reply names the latest value;
-- ``unknown`` (the asked attribute is not in the note): "I don't know ...".
+- ``unknown`` (the asked attribute is not in the note, or the note says that nothing
+  the user told answers, as the service writes it for a question about the user that
+  no memory matches): "I don't know ...".
 
 Values come from the training pool only (``ValuePools.train``), phrasings from
 :data:`retnet_core.training.dialogues.ATTRIBUTES`; ``memsvc bench memory`` asks with its
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retnet_core.memory_note import note_text
+from retnet_core.memory_note import note_text, nothing_note
 from retnet_core.tokenizer import ChatTokenizer, Message
 from retnet_core.training.dialogues import ATTRIBUTES, UNKNOWN, Attribute, DialogueGenerator
 from retnet_core.training.note_phrasings import (
@@ -43,6 +45,7 @@ from retnet_core.training.note_phrasings import (
 NOTE_KINDS = ("recall", "recall", "update", "unknown")  # drawn uniformly: half recall
 NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
 ASIDE_RATE = 0.25  # notes holding one line with no fact
+NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,11 @@ class NoteDialogues(DialogueGenerator):
     def _example(self, kind: str, lines: list[str], attr: str, value: str | None) -> NoteExample:
         a = NOTE_ATTRIBUTES[attr]
         reply = a.answer.format(v=value) if value is not None else UNKNOWN.format(yours=a.yours)
-        if self.rng.random() < ASIDE_RATE:
+        if lines and self.rng.random() < ASIDE_RATE:
             lines = list(lines)
             lines.insert(self.rng.randint(0, len(lines)), self.rng.choice(ASIDES))
         turns = (
-            Message("system", note_text(lines)),
+            Message("system", note_text(lines) if lines else nothing_note()),
             Message("user", self._question(attr)),
             Message("assistant", reply),
         )
@@ -112,6 +115,10 @@ class NoteDialogues(DialogueGenerator):
         return self._example("update", lines, attr, new)
 
     def note_unknown(self) -> NoteExample:
+        """Asked what no line tells; in ``NOTHING_RATE`` of them the note says nothing
+        answers (:func:`~retnet_core.memory_note.nothing_note`)."""
+        if self.rng.random() < NOTHING_RATE:
+            return self._example("unknown", [], self.rng.choice(sorted(NOTE_ATTRIBUTES)), None)
         facts = self._facts(self.rng.randint(1, 3))
         told = {a for a, _ in facts}
         attr = self.rng.choice(sorted(set(NOTE_ATTRIBUTES) - told))

@@ -21,7 +21,7 @@ from server_util import Server
 from service_testkit import Backend
 from tiny_model import make_tiny_checkpoint
 
-from memsvc.services.memory_notes import NoteTurn, pick, worth_keeping
+from memsvc.services.memory_notes import NoteTurn, asks_about_user, pick, worth_keeping
 from memsvc.store import MemoryRec, PendingMemory
 from retnet_core.memory_note import NOTE_HEADER, note_text
 
@@ -46,6 +46,26 @@ from retnet_core.memory_note import NOTE_HEADER, note_text
 )
 def test_worth_keeping(text: str, kept: bool) -> None:
     assert worth_keeping(text) is kept
+
+
+@pytest.mark.parametrize(
+    ("text", "asks"),
+    [
+        ("What's my favourite colour?", True),
+        ("Remind me, what did we name our dog?", True),
+        ("Which city am I living in?", True),
+        ("In which town did I spend my childhood?", True),
+        ("Do you know who my best friend is?", True),
+        ("Remind me of my sister's name", True),
+        ("My sister is called Ann.", False),  # a statement
+        ("What should I cook tonight?", False),  # advice: answered, not refused
+        ("Can you help me with my essay?", False),
+        ("What is the capital of France?", False),  # not about the user
+        ("Who wrote Hamlet?", False),
+    ],
+)
+def test_asks_about_user(text: str, asks: bool) -> None:
+    assert asks_about_user(text) is asks
 
 
 def _memory(i: int, text: str = "", minutes: int = 0) -> MemoryRec:
@@ -127,8 +147,9 @@ def _call(http: httpx.Client, key: str, method: str, path: str, **kw) -> httpx.R
     return r
 
 
-def _session(http: httpx.Client, key: str, user: str, *turns: str) -> list[dict]:
-    sid = _call(http, key, "POST", "/v1/sessions", json={"user_id": user}).json()["id"]
+def _session(http: httpx.Client, key: str, user: str, *turns: str, scope: str = "") -> list[dict]:
+    opened = {"user_id": user, **({"memory_scope": scope} if scope else {})}
+    sid = _call(http, key, "POST", "/v1/sessions", json=opened).json()["id"]
     body = {"max_tokens": 2, "temperature": 0.0}
     return [
         _call(http, key, "POST", f"/v1/sessions/{sid}/messages", json={**body, "content": t}).json()
@@ -161,9 +182,17 @@ def test_told_in_one_session_read_in_the_next(served) -> None:
     (stranger,) = _session(http, key, "bob", "What is my dog called?")
     assert again["usage"]["noted_memories"] == [dog]
     assert stranger["usage"]["noted_memories"] == []  # another user of the tenant
-    assert again["usage"]["prompt_tokens"] > stranger["usage"]["prompt_tokens"] + 5  # the note
-    (unrelated,) = _session(http, key, "ann", "Quantum chromodynamics lattice gauge?")
+    (bare,) = _session(http, key, "bob", "What is my dog called?", scope="none")
+    assert again["usage"]["prompt_tokens"] > bare["usage"]["prompt_tokens"] + 5  # the note
+    # nothing of bob's answers it: told so ("nothing about this"), not left to invent
+    assert stranger["usage"]["prompt_tokens"] > bare["usage"]["prompt_tokens"] + 5
+    odd = "Quantum chromodynamics lattice gauge?"
+    (unrelated,), (unrelated_bare,) = (
+        _session(http, key, "ann", odd),
+        _session(http, key, "ann", odd, scope="none"),
+    )
     assert unrelated["usage"]["noted_memories"] == []  # below the similarity floor
+    assert unrelated["usage"]["prompt_tokens"] == unrelated_bare["usage"]["prompt_tokens"]
 
     other = backend.new_tenant("notes-other")
     (foreign,) = _session(http, other, "ann", "What is my dog called?")
