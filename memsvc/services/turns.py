@@ -9,9 +9,10 @@
 3. takes the session's lock (busy → 409, or waits ``lock_wait_s``);
 4. loads, on the thread pool, the state (Redis → SQL; a new session starts from its
    system prompt's shared state), the bank views and cached passage snapshots;
-5. hands the engine plain data (a :class:`GenerateRequest`: the user turn and
-   ``<|assistant|>`` to prefill, the state, the views, sampling parameters); the model
-   thread prefills, joins the decode batch and streams text events;
+5. hands the engine plain data (a :class:`GenerateRequest`, built by
+   :class:`memsvc.services.turn_prompt.TurnPrompt`: passages, the memory note, the user
+   turn and ``<|assistant|>`` to prefill, the state, the views, sampling parameters);
+   the model thread prefills, joins the decode batch and streams text events;
 6. computes the memory write into the turn's bank views (thread pool, tensors only),
    then commits the two messages, the new state (compare-and-set on the version) and
    the views' new, removed and read slots in one transaction, and only then reports
@@ -27,54 +28,32 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from memsvc.config import Settings
 from memsvc.engine.requests import (
-    AsyncSink,
     DoneEvent,
     ErrorEvent,
-    GenerateRequest,
     PrefillRequest,
-    Segment,
     TokenEvent,
 )
 from memsvc.engine.runtime import ModelRuntime
 from memsvc.engine.scheduler import Scheduler
 from memsvc.errors import BadRequest, Conflict, SessionBusy, TooLarge, Unavailable
 from memsvc.metrics import Metrics
-from memsvc.rag.feed import PassageFeeder, RetrievedPassage
-from memsvc.records import MessageCreate, MessageOut, PassageRef, TurnOut, Usage
+from memsvc.rag.feed import PassageFeeder
+from memsvc.records import MessageCreate, MessageOut, TurnOut, Usage
 from memsvc.services.forget import parse_forget
 from memsvc.services.limits import TenantLimits
 from memsvc.services.memory import TurnCapture
 from memsvc.services.rebuild import load_or_none, rebuild
 from memsvc.services.system_prompts import SystemPromptCache
+from memsvc.services.turn_prompt import Prepared, TurnPrompt
 from memsvc.store import Busy, LoadedState, SessionRec, Store, TurnCommit
 from memsvc.threads import run_in_threadpool
 
 log = logging.getLogger("memsvc.services.turns")
-
-
-@dataclass
-class Prepared:
-    """What the prefill produced, besides the decode job."""
-
-    prompt_tokens: int = 0
-    passage_tokens: int = 0
-    passages: list[PassageRef] = field(default_factory=list)
-    snapshot_hits: int = 0
-    snapshot_misses: int = 0
-    turn_tokens: int = 0  # tokens this turn adds to the session's history
-    banks: Any = None  # memory-layer index -> slot bank read by this turn
-    capture: Any = None  # memsvc.memory.TurnCapture for the end-of-turn write
-    forgotten: list[str] = field(default_factory=list)  # slots a forget request removed
-    forgotten_memories: list[str] = field(default_factory=list)  # and their memories
-    memory_full: bool = False  # the user holds the memory limit: this turn writes none
-    notes: Any = None  # memsvc.services.memory_notes.NoteTurn (a model without memory layers)
-    offset: int = 0  # session position where the user turn starts
-    user_end: int = 0  # the user turn's ``<|end|>`` within the prompt
 
 
 @dataclass
@@ -114,6 +93,9 @@ class TurnManager:
         self.system_prompts = system_prompts or SystemPromptCache(runtime, scheduler)
         self.limits = limits or TenantLimits(settings, store, metrics)
         self.notes = notes  # memsvc.services.memory_notes.NoteMemory, or None
+        self.prompt = TurnPrompt(
+            settings, runtime, scheduler, feeder, retriever, memory, self.system_prompts
+        )
 
     # ------------------------------------------------------------------ checks
     def check_limits(self, req: MessageCreate) -> int:
@@ -255,12 +237,14 @@ class TurnManager:
         rebuilt = None  # tokens re-prefilled when the state was another model's
         if stale:
             loaded, state, rebuilt = await self._rebuilt(session, loaded)
-        passages = await self._retrieve(session, req)
+        passages = await self.prompt.retrieve(session, req)
         prep = Prepared(banks=banks, memory_full=full)
         if self.notes is not None and req.use_memory:  # memories as text: read, forget
             prep.notes, prep.memory_full = await run_in_threadpool(self._note_turn, session, req)
         events: asyncio.Queue = asyncio.Queue()
-        gen = await self._request(session, loaded, state, passages, req, max_new, prep, events)
+        gen = await self.prompt.request(
+            session, loaded, state, passages, req, max_new, prep, events
+        )
         gen.started = accepted
         request = parse_forget(req.content) if prep.banks else None
         if request is None:
@@ -353,117 +337,6 @@ class TurnManager:
         except Exception:
             log.exception("memory write of a turn on session %s failed", session.id)
             return 0
-
-    async def _retrieve(self, session: SessionRec, req: MessageCreate) -> list[RetrievedPassage]:
-        """Top-k passages above the threshold for this message (empty when RAG is off)."""
-        if not (req.use_documents and self.settings.rag_enabled and self.retriever is not None):
-            return []
-        if self.settings.rag_top_k <= 0:
-            return []
-        return await run_in_threadpool(
-            self.retriever.retrieve,
-            session.tenant_id,
-            session.user_id,
-            req.content,
-            self.settings.rag_top_k,
-            self.settings.rag_threshold,
-        )
-
-    async def _request(
-        self, session, loaded, state, passages, req, max_new, prep, events
-    ) -> GenerateRequest:
-        """The turn as plain data: the state after the system prompt (shared, cached) and
-        the passages (cached snapshots; misses fed here), then the user turn and
-        ``<|assistant|>`` to prefill and decode.
-
-        Without memory the prompt is plain: the scheduler feeds it batched with the other
-        turns ready in the same round. With banks it reads them and its hidden states
-        are captured for the memory write. A copying model also reads the fed passages
-        from a turn-local bank.
-        """
-        tok = self.runtime.tokenizer
-        # empty banks read exactly zero: such turns decode with memory=None, so they can
-        # share batched steps with every other session (a bank is per tenant and scope)
-        reads = prep.banks if prep.banks and any(len(b) for b in prep.banks.values()) else None
-        data, head = loaded.data, 0
-        if data is None and session.system_prompt:
-            system = await self.system_prompts.get(session.tenant_id, session.system_prompt)
-            data, head = system.data, system.tokens
-            state = await run_in_threadpool(self.runtime.state_from_bytes, data)
-        if passages:
-            state = await self._feed(session, state, data, passages, prep)
-            if self.memory is not None and self.memory.reads_passages:
-                texts = [p.text for p in passages]
-                reads = await self.memory.passage_reads(reads, texts)
-        note = (
-            tok.render_turn({"role": "system", "content": prep.notes.note})
-            if (prep.notes and prep.notes.note)
-            else []
-        )
-        user = tok.render_turn({"role": "user", "content": req.content})
-        ids = note + user + tok.generation_prompt()
-        prep.prompt_tokens = head + prep.passage_tokens + len(ids)
-        prep.turn_tokens = prep.prompt_tokens
-        prep.offset = 0 if state is None else int(state.position.reshape(-1)[0])
-        prep.user_end = len(note) + len(user) - 1
-        params = self.runtime.sampling.with_overrides(
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            repetition_penalty=req.repetition_penalty,
-            seed=req.seed,
-        )
-        if not prep.banks and reads is None:  # nothing read or captured: batched prefill
-            prompt = Segment(ids)
-        else:
-            prompt = Segment(
-                ids, (len(note) + len(user),), read_memory=True, capture=bool(prep.banks)
-            )
-        return GenerateRequest(
-            prefill=PrefillRequest([prompt], state, reads),
-            params=params,
-            max_new=max_new,
-            sink=AsyncSink(asyncio.get_running_loop(), events),
-            stops=list(req.stop),
-            group=self._group(session, reads, passages),
-        )
-
-    async def _feed(self, session, state, start_data, passages, prep: Prepared) -> Any:
-        """Passages after ``state``: cached snapshots (thread pool), the rest fed by the
-        engine, their snapshots stored (thread pool). Returns the state after them."""
-        start_hash = self.runtime.state_hash(start_data)
-        plan = await run_in_threadpool(self.feeder.plan, session.tenant_id, start_hash, passages)
-        if plan.cached is not None:
-            state = await run_in_threadpool(self.runtime.state_from_bytes, plan.cached)
-        if plan.segments:
-            result = await self.scheduler.run(PrefillRequest(plan.segments, state))
-            state = result.state
-            await run_in_threadpool(self.feeder.store, plan, result.kept)
-        fed = plan.fed()
-        prep.passage_tokens = sum(f.tokens for f in fed)
-        prep.snapshot_hits = sum(f.snapshot_hit for f in fed)
-        prep.snapshot_misses = len(fed) - prep.snapshot_hits
-        prep.passages = [
-            PassageRef(
-                passage_id=f.passage.passage_id,
-                document_id=f.passage.document_id,
-                score=f.passage.score,
-                tokens=f.tokens,
-                boundary=f.boundary,
-                snapshot_hit=f.snapshot_hit,
-            )
-            for f in fed
-        ]
-        return state
-
-    def _group(self, session: SessionRec, reads: Any, fed: Any) -> str:
-        """Decode steps are shared by turns that read the same banks: the session's
-        namespace, or this turn alone when it also reads its own passages."""
-        if not reads:
-            return ""
-        # each turn reads its own view of the banks (its reads, forgets and writes are
-        # its own until the commit), so a turn with memory decodes in a group of one
-        return f"turn:{id(reads)}"
 
     async def _relay(self, events: asyncio.Queue, out: asyncio.Queue) -> DoneEvent:
         """Forward text events to the turn's queue until the decode is done."""
