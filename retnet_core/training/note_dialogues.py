@@ -13,8 +13,9 @@ reply to learn::
 Kinds, drawn by :meth:`NoteDialogues.example`:
 
 - ``recall`` (1–4 facts of distinct attributes, one asked): the reply names its value;
-- ``update`` (one attribute told, then changed with "Actually, ...", among 0–2 other
-  facts): the reply names the latest value;
+- ``update`` (one attribute told, then changed with "Actually, ..." or simply told
+  again, among 0–2 other facts): the reply names the latest value (notes list
+  memories oldest first);
 - ``unknown`` (the asked attribute is not in the note, or the note says that nothing
   the user told answers, as the service writes it for a question about the user that
   no memory matches): "I don't know ...".
@@ -46,6 +47,7 @@ NOTE_KINDS = ("recall", "recall", "update", "unknown")  # drawn uniformly: half 
 NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
 ASIDE_RATE = 0.25  # notes holding one line with no fact
 NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
+PLAIN_UPDATE_RATE = 0.3  # updates told with no "Actually, ": the note's later line wins
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,10 @@ class NoteDialogues(DialogueGenerator):
         while new == old:
             new = self._value(NOTE_ATTRIBUTES[attr].value_kind)
         lines = [self._statement(a, v) for a, v in facts]
-        change = self.rng.choice(UPDATE_OPENERS) + self._sentence(attr, new, after_opener=True)
+        if self.rng.random() < PLAIN_UPDATE_RATE:  # told again, unmarked: the later wins
+            change = self._statement(attr, new)
+        else:
+            change = self.rng.choice(UPDATE_OPENERS) + self._sentence(attr, new, True)
         lines.insert(self.rng.randint(1, len(lines)), change)  # after the old telling
         return self._example("update", lines, attr, new)
 

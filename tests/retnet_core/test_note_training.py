@@ -51,12 +51,14 @@ def test_examples_answer_from_the_note(pools: ValuePools) -> None:
 
 def test_update_names_the_latest_value_last_among_its_attribute(pools: ValuePools) -> None:
     gen = NoteDialogues(pools, "train", seed=5)
+    marked = 0
     for _ in range(50):
         ex = gen.note_update()
         lines = ex.turns[0].content.split("\n")[1:]
         changed = [i for i, line in enumerate(lines) if ex.answer in line]
         assert len(changed) == 1 and changed[0] >= 1  # told after at least one line
-        assert lines[changed[0]][2:].startswith(UPDATE_OPENERS)
+        marked += lines[changed[0]][2:].startswith(UPDATE_OPENERS)
+    assert 20 < marked < 50  # most say "Actually, ..."; some only tell it again
 
 
 @pytest.fixture(scope="module")
