@@ -16,9 +16,9 @@ but its users still expect what they said last week to be there. So, for such a 
       - Actually, I moved to Porto.<|end|>
 
   Oldest first, so an update sits nearest the question. Memories of the session itself
-  are already in its state and are not repeated. A question for a fact about the user
-  that no memory matches (:func:`asks_about_user`) gets the note "(nothing about
-  this)", so the model says it does not know instead of inventing;
+  are already in its state and are not repeated. A session's first message that asks
+  for a fact about the user (:func:`asks_about_user`) and matches no memory gets the
+  note "(nothing about this)", so the model says it does not know instead of inventing;
 - **forget**: "Please forget my dog's name." retires the memories whose text the topic
   names, in the turn's commit; ``usage.forgotten_memories`` lists them. There is no
   model read to help, so the topic is asked as the question a note read would answer
@@ -126,6 +126,13 @@ def worth_keeping(text: str) -> bool:
         return False
     about_user = _FIRST_PERSON.search(text) or _KEEP_ASKED.search(text)
     return parse_forget(text) is None and about_user is not None
+
+
+def _opens(session: SessionRec) -> bool:
+    """A session's first turn with memory on: there the "nothing about this" note may
+    be fed. Later turns have the conversation in their state, and a fact told there
+    need not have been kept as a memory ("Hi, I am Ada." then "What is my name?")."""
+    return session.message_count == 0 and MemoryManager.namespace(session) is not None
 
 
 @dataclass(frozen=True)
@@ -237,7 +244,7 @@ class NoteMemory:
         read, matched = self.read(session, content)
         new = self.pending(session, content) if may_write else None
         note = note_text([s.memory.text for s in read])
-        if not matched and self.namespace(session) is not None and asks_about_user(content):
+        if not matched and _opens(session) and asks_about_user(content):
             note = nothing_note()
         return NoteTurn(note, tuple(s.memory.id for s in read), (), new)
 

@@ -193,6 +193,13 @@ def test_told_in_one_session_read_in_the_next(served) -> None:
     )
     assert unrelated["usage"]["noted_memories"] == []  # below the similarity floor
     assert unrelated["usage"]["prompt_tokens"] == unrelated_bare["usage"]["prompt_tokens"]
+    # later in a session the conversation is in its state: no "nothing about this" note
+    hello = ("Hello there, friend.", "What is my cat called?")
+    (_, later), (_, later_bare) = (
+        _session(http, key, "cy", *hello),
+        _session(http, key, "cy", *hello, scope="none"),
+    )
+    assert later["usage"]["prompt_tokens"] == later_bare["usage"]["prompt_tokens"]
 
     other = backend.new_tenant("notes-other")
     (foreign,) = _session(http, other, "ann", "What is my dog called?")
