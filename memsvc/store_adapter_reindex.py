@@ -32,6 +32,9 @@ class ReindexStoreMixin:
         infos = reindex.live_memories(self.storage.db, tenant_id, namespace)
         return [memory_rec(i) for i in infos]
 
+    def namespace_version(self, tenant_id: str, namespace: str) -> tuple:
+        return reindex.namespace_version(self.storage.db, tenant_id, namespace)
+
     def reset_slot_namespace(self, tenant_id: str, namespace: str) -> int:
         return reindex.reset_namespace(self.storage.slots, self.storage.db, tenant_id, namespace)
 

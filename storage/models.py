@@ -273,6 +273,7 @@ class Memory(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "user_id", "collection", "key"),
         Index("ix_memories_owner", "tenant_id", "user_id", "created_at"),
+        Index("ix_memories_namespace", "tenant_id", "namespace", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(tenant_fk())

@@ -18,7 +18,7 @@ model that serves it with matching dims (:func:`adopt_unstamped`).
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 
 from storage.db import Database
 from storage.memories import MemoryInfo, _base, _info
@@ -71,6 +71,19 @@ def live_memories(db: Database, tenant_id: str, namespace: str) -> list[MemoryIn
     )
     with db.read() as s:
         return [_info(*row) for row in s.execute(q).all()]
+
+
+def namespace_version(db: Database, tenant_id: str, namespace: str) -> tuple:
+    """What changes whenever the namespace's live memories do: (live count, newest
+    ``created_at``, newest ``updated_at``, newest ``deleted_at``). A write adds a row and
+    a newer ``created_at``, a deletion a newer ``deleted_at``; one indexed query, so a
+    reader can keep the memories and ask only this (``memsvc.services.memory_notes``)."""
+    live = func.coalesce(func.sum(case((Memory.deleted_at.is_(None), 1), else_=0)), 0)
+    q = select(
+        live, func.max(Memory.created_at), func.max(Memory.updated_at), func.max(Memory.deleted_at)
+    ).where(Memory.tenant_id == tenant_id, Memory.namespace == namespace)
+    with db.read() as s:
+        return tuple(s.execute(q).one())
 
 
 def reset_namespace(slots: SlotManager, db: Database, tenant_id: str, namespace: str) -> int:

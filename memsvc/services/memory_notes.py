@@ -41,6 +41,8 @@ removed, 0.94 and 0.94 kept).
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,9 +192,14 @@ class NoteMemory:
     Every method runs on the thread pool: SQL reads and the embedder, no model.
     """
 
-    def __init__(self, store: Any, embeddings: Any) -> None:
+    def __init__(self, store: Any, embeddings: Any, cached_namespaces: int = 1024) -> None:
         self.store = store
         self.embeddings = embeddings  # memsvc.services.memories.EmbeddingCache
+        # (tenant, namespace) -> (version, its live memories): a turn asks the database
+        # only for the version (one indexed query) and reloads the memories when it moved
+        self._held: OrderedDict[tuple[str, str], tuple[tuple, list[MemoryRec]]] = OrderedDict()
+        self._held_max = cached_namespaces
+        self._lock = threading.Lock()
 
     @staticmethod
     def namespace(session: SessionRec) -> str | None:
@@ -201,10 +208,26 @@ class NoteMemory:
         return None if ns is None else f"{ns[0]}:{ns[1]}"
 
     def _live(self, session: SessionRec) -> list[MemoryRec]:
+        """The namespace's live memories with text, oldest first: held in-process and
+        reloaded only when :meth:`Store.namespace_version` moved (another replica's
+        writes and forgets included)."""
         ns = self.namespace(session)
         if ns is None:
             return []
-        return [m for m in self.store.namespace_memories(session.tenant_id, ns) if m.text]
+        key = (session.tenant_id, ns)
+        version = self.store.namespace_version(*key)
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None and held[0] == version:
+                self._held.move_to_end(key)
+                return held[1]
+        live = [m for m in self.store.namespace_memories(*key) if m.text]
+        with self._lock:
+            self._held[key] = (version, live)
+            self._held.move_to_end(key)
+            while len(self._held) > self._held_max:
+                self._held.popitem(last=False)
+        return live
 
     def read(self, session: SessionRec, content: str) -> tuple[list[Scored], bool]:
         """(the memories ``content`` is about from other sessions of the namespace,

@@ -262,3 +262,53 @@ def test_imported_transcript_keeps_its_statements(served) -> None:
     assert list(_memories(http, key, "eve")) == ["I grew up in Tromsø, far up north."]
     (asked,) = _session(http, key, "eve", "Where did I grow up?")
     assert len(asked["usage"]["noted_memories"]) == 1
+
+
+class CountingStore:
+    """The real store, counting how often a namespace's memories are loaded."""
+
+    def __init__(self, store) -> None:
+        self.store, self.loads = store, 0
+
+    def namespace_memories(self, tenant_id: str, namespace: str):
+        self.loads += 1
+        return self.store.namespace_memories(tenant_id, namespace)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def test_held_memories_follow_every_replica_write_and_forget(served) -> None:
+    """The note reader keeps a namespace's memories and reloads them only when the
+    database's version moves: another replica's write and forget are seen at once."""
+    from memsvc.services.container import open_store
+    from memsvc.services.memories import EmbeddingCache
+    from memsvc.services.memory_notes import NoteMemory
+    from memsvc.store import SessionRec, TextMemories, new_memory_id
+
+    backend, _http = served
+    store = open_store(backend.settings())
+    try:
+        tenant_id, _ = store.create_tenant("notes-held")
+        counting = CountingStore(store)
+        reader = NoteMemory(counting, EmbeddingCache(None))
+        session = SessionRec("s-new", tenant_id, "dee", None, "user", None, None, 0, 0, 0)
+
+        def write(text: str) -> str:  # as another replica's turn would commit it
+            m = PendingMemory(new_memory_id(), tenant_id, "user:dee", "dee", text=text,
+                              span=(0, len(text)))  # fmt: skip
+            store.commit_text_memories(TextMemories(tenant_id, ((m, "api write"),)))
+            return m.id
+
+        assert reader._live(session) == [] and counting.loads == 1
+        first = write("My dog is called Rex.")
+        assert [m.id for m in reader._live(session)] == [first] and counting.loads == 2
+        assert [m.id for m in reader._live(session)] == [first] and counting.loads == 2  # held
+        second = write("I live in Lyon.")
+        assert [m.id for m in reader._live(session)] == [first, second]
+        store.commit_text_memories(TextMemories(tenant_id, (), ((first, "forget"),)))
+        assert [m.id for m in reader._live(session)] == [second] and counting.loads == 4
+        other = SessionRec("s-2", tenant_id, "eve", None, "user", None, None, 0, 0, 0)
+        assert reader._live(other) == []  # another namespace: its own version
+    finally:
+        store.close()
