@@ -284,7 +284,13 @@ class Distiller:
         total, parts = 0.0, {}
         for micro in range(cfg.grad_accum):
             batch = self.data.batch(
-                cfg.batch_size, cfg.seq_len, gen, cfg.dialogue_frac, cfg.far_frac, st.note_frac
+                cfg.batch_size,
+                cfg.seq_len,
+                gen,
+                cfg.dialogue_frac,
+                cfg.far_frac,
+                st.note_frac,
+                st.note_passage_rate,
             )
             tokens, lengths = batch.tokens.to(self.device), batch.lengths.to(self.device)
             answer = None if batch.answer is None else batch.answer.to(self.device)

@@ -161,16 +161,17 @@ class DistillData:
         dialogue_frac: float = 0.0,
         far_frac: float = 0.0,
         note_frac: float = 0.0,
+        note_passage_rate: float = 0.0,
     ) -> Batch:
-        """``rows`` rows: note examples first, then windows of the stream, dialogues and
-        far-recall rows."""
+        """``rows`` rows: note examples first (``note_passage_rate`` of them passage
+        questions), then windows of the stream, dialogues and far-recall rows."""
         n_note = round(rows * note_frac)
         n_dia, n_far = round(rows * dialogue_frac), round(rows * far_frac)
         n_win = max(rows - n_note - n_dia - n_far, 0)
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         parts: list[list[int]] = []
         answers: list[list[int]] = []
-        notes = NoteDialogues(self.pools, "train", seed=seed)
+        notes = NoteDialogues(self.pools, "train", seed=seed, passage_rate=note_passage_rate)
         for _ in range(n_note):
             ids, answer = packed_notes(self.tok, notes, seq_len)
             parts.append(ids)

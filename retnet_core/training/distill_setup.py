@@ -67,6 +67,8 @@ class Stage:
     # the weight of the cross-entropy on their replies (which leave the KL)
     note_frac: float = 0.0
     answer_weight: float = 1.0
+    # share of note examples that are passage questions (RAG: answer from the passage)
+    note_passage_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

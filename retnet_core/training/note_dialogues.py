@@ -18,7 +18,12 @@ Kinds, drawn by :meth:`NoteDialogues.example`:
   memories oldest first);
 - ``unknown`` (the asked attribute is not in the note, or the note says that nothing
   the user told answers, as the service writes it for a question about the user that
-  no memory matches): "I don't know ...".
+  no memory matches): "I don't know ...";
+- ``passage`` (drawn with probability ``passage_rate`` before the others): a retrieved
+  passage turn, in ``PASSAGE_NOTE_RATE`` of them a note of unrelated facts after it (the
+  order the service feeds them), then a question the passage answers: the reply is the
+  passage's sentence. Without these, note training teaches refusals that reach passage
+  questions ("You don't know where the ... bakery is." over the passage saying where).
 
 Values come from the training pool only (``ValuePools.train``), phrasings from
 :data:`retnet_core.training.dialogues.ATTRIBUTES`; ``memsvc bench memory`` asks with its
@@ -48,20 +53,28 @@ NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
 ASIDE_RATE = 0.25  # notes holding one line with no fact
 NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
 PLAIN_UPDATE_RATE = 0.3  # updates told with no "Actually, ": the note's later line wins
+PASSAGE_NOTE_RATE = 0.3  # passage examples with a note of unrelated facts before the question
 
 
 @dataclass(frozen=True)
 class NoteExample:
-    """The turns (system note, user question, assistant reply) and the value the reply
-    must contain (``""``: a refusal)."""
+    """The turns (the prompt's: system note and/or passage, then the user question;
+    last the assistant reply) and the value the reply must contain (``""``: a refusal)."""
 
     kind: str
-    turns: tuple[Message, Message, Message]
+    turns: tuple[Message, ...]
     answer: str
 
 
 class NoteDialogues(DialogueGenerator):
-    """Deterministic :class:`NoteExample` generator (same seeding as the parent)."""
+    """Deterministic :class:`NoteExample` generator (same seeding as the parent);
+    ``passage_rate``: the share of :meth:`note_example` draws that are passage questions."""
+
+    def __init__(self, *args: object, passage_rate: float = 0.0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if not 0.0 <= passage_rate <= 1.0:
+            raise ValueError("passage_rate must lie in [0, 1]")
+        self.passage_rate = passage_rate
 
     def _facts(self, n: int) -> list[tuple[str, str]]:
         """``n`` (attribute, value) pairs with distinct attributes of :data:`NOTE_ATTRIBUTES`."""
@@ -130,7 +143,19 @@ class NoteDialogues(DialogueGenerator):
         lines = [self._statement(a, v) for a, v in facts]
         return self._example("unknown", lines, attr, None)
 
+    def note_passage(self) -> NoteExample:
+        """A passage question as the service feeds it: passage, [note], question."""
+        ex = self.passage()
+        passage, question, reply = ex.sessions[0]
+        prompt: list[Message] = [passage]
+        if self.rng.random() < PASSAGE_NOTE_RATE:
+            lines = [self._statement(a, v) for a, v in self._facts(self.rng.randint(1, 3))]
+            prompt.append(Message("system", note_text(lines)))
+        return NoteExample("passage", (*prompt, question, reply), ex.answer)
+
     def note_example(self) -> NoteExample:
+        if self.passage_rate and self.rng.random() < self.passage_rate:
+            return self.note_passage()
         kind = self.rng.choice(NOTE_KINDS)
         return getattr(self, f"note_{kind}")()
 
@@ -146,9 +171,9 @@ def _lower_first(text: str) -> str:
 def note_row(tok: ChatTokenizer, ex: NoteExample) -> tuple[list[int], list[int]]:
     """(ids, answer): ``pad`` + the rendered turns, and the positions ``t`` whose next
     token ``ids[t + 1]`` belongs to the reply (its content and its ``<|end|>``)."""
-    system, user, reply = ex.turns
-    head = [tok.pad_id, *tok.render_ids([system, user]), *tok.generation_prompt()]
-    whole = [tok.pad_id, *tok.render_ids([system, user, reply])]
+    *prompt, reply = ex.turns
+    head = [tok.pad_id, *tok.render_ids(prompt), *tok.generation_prompt()]
+    whole = [tok.pad_id, *tok.render_ids([*prompt, reply])]
     if whole[: len(head)] != head:  # the reply must extend the prompt as served
         raise ValueError("the chat format does not render the reply after the prompt")
     return whole, list(range(len(head) - 1, len(whole) - 1))

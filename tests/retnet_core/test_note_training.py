@@ -61,6 +61,32 @@ def test_update_names_the_latest_value_last_among_its_attribute(pools: ValuePool
     assert 20 < marked < 50  # most say "Actually, ..."; some only tell it again
 
 
+def test_passage_questions_answer_from_the_passage(pools: ValuePools) -> None:
+    """``passage_rate`` of the draws are passage questions fed as the service feeds them
+    (passage, sometimes a note of other facts, the question); the reply is the
+    passage's sentence naming a training value. At rate 0 none are drawn."""
+    heldout = pools.all_heldout()
+    gen = NoteDialogues(pools, "train", seed=7, passage_rate=0.5)
+    drawn = [gen.note_example() for _ in range(200)]
+    passages = [ex for ex in drawn if ex.kind == "passage"]
+    assert 70 < len(passages) < 130
+    with_note = 0
+    for ex in passages:
+        *prompt, question, reply = ex.turns
+        assert prompt[0].role == "passage" and (question.role, reply.role) == ("user", "assistant")
+        assert reply.content in prompt[0].content and ex.answer in reply.content
+        assert ex.answer not in heldout
+        if len(prompt) == 2:
+            with_note += 1
+            assert prompt[1].role == "system" and prompt[1].content.startswith(NOTE_HEADER)
+            assert ex.answer not in prompt[1].content
+    assert 10 < with_note < len(passages) - 10
+    plain = NoteDialogues(pools, "train", seed=7)
+    assert all(plain.note_example().kind != "passage" for _ in range(200))
+    with pytest.raises(ValueError, match="passage_rate"):
+        NoteDialogues(pools, "train", passage_rate=1.5)
+
+
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory) -> Distiller:
     torch.set_num_threads(1)
@@ -95,6 +121,12 @@ def test_rows_mark_the_reply_exactly(runner: Distiller, pools: ValuePools) -> No
     assert packed[: len(ids)] == ids and positions[: len(answer)] == answer
     for t in positions:  # every marked position predicts a reply token
         assert packed[t + 1] != tok.pad_id
+
+    passage = NoteDialogues(pools, "train", seed=2, passage_rate=1.0).note_example()
+    ids, answer = note_row(tok, passage)
+    target = tok.decode([ids[t + 1] for t in answer], False)
+    assert target.startswith(passage.turns[-1].content)
+    assert tok.decode(ids[: answer[0]], False).count(passage.turns[0].content) == 1
 
     batch = _pad_rows([packed, [tok.pad_id] * 5], 40, tok.pad_id, [positions])
     cut = len(packed) - 40
