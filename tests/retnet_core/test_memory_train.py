@@ -14,7 +14,7 @@ from retnet_core.config import RetNetConfig
 from retnet_core.memory import TensorBank
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer, Message
-from retnet_core.training.dialogues import DialogueGenerator, ValuePools
+from retnet_core.training.dialogues import DialogueGenerator
 from retnet_core.training.memory_train import (
     _mask_forgotten,
     cross_session,
@@ -25,18 +25,6 @@ from retnet_core.training.memory_train import (
 from retnet_core.training.train import load_config, train
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def pools() -> ValuePools:
-    return ValuePools.build(per_kind=300)
-
-
-@pytest.fixture(scope="module")
-def tok(pools) -> ChatTokenizer:
-    gen = DialogueGenerator(pools, "train", seed=0)
-    texts = [m.content for ex in gen.sample(300) for s in ex.sessions for m in s]
-    return ChatTokenizer.train(texts, vocab_size=400)
 
 
 def _model(tok: ChatTokenizer) -> RetNetLM:

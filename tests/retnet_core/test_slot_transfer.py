@@ -13,7 +13,7 @@ import torch
 from retnet_core.config import RetNetConfig
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer
-from retnet_core.training.dialogues import DialogueGenerator, ValuePools
+from retnet_core.training.dialogues import DialogueGenerator
 from retnet_core.training.memory_train import cross_session_eval
 from retnet_core.training.slot_transfer import (
     _exact,
@@ -24,18 +24,6 @@ from retnet_core.training.slot_transfer import (
     train_slots,
     with_memory_layer,
 )
-
-
-@pytest.fixture(scope="module")
-def pools() -> ValuePools:
-    return ValuePools.build(per_kind=300)
-
-
-@pytest.fixture(scope="module")
-def tok(pools) -> ChatTokenizer:
-    gen = DialogueGenerator(pools, "train", seed=0)
-    texts = [m.content for ex in gen.sample(300) for s in ex.sessions for m in s]
-    return ChatTokenizer.train(texts, vocab_size=400)
 
 
 def _hybrid(tok: ChatTokenizer) -> RetNetLM:
