@@ -28,6 +28,7 @@ from retnet_core.training.slot_transfer import (
     VARIANTS,
     exact_rates,
     prepare_variant,
+    save_servable,
     train_slots,
     with_memory_layer,
 )
@@ -62,6 +63,9 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--save", type=Path, default=None, help="write each trained model under SAVE/<variant>"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -108,6 +112,8 @@ def main() -> None:
         }
         rows[f"slots, {variant}"] = exact_rates(model, tok, evals, "slots")
         log({"reader": f"slots, {variant}", **rows[f"slots, {variant}"]})
+        if args.save is not None:
+            save_servable(model, args.model_dir, args.save / variant)
         del model
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "meta": meta}
     (args.out / "slots.json").write_text(json.dumps(result, indent=2) + "\n")

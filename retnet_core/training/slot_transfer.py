@@ -19,13 +19,16 @@ the share that are exactly the trained reply.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from retnet_core.lora import attach_lora, set_trainable
+from retnet_core.checkpoint import save_pretrained
+from retnet_core.lora import attach_lora, merge_lora, set_trainable
 from retnet_core.memory_note import note_text
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer, Message
@@ -181,4 +184,14 @@ def exact_rates(
             hits += [answered(r, ex) for r, ex in zip(replies, part, strict=True)]
         out[kind] = sum(hits) / max(len(hits), 1)
         out[f"{kind}_exact"] = sum(exact) / max(len(exact), 1)
+    return out
+
+
+def save_servable(model: RetNetLM, source: Path, out: Path) -> Path:
+    """Write ``model`` (adapters merged first) where ``memsvc serve --model-dir`` serves
+    it: its weights, and ``source``'s tokenizer, chat format and generation settings."""
+    save_pretrained(merge_lora(model), out, tokenizer=source / "tokenizer.json")
+    for name in ("chat_format.json", "generation_config.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
     return out

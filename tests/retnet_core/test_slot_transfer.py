@@ -14,13 +14,14 @@ from retnet_core.config import RetNetConfig
 from retnet_core.model import RetNetLM
 from retnet_core.tokenizer import ChatTokenizer
 from retnet_core.training.dialogues import DialogueGenerator
-from retnet_core.training.memory_train import cross_session_eval
+from retnet_core.training.memory_train import cross_session, cross_session_eval
 from retnet_core.training.slot_transfer import (
     _exact,
     answered,
     exact_rates,
     note_session,
     prepare_variant,
+    save_servable,
     train_slots,
     with_memory_layer,
 )
@@ -108,3 +109,25 @@ def test_exact_rates_read_slots_or_note(tok, pools) -> None:
         exact_rates(model, tok, exs, "attention")
     with pytest.raises(ValueError, match="variant"):
         prepare_variant(model, "full")
+
+
+def test_a_trained_variant_saves_as_a_servable_checkpoint(tok, pools, tmp_path) -> None:
+    """The adapter variant's LoRA is merged into the saved weights: the checkpoint loads
+    as a plain model with the memory layer and computes what the trained model did."""
+    from retnet_core.checkpoint import load_pretrained
+    from retnet_core.lora import lora_modules
+
+    model = with_memory_layer(_hybrid(tok), 1)
+    prepare_variant(model, "lora")
+    train_slots(model, tok, DialogueGenerator(pools, "train", seed=6), 2, batch=4, lr=1e-2)
+    exs = DialogueGenerator(pools, "heldout", seed=6).sample(3, ["recall"])
+    before = cross_session(model, tok, exs, "cpu").logits
+    source = tmp_path / "source"
+    tok.save(source)
+    out = save_servable(model, source, tmp_path / "lora")
+    loaded = load_pretrained(out).eval()
+    assert not lora_modules(loaded) and loaded.config.memory_layers == [1]
+    assert (out / "tokenizer.json").is_file()
+    with torch.no_grad():
+        after = cross_session(loaded, tok, exs, "cpu").logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
