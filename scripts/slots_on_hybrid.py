@@ -4,7 +4,8 @@ Issue 13 §4 (seed 002's open question 4 at real scale): one token-slot memory l
 the copy head is added to the assembled SmolLM2 hybrid and trained on the cross-session
 objective, (a) with the backbone frozen, (b) with LoRA adapters on its retentions; the
 note the service ships is scored on the same held-out examples (held-out values), all
-by the exact-reply rate of :func:`retnet_core.training.slot_transfer.exact_rates`.
+by :func:`retnet_core.training.slot_transfer.reader_rates` (replies that name the value
+or rightly say they don't know, and exact replies).
 
     PYTHONPATH=. python scripts/slots_on_hybrid.py --model-dir /tmp/exp/hyb3 \\
         --out docs/bench/slots-hybrid --steps 60 --eval 24
@@ -26,8 +27,8 @@ from retnet_core.training.dialogues import DialogueGenerator, ValuePools
 from retnet_core.training.slot_transfer import (
     EVAL_KINDS,
     VARIANTS,
-    exact_rates,
     prepare_variant,
+    reader_rates,
     save_servable,
     train_slots,
     with_memory_layer,
@@ -86,13 +87,14 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     meta: dict[str, dict] = {}
     t0 = time.perf_counter()
-    rows["note (shipped)"] = exact_rates(base, tok, evals, "note")
+    rows["note (shipped)"] = reader_rates(base, tok, evals, "note")
     log({"reader": "note", **rows["note (shipped)"], "s": round(time.perf_counter() - t0, 1)})
     for variant in args.variants.split(","):
         torch.manual_seed(args.seed)
         model = with_memory_layer(base, args.layer)
         names = prepare_variant(model, variant)
-        n_params = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
+        trained = set(names)
+        n_params = sum(p.numel() for n, p in model.named_parameters() if n in trained)
         gen = DialogueGenerator(pools, "train", seed=args.seed)
         t1 = time.perf_counter()
         losses = train_slots(
@@ -110,7 +112,7 @@ def main() -> None:
             "loss_first": losses[0],
             "loss_last": sum(losses[-5:]) / len(losses[-5:]),
         }
-        rows[f"slots, {variant}"] = exact_rates(model, tok, evals, "slots")
+        rows[f"slots, {variant}"] = reader_rates(model, tok, evals, "slots")
         log({"reader": f"slots, {variant}", **rows[f"slots, {variant}"]})
         if args.save is not None:
             save_servable(model, args.model_dir, args.save / variant)

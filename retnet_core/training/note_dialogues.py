@@ -32,11 +32,18 @@ own phrasings, held-out values and kinds that appear nowhere here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from retnet_core.memory_note import note_text, nothing_note
 from retnet_core.tokenizer import ChatTokenizer, Message
-from retnet_core.training.dialogues import ATTRIBUTES, UNKNOWN, Attribute, DialogueGenerator
+from retnet_core.training.dialogues import (
+    ATTRIBUTES,
+    UNKNOWN,
+    Attribute,
+    DialogueGenerator,
+    ValuePools,
+)
 from retnet_core.training.note_phrasings import (
     ASIDES,
     ASK_OPENERS,
@@ -70,8 +77,15 @@ class NoteDialogues(DialogueGenerator):
     """Deterministic :class:`NoteExample` generator (same seeding as the parent);
     ``passage_rate``: the share of :meth:`note_example` draws that are passage questions."""
 
-    def __init__(self, *args: object, passage_rate: float = 0.0, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        pools: ValuePools,
+        split: str = "train",
+        seed: int = 0,
+        chitchat: Sequence[Sequence[Message]] = (),
+        passage_rate: float = 0.0,
+    ) -> None:
+        super().__init__(pools, split, seed, chitchat)
         if not 0.0 <= passage_rate <= 1.0:
             raise ValueError("passage_rate must lie in [0, 1]")
         self.passage_rate = passage_rate

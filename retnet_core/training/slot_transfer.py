@@ -11,7 +11,7 @@ MemoryLayer` with the copy head at layer ``layer`` (its weights new, the rest lo
 Training is :func:`~retnet_core.training.memory_train.cross_session_loss` (session 1
 writes its user turns, the state is reset, the last session answers reading the
 slots). Both are scored, and the memory note the service ships is scored on the same
-held-out examples, by :func:`exact_rates`: per kind, the share of final replies (the teacher-forced
+held-out examples, by :func:`reader_rates`: per kind, the share of final replies (the teacher-forced
 argmax at each reply token) that name the value or, when nothing is known, say so, and
 the share that are exactly the trained reply.
 """
@@ -35,7 +35,7 @@ from retnet_core.tokenizer import ChatTokenizer, Message
 from retnet_core.training.data import IGNORE_INDEX, pad_examples
 from retnet_core.training.dialogues import DialogueGenerator, MemoryExample
 from retnet_core.training.evaluation import render_supervised
-from retnet_core.training.memory_train import cross_session, cross_session_loss
+from retnet_core.training.memory_train import WRITTEN_ROLES, cross_session, cross_session_loss
 
 VARIANTS = ("frozen", "lora")
 MEMORY_PARAMS = ("*.memory.*", "*.memory_norm.*")
@@ -111,20 +111,13 @@ def train_slots(
 
 def note_session(ex: MemoryExample) -> tuple[Message, ...]:
     """The last session as the service serves it to a model without slots: a note of
-    the earlier sessions' user turns (a forgotten fact's removed, as the service
-    deletes its memory), then the session. Passages a document fed are notes too."""
-    told = [m.content for s in ex.sessions[:-1] for m in s if m.role in ("user", "passage")]
-    kept = [t for t in told if not _is_forget_request(t) and not _states(t, ex.forgotten)]
+    what the first session wrote (its user turns and fed passages), the forgotten fact's
+    turn left out as the service deletes its memory, then the last session. (A forget
+    example's middle session is the request itself, which is no memory.)"""
+    told = [m.content for m in ex.sessions[0] if m.role in WRITTEN_ROLES]
+    kept = [t for t in told if not (ex.forgotten and ex.forgotten in t)]
     note = note_text(kept)
     return ((Message("system", note),) if note else ()) + tuple(ex.sessions[-1])
-
-
-def _states(text: str, value: str) -> bool:
-    return bool(value) and value in text
-
-
-def _is_forget_request(text: str) -> bool:
-    return text.lower().startswith(("please forget", "forget ", "can you forget"))
 
 
 def _exact(logits: Tensor, labels: Tensor) -> list[bool]:
@@ -150,7 +143,7 @@ def answered(reply: str, ex: MemoryExample) -> bool:
 
 
 @torch.no_grad()
-def exact_rates(
+def reader_rates(
     model: nn.Module,
     tok: ChatTokenizer,
     examples: dict[str, Sequence[MemoryExample]],

@@ -18,9 +18,9 @@ from retnet_core.training.memory_train import cross_session, cross_session_eval
 from retnet_core.training.slot_transfer import (
     _exact,
     answered,
-    exact_rates,
     note_session,
     prepare_variant,
+    reader_rates,
     save_servable,
     train_slots,
     with_memory_layer,
@@ -87,17 +87,17 @@ def test_note_session_serves_what_the_service_keeps(pools) -> None:
     assert doc.answer in note_session(doc)[0].content
 
 
-def test_exact_rates_read_slots_or_note(tok, pools) -> None:
+def test_reader_rates_read_slots_or_note(tok, pools) -> None:
     """The slots reader agrees with the training loop's own evaluation of the same
     metric; an exact reply needs every scored token right."""
     model = with_memory_layer(_hybrid(tok), 1)
     prepare_variant(model, "frozen")
     train_slots(model, tok, DialogueGenerator(pools, "train", seed=5), 4, batch=4, lr=1e-2)
     exs = {"recall": DialogueGenerator(pools, "heldout", seed=4).sample(6, ["recall"])}
-    rates = exact_rates(model, tok, exs, "slots", batch=4, seq_len=256)
+    rates = reader_rates(model, tok, exs, "slots", batch=4, seq_len=256)
     own = cross_session_eval(model, tok, exs, "cpu", 256)["memory_recall"]
     assert rates["recall_exact"] == own and rates["recall"] >= own
-    assert set(exact_rates(model, tok, exs, "note", batch=4)) == {"recall", "recall_exact"}
+    assert set(reader_rates(model, tok, exs, "note", batch=4)) == {"recall", "recall_exact"}
     ex = exs["recall"][0]
     assert answered(f"It is {ex.answer.upper()}.", ex) and not answered("No idea.", ex)
     refuse = replace(ex, answer="")
@@ -106,7 +106,7 @@ def test_exact_rates_read_slots_or_note(tok, pools) -> None:
     logits = torch.nn.functional.one_hot(torch.tensor([[0, 2, 3], [0, 2, 1], [0, 0, 0]]), 5)
     assert _exact(logits.float(), labels) == [True, False, False]
     with pytest.raises(ValueError, match="reader"):
-        exact_rates(model, tok, exs, "attention")
+        reader_rates(model, tok, exs, "attention")
     with pytest.raises(ValueError, match="variant"):
         prepare_variant(model, "full")
 
