@@ -35,7 +35,10 @@ reports seed 13). Reads: a question's own fact scores 0.27 at the 5th percentile
 another fact of the same user 0.23 at the 90th, and the fact is the top one in 120 of
 120. Forgets (70 requests each): the named fact removed in 0.99 and 0.99, the others
 kept in 0.94 and 0.97 (the bare topic at the slot path's 0.25 / 0.15: 0.89 and 0.97
-removed, 0.94 and 0.94 kept).
+removed, 0.94 and 0.94 kept). Followers (:func:`pick`): at cosine ≥ 0.2 with a picked
+memory, the note held the update for 1.00 and 1.00 of the "latest value" questions
+(none: 0.90 and 0.81), at 0.25 more lines per note than before instead of 0.33
+(``scripts/note_pick_coverage.py``, ``docs/bench/note-pick``).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from retnet_core.memory_note import note_text, nothing_note
 TOP_K = 4  # memories in one note
 MIN_SIMILARITY = 0.25  # below: not what the message is about
 MARGIN = 0.2  # kept: within this of the best memory's similarity
+FOLLOW_SIMILARITY = 0.2  # a later memory this close to a picked one joins it (an update)
 FORGET_QUESTION = "What is {topic}?"
 FORGET_MIN_SIMILARITY = 0.15
 FORGET_MARGIN = 0.1
@@ -72,6 +76,11 @@ FORGET_MARGIN = 0.1
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|mine|myself|we|our|us)\b", re.I)
 # "Note for later: ...", "Remember that ...": asked to be kept, in any person
 _KEEP_ASKED = re.compile(r"\b(note|remember|keep in mind|for later|don't forget)\b", re.I)
+# "Honestly Leslalex is the best band ever.": a taste stated without "I" or "my" is still
+# the user's (``memsvc bench memory`` lost every fact told so: never kept)
+_TASTE = re.compile(
+    r"\b(best|worst|favou?rite|love|hate|prefer|adore|obsessed|can't stand)\b", re.I
+)
 _ASKS = re.compile(
     r"^\s*(what|who|where|when|which|why|how|do you|did i|do i|can you|could you|"
     r"remind me|tell me|have i|am i|is my|are my)\b",
@@ -122,11 +131,13 @@ def worth_keeping(text: str) -> bool:
     (False, False)
     >>> worth_keeping("Note for later: the gate code is 4471.")
     True
+    >>> worth_keeping("Honestly Leslalex is the best band ever.")
+    True
     """
     words = text.split()
     if len(words) < 3 or text.rstrip().endswith("?") or _ASKS.match(text):
         return False
-    about_user = _FIRST_PERSON.search(text) or _KEEP_ASKED.search(text)
+    about_user = _FIRST_PERSON.search(text) or _KEEP_ASKED.search(text) or _TASTE.search(text)
     return parse_forget(text) is None and about_user is not None
 
 
@@ -152,20 +163,46 @@ def pick(
     k: int = TOP_K,
     min_similarity: float = MIN_SIMILARITY,
     margin: float = MARGIN,
+    follow: float | None = FOLLOW_SIMILARITY,
 ) -> list[Scored]:
     """The memories a message is about, oldest first.
 
     ``vectors`` (N, D) and ``query`` (D,) are unit-norm; ``memories`` are in the rows'
-    order. Kept: the ``k`` most similar with ``sim ≥ max(min_similarity, best − margin)``.
+    order. Kept: the ``k`` most similar with
+    ``sim ≥ max(min_similarity, best − margin)``; then their **followers**: for each kept
+    memory ``i``, every memory ``j`` written after it with ``vectors[j] · vectors[i] ≥ follow``
+    (at most ``k`` of them, the closest first; ``follow=None``: none).
+
+    Why followers: an update is often worded unlike the question it answers ("Actually,
+    I go by Thothku these days." scores 0.18 with "Sorry, remind me what my name is?",
+    under the floor) but like the memory it changes (0.39 with "People usually
+    call me Vunfithkan."). Without it the note holds the old value alone, and the model
+    answers with it. A follower's ``similarity`` is its cosine with the message.
     """
     if not memories:
         return []
     sims = vectors @ query
-    best = float(sims.max())
-    floor = max(min_similarity, best - margin)
-    order = [int(i) for i in np.argsort(-sims, kind="stable")[:k] if sims[i] >= floor]
-    kept = [Scored(memories[i], float(sims[i])) for i in order]
-    return sorted(kept, key=lambda s: (s.memory.created_at, s.memory.id))
+    floor = max(min_similarity, float(sims.max()) - margin)
+    kept = [int(i) for i in np.argsort(-sims, kind="stable")[:k] if sims[i] >= floor]
+    if kept and follow is not None:
+        kept += _followers(memories, vectors, kept, follow, k)
+    chosen = [Scored(memories[i], float(sims[i])) for i in kept]
+    return sorted(chosen, key=lambda s: (s.memory.created_at, s.memory.id))
+
+
+def _followers(
+    memories: Sequence[MemoryRec], vectors: np.ndarray, kept: list[int], follow: float, k: int
+) -> list[int]:
+    """Rows of memories written after a kept one with cosine ≥ ``follow`` to it, not
+    kept already: at most ``k``, the closest first."""
+    when = sorted(range(len(memories)), key=lambda i: (memories[i].created_at, memories[i].id))
+    rank = np.empty(len(memories), dtype=np.int64)
+    rank[when] = np.arange(len(memories))
+    close = vectors @ vectors[kept].T  # (N, len(kept)): each row against each kept one
+    later = rank[:, None] > rank[kept][None, :]
+    best = np.where(later & (close >= follow), close, -np.inf).max(axis=1)
+    best[kept] = -np.inf
+    return [int(j) for j in np.argsort(-best, kind="stable")[:k] if np.isfinite(best[j])]
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ from retnet_core.memory_note import NOTE_HEADER, note_text
         ("Hi me", False),  # too short to state a fact
         ("Note for later: the gate code is 4471.", True),  # asked to be kept
         ("Do you remember my name", False),
+        ("Honestly Leslalex is the best band ever.", True),  # a taste, with no "I"
+        ("Rainy Sundays are my favourite.", True),
+        ("Paris is the capital of France.", False),
     ],
 )
 def test_worth_keeping(text: str, kept: bool) -> None:
@@ -113,6 +116,33 @@ def test_pick_keeps_the_close_ones_oldest_first() -> None:
     ]
     assert pick(mems, vectors, _unit([0, 0, 1.0])[0]) == []  # nothing about it
     assert pick([], np.zeros((0, 3)), query) == []
+
+
+def test_pick_follows_a_memory_to_its_later_updates() -> None:
+    query = _unit([1.0, 0.0, 0.0])[0]
+    # m0 (old) answers the query (0.89); m1, later, is far from the query (0.0) but close
+    # to m0 (0.45): an update worded unlike the question. m2 is as close to m0 but
+    # older than it; m3, later, is unrelated to both
+    vectors = _unit([2, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1])
+    mems = [
+        _memory(0, minutes=5),
+        _memory(1, minutes=9),
+        _memory(2, minutes=1),
+        _memory(3, minutes=20),
+    ]
+    got = pick(mems, vectors, query, follow=0.4)
+    assert [s.memory.id for s in got] == ["m0", "m1"]  # oldest first: the update last
+    assert got[1].similarity == pytest.approx(0.0, abs=1e-6)  # its cosine with the message
+    assert [s.memory.id for s in pick(mems, vectors, query, follow=None)] == ["m0"]
+    assert [s.memory.id for s in pick(mems, vectors, query, follow=0.5)] == ["m0"]  # 0.45
+    # followers are at most k, the closest first
+    many = [_memory(0), *(_memory(i, minutes=i) for i in range(1, 6))]
+    rows = _unit([1, 0, 0], [1, 9, 0], [1, 3, 0], [1, 2, 0], [1, 8, 0], [1, 5, 0])
+    assert [s.memory.id for s in pick(many, rows, query, k=1, margin=0.0, follow=0.1)] == [
+        "m0",
+        "m3",
+    ]
+    assert pick(mems, vectors, _unit([0, 0, -1.0])[0], follow=0.0) == []  # nothing picked
 
 
 def test_note_text() -> None:
@@ -204,6 +234,22 @@ def test_told_in_one_session_read_in_the_next(served) -> None:
     other = backend.new_tenant("notes-other")
     (foreign,) = _session(http, other, "ann", "What is my dog called?")
     assert foreign["usage"]["noted_memories"] == []  # another tenant's "ann"
+
+
+def test_an_update_worded_unlike_the_question_reaches_the_note(served) -> None:
+    backend, http = served
+    key = backend.new_tenant("notes-update")
+    _session(http, key, "di", "People usually call me Vunfithkan.", "My hotel room is 1672.")
+    _session(http, key, "di", "Actually, I go by Thothku these days.")
+    mems = _memories(http, key, "di")
+    old, new = (
+        mems["People usually call me Vunfithkan."]["id"],
+        mems["Actually, I go by Thothku these days."]["id"],
+    )
+    (asked,) = _session(http, key, "di", "Sorry, remind me what my name is?")
+    assert asked["usage"]["noted_memories"] == [old, new]  # the update after the old value
+    (taste,) = _session(http, key, "di", "Honestly Leslalex is the best band ever.")
+    assert taste["usage"]["memory_writes"] == 1
 
 
 def test_forget_in_chat_removes_that_memory_only(served) -> None:
