@@ -37,7 +37,7 @@ another fact of the same user 0.23 at the 90th, and the fact is the top one in 1
 kept in 0.94 and 0.97 (the bare topic at the slot path's 0.25 / 0.15: 0.89 and 0.97
 removed, 0.94 and 0.94 kept). Followers (:func:`pick`): at cosine ≥ 0.2 with a picked
 memory, the note held the update for 1.00 and 1.00 of the "latest value" questions
-(none: 0.90 and 0.81), at 0.25 more lines per note than before instead of 0.33
+(none: 0.90 and 0.81), for 0.29 and 0.25 more lines per note
 (``scripts/note_pick_coverage.py``, ``docs/bench/note-pick``).
 """
 
