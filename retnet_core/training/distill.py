@@ -291,6 +291,7 @@ class Distiller:
                 cfg.far_frac,
                 st.note_frac,
                 st.note_passage_rate,
+                st.note_kinds,
             )
             tokens, lengths = batch.tokens.to(self.device), batch.lengths.to(self.device)
             answer = None if batch.answer is None else batch.answer.to(self.device)

@@ -162,16 +162,20 @@ class DistillData:
         far_frac: float = 0.0,
         note_frac: float = 0.0,
         note_passage_rate: float = 0.0,
+        note_kinds: dict[str, float] | None = None,
     ) -> Batch:
         """``rows`` rows: note examples first (``note_passage_rate`` of them passage
-        questions), then windows of the stream, dialogues and far-recall rows."""
+        questions, the others drawn by ``note_kinds``' weights), then windows of the
+        stream, dialogues and far-recall rows."""
         n_note = round(rows * note_frac)
         n_dia, n_far = round(rows * dialogue_frac), round(rows * far_frac)
         n_win = max(rows - n_note - n_dia - n_far, 0)
         seed = int(torch.randint(0, 2**31, (1,), generator=gen))
         parts: list[list[int]] = []
         answers: list[list[int]] = []
-        notes = NoteDialogues(self.pools, "train", seed=seed, passage_rate=note_passage_rate)
+        notes = NoteDialogues(
+            self.pools, "train", seed=seed, passage_rate=note_passage_rate, kinds=note_kinds
+        )
         for _ in range(n_note):
             ids, answer = packed_notes(self.tok, notes, seq_len)
             parts.append(ids)

@@ -69,6 +69,8 @@ class Stage:
     answer_weight: float = 1.0
     # share of note examples that are passage questions (RAG: answer from the passage)
     note_passage_rate: float = 0.0
+    # weights of the other note kinds (recall, update, unknown); None: 2 : 1 : 1
+    note_kinds: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -13,9 +13,9 @@ reply to learn::
 Kinds, drawn by :meth:`NoteDialogues.example`:
 
 - ``recall`` (1–4 facts of distinct attributes, one asked): the reply names its value;
-- ``update`` (one attribute told, then changed with "Actually, ..." or simply told
-  again, among 0–2 other facts): the reply names the latest value (notes list
-  memories oldest first);
+- ``update`` (one attribute told, then changed with "Actually, ...", in the change's
+  own words ("I've just moved to ...") or simply told again, among 0–2 other facts):
+  the reply names the latest value (notes list memories oldest first);
 - ``unknown`` (the asked attribute is not in the note, or the note says that nothing
   the user told answers, as the service writes it for a question about the user that
   no memory matches): "I don't know ...";
@@ -32,7 +32,7 @@ own phrasings, held-out values and kinds that appear nowhere here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from retnet_core.memory_note import note_text, nothing_note
@@ -53,13 +53,15 @@ from retnet_core.training.note_phrasings import (
     STATE_OPENERS,
     STATE_TAILS,
     UPDATE_OPENERS,
+    UPDATE_STATES,
 )
 
-NOTE_KINDS = ("recall", "recall", "update", "unknown")  # drawn uniformly: half recall
+NOTE_KINDS = {"recall": 2.0, "update": 1.0, "unknown": 1.0}  # the default weights
 NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
 ASIDE_RATE = 0.25  # notes holding one line with no fact
 NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
 PLAIN_UPDATE_RATE = 0.3  # updates told with no "Actually, ": the note's later line wins
+SPECIFIC_UPDATE_RATE = 0.4  # of the others, told in the change's own words (UPDATE_STATES)
 PASSAGE_NOTE_RATE = 0.3  # passage examples with a note of unrelated facts before the question
 
 
@@ -75,7 +77,8 @@ class NoteExample:
 
 class NoteDialogues(DialogueGenerator):
     """Deterministic :class:`NoteExample` generator (same seeding as the parent);
-    ``passage_rate``: the share of :meth:`note_example` draws that are passage questions."""
+    ``passage_rate``: the share of :meth:`note_example` draws that are passage questions;
+    ``kinds``: the weights of the other kinds (default :data:`NOTE_KINDS`)."""
 
     def __init__(
         self,
@@ -84,11 +87,18 @@ class NoteDialogues(DialogueGenerator):
         seed: int = 0,
         chitchat: Sequence[Sequence[Message]] = (),
         passage_rate: float = 0.0,
+        kinds: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(pools, split, seed, chitchat)
         if not 0.0 <= passage_rate <= 1.0:
             raise ValueError("passage_rate must lie in [0, 1]")
+        kinds = dict(NOTE_KINDS if kinds is None else kinds)
+        if not kinds or set(kinds) - set(NOTE_KINDS) or min(kinds.values()) < 0:
+            raise ValueError(f"kinds: non-negative weights of {sorted(NOTE_KINDS)}")
+        if sum(kinds.values()) <= 0:
+            raise ValueError("kinds: at least one weight must be positive")
         self.passage_rate = passage_rate
+        self.kinds = kinds
 
     def _facts(self, n: int) -> list[tuple[str, str]]:
         """``n`` (attribute, value) pairs with distinct attributes of :data:`NOTE_ATTRIBUTES`."""
@@ -141,6 +151,8 @@ class NoteDialogues(DialogueGenerator):
         lines = [self._statement(a, v) for a, v in facts]
         if self.rng.random() < PLAIN_UPDATE_RATE:  # told again, unmarked: the later wins
             change = self._statement(attr, new)
+        elif attr in UPDATE_STATES and self.rng.random() < SPECIFIC_UPDATE_RATE:
+            change = self.rng.choice(UPDATE_STATES[attr]).format(v=new)
         else:
             change = self.rng.choice(UPDATE_OPENERS) + self._sentence(attr, new, True)
         lines.insert(self.rng.randint(1, len(lines)), change)  # after the old telling
@@ -170,7 +182,8 @@ class NoteDialogues(DialogueGenerator):
     def note_example(self) -> NoteExample:
         if self.passage_rate and self.rng.random() < self.passage_rate:
             return self.note_passage()
-        kind = self.rng.choice(NOTE_KINDS)
+        names = sorted(self.kinds)
+        kind = self.rng.choices(names, weights=[self.kinds[k] for k in names])[0]
         return getattr(self, f"note_{kind}")()
 
 

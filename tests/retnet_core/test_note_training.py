@@ -20,7 +20,7 @@ from retnet_core.training.distill import Distiller
 from retnet_core.training.distill_data import _pad_rows, packed_notes
 from retnet_core.training.distill_setup import _valid, answer_ce, logits_loss
 from retnet_core.training.note_dialogues import NoteDialogues, note_row
-from retnet_core.training.note_phrasings import UPDATE_OPENERS
+from retnet_core.training.note_phrasings import UPDATE_OPENERS, UPDATE_STATES
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,37 @@ def test_examples_answer_from_the_note(pools: ValuePools) -> None:
 
 def test_update_names_the_latest_value_last_among_its_attribute(pools: ValuePools) -> None:
     gen = NoteDialogues(pools, "train", seed=5)
-    marked = 0
+    marked = worded = 0
     for _ in range(50):
         ex = gen.note_update()
         lines = ex.turns[0].content.split("\n")[1:]
         changed = [i for i, line in enumerate(lines) if ex.answer in line]
         assert len(changed) == 1 and changed[0] >= 1  # told after at least one line
         marked += lines[changed[0]][2:].startswith(UPDATE_OPENERS)
-    assert 20 < marked < 50  # most say "Actually, ..."; some only tell it again
+        own = {t.format(v=ex.answer) for t in UPDATE_STATES.get(ex_attr(ex), ())}
+        worded += lines[changed[0]][2:] in own
+    # most say "Actually, ..." or the change in its own words; some only tell it again
+    assert 15 < marked < 45 and 3 < worded < 25 and marked + worded < 50
+
+
+def ex_attr(ex) -> str:
+    """The attribute a note example asks, from its reply ("Your dog is called Rex.")."""
+    from retnet_core.training.note_dialogues import NOTE_ATTRIBUTES
+
+    reply = ex.turns[-1].content
+    return next(a for a, at in NOTE_ATTRIBUTES.items() if reply == at.answer.format(v=ex.answer))
+
+
+def test_kind_weights_set_the_mix(pools: ValuePools) -> None:
+    """``kinds`` weights the drawn kinds; a zero weight draws none; bad weights refused."""
+    mixed = NoteDialogues(pools, "train", seed=4, kinds={"recall": 1, "update": 3})
+    drawn = [mixed.note_example().kind for _ in range(400)]
+    assert "unknown" not in drawn and 250 < drawn.count("update") < 350
+    default = [NoteDialogues(pools, "train", seed=4).note_example().kind for _ in range(1)]
+    assert default[0] in {"recall", "update", "unknown"}
+    for bad in ({"recall": -1.0}, {"gossip": 1.0}, {}, {"recall": 0.0}):
+        with pytest.raises(ValueError, match="kinds"):
+            NoteDialogues(pools, "train", kinds=bad)
 
 
 def test_passage_questions_answer_from_the_passage(pools: ValuePools) -> None:
@@ -182,7 +205,8 @@ def test_note_phrasings_keep_the_memory_bench_held_out(pools: ValuePools) -> Non
 
     assert not set(NOTE_ATTRIBUTES) & set(OTHER)
     ours = [t for a in NOTE_ATTRIBUTES.values() for t in (*a.states, *a.asks)]
-    ours += [t for ts in (*EXTRA_STATES.values(), *EXTRA_ASKS.values()) for t in ts]
+    extra = (*EXTRA_STATES.values(), *EXTRA_ASKS.values(), *UPDATE_STATES.values())
+    ours += [t for ts in extra for t in ts]
     bench = {t for k in KINDS.values() for t in (*k.tells, *k.asks, *k.updates)}
     assert not set(ours) & bench
     held_words = r"\b(colou?r|food|dish|instrument|cat|partner|married|road|car|bike)\b"
