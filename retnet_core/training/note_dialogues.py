@@ -93,10 +93,9 @@ class NoteDialogues(DialogueGenerator):
         if not 0.0 <= passage_rate <= 1.0:
             raise ValueError("passage_rate must lie in [0, 1]")
         kinds = dict(NOTE_KINDS if kinds is None else kinds)
-        if not kinds or set(kinds) - set(NOTE_KINDS) or min(kinds.values()) < 0:
-            raise ValueError(f"kinds: non-negative weights of {sorted(NOTE_KINDS)}")
-        if sum(kinds.values()) <= 0:
-            raise ValueError("kinds: at least one weight must be positive")
+        weights = kinds.values()
+        if set(kinds) - set(NOTE_KINDS) or min(weights, default=-1) < 0 or sum(weights) <= 0:
+            raise ValueError(f"kinds: non-negative weights of {sorted(NOTE_KINDS)}, one positive")
         self.passage_rate = passage_rate
         self.kinds = kinds
 
