@@ -16,9 +16,13 @@ Kinds, drawn by :meth:`NoteDialogues.example`:
 - ``update`` (one attribute told, then changed with "Actually, ...", in the change's
   own words ("I've just moved to ...") or simply told again, among 0–2 other facts):
   the reply names the latest value (notes list memories oldest first);
-- ``unknown`` (the asked attribute is not in the note, or the note says that nothing
-  the user told answers, as the service writes it for a question about the user that
-  no memory matches): "I don't know ...";
+- ``unknown`` (the asked attribute is not in the note, or in ``NOTHING_RATE`` of them
+  the note says that nothing the user told answers, as the service writes it for a
+  question about the user that no memory matches): "I don't know ...";
+- ``nothing``: always that empty note. Weighting it above ``unknown`` keeps refusals
+  while teaching fewer of them over lines that are there: the service's pick already
+  leaves four in five never-told questions with the empty note, and a model taught to
+  refuse over lines worded unlike its training refused over lines that answer;
 - ``passage`` (drawn with probability ``passage_rate`` before the others): a retrieved
   passage turn, in ``PASSAGE_NOTE_RATE`` of them a note of unrelated facts after it (the
   order the service feeds them), then a question the passage answers: the reply is the
@@ -54,14 +58,17 @@ from retnet_core.training.note_phrasings import (
     STATE_TAILS,
     UPDATE_OPENERS,
     UPDATE_STATES,
+    framed_asks,
 )
 
-NOTE_KINDS = {"recall": 2.0, "update": 1.0, "unknown": 1.0}  # the default weights
+# the default weights; "nothing" is 0 by default: the default mix stays stages 3-5's
+NOTE_KINDS = {"recall": 2.0, "update": 1.0, "unknown": 1.0, "nothing": 0.0}
 NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
 ASIDE_RATE = 0.25  # notes holding one line with no fact
 NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
 PLAIN_UPDATE_RATE = 0.3  # updates told with no "Actually, ": the note's later line wins
 SPECIFIC_UPDATE_RATE = 0.4  # of the others, told in the change's own words (UPDATE_STATES)
+FRAMED_ASK_RATE = 0.2  # questions built from a frame around the attribute (framed_asks)
 PASSAGE_NOTE_RATE = 0.3  # passage examples with a note of unrelated facts before the question
 
 
@@ -119,6 +126,8 @@ class NoteDialogues(DialogueGenerator):
 
     def _question(self, attr: str) -> str:
         asks = NOTE_ATTRIBUTES[attr].asks + EXTRA_ASKS.get(attr, ())
+        if self.rng.random() < FRAMED_ASK_RATE:
+            asks = framed_asks(NOTE_ATTRIBUTES[attr])
         opener, ask = self.rng.choice(ASK_OPENERS), self.rng.choice(asks)
         return opener + (_lower_first(ask) if opener else ask)
 
@@ -167,6 +176,10 @@ class NoteDialogues(DialogueGenerator):
         attr = self.rng.choice(sorted(set(NOTE_ATTRIBUTES) - told))
         lines = [self._statement(a, v) for a, v in facts]
         return self._example("unknown", lines, attr, None)
+
+    def note_nothing(self) -> NoteExample:
+        """Asked anything over the note that says nothing the user told answers."""
+        return self._example("nothing", [], self.rng.choice(sorted(NOTE_ATTRIBUTES)), None)
 
     def note_passage(self) -> NoteExample:
         """A passage question as the service feeds it: passage, [note], question."""

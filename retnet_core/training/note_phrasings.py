@@ -10,6 +10,7 @@ never saw, 0.75). So the note examples draw from wider pools:
 - :data:`EXTRA_STATES` / :data:`EXTRA_ASKS`: more sentences per attribute;
 - :data:`STATE_OPENERS` / :data:`STATE_TAILS`: chatter around a statement;
 - :data:`ASK_OPENERS`: chatter before a question;
+- :data:`ASK_FRAMES`: questions built around any attribute's own words;
 - :data:`NOTE_ONLY_ATTRIBUTES`: kinds told only in note examples, so that reading is
   learned over more than ten attributes;
 - :data:`ASIDES`: note lines about the user that hold no fact (the service keeps any
@@ -28,7 +29,9 @@ EXTRA_STATES: dict[str, tuple[str, ...]] = {
     "name": ("Everyone calls me {v}.", "The name's {v}.", "You can call me {v}.",
              "My parents named me {v}.", "Just so you know, my first name is {v}.",
              "Hi, {v} here.", "Most folks know me as {v}.", "My friends just say {v}.",
-             "I introduce myself as {v}."),
+             "I introduce myself as {v}.",
+             "{v} is my name.", "My name? It's {v}.", "I'm called {v}.",
+             "This is {v} speaking.", "I signed up as {v}."),
     "dog": ("Our dog {v} loves the park.", "{v} is the name of my dog.", "My dog {v} is three.",
             "We adopted a dog and called him {v}.", "{v}, my dog, chewed my shoes again.",
             "Walking {v}, our dog, is the best part of my day."),
@@ -41,34 +44,45 @@ EXTRA_STATES: dict[str, tuple[str, ...]] = {
                "I'm having dinner with {v}, my best friend, tonight.",
                "Nobody knows me better than my best pal {v}.",
                "{v} and I have been friends for twenty years.", "My oldest friend is {v}.",
-               "I tell {v}, my best friend, everything."),
+               "I tell {v}, my best friend, everything.",
+               "My buddy {v} and I go way back.", "My best friend {v} always makes me laugh.",
+               "I'd trust {v}, my best friend, with anything."),
     "city": ("I'm living in {v} now.", "These days I live in {v}.", "My home is in {v}.",
              "I rent a small flat in {v}.", "I settled down in {v} after college.",
              "I'm based in {v}.", "I've been in {v} for two years now.",
-             "Right now I'm living in {v}.", "Our family lives in {v}."),
+             "Right now I'm living in {v}.", "Our family lives in {v}.",
+             "I just signed a lease in {v}.", "My apartment is in {v}.",
+             "I live over in {v} now.", "My current address is in {v}."),
     "hometown": ("I was raised in {v}.", "My hometown is {v}.", "I come from {v}.",
                  "I was born and raised in {v}.", "Growing up in {v} was fun.",
-                 "I'm from {v} originally.", "{v} is where I grew up.", "As a kid I lived in {v}."),
+                 "I'm from {v} originally.", "{v} is where I grew up.", "As a kid I lived in {v}.",
+                 "My roots are in {v}.", "{v} is where I was born.",
+                 "I was a little kid in {v}.", "My parents raised me in {v}."),
     "locker": ("My locker combination is {v}.", "The locker opens with code {v}.",
                "Locker code: {v}.",
                "I keep my stuff in a locker, code {v}.", "{v} is my locker code.",
                "The combination for my locker is {v}."),
     "room": ("I'm in room {v}.", "Our room is number {v}.", "My room is {v}.",
              "They gave me room {v}.", "{v} is my room number.",
-             "I'm sleeping in room {v} tonight."),
+             "I'm sleeping in room {v} tonight.",
+             "Room {v} is mine for the week.", "I checked into room {v}."),
     "band": ("{v} is my favorite band.", "I'm a huge fan of the band {v}.",
              "My favourite band is {v}.",
              "I've seen {v} live five times.", "{v} are my favourite band by far.",
-             "Nobody beats {v}, my favourite band."),
+             "Nobody beats {v}, my favourite band.",
+             "I listen to {v} all the time.", "The band I play most is {v}."),
     "employer": ("I'm employed at {v}.", "My company is {v}.", "I started working at {v}.",
-                 "I've been at {v} for three years.", "My job is at {v}.", "I got hired by {v}."),
+                 "I've been at {v} for three years.", "My job is at {v}.", "I got hired by {v}.",
+                 "I'm on the team at {v}.", "I do my nine-to-five at {v}.",
+                 "{v} pays my salary.", "I've got a job with {v}."),
 }  # fmt: skip
 
 EXTRA_ASKS: dict[str, tuple[str, ...]] = {
     "name": ("What do people call me?", "Do you know what I'm called?",
              "Do you remember my name?",
              "What's my name again?", "Do you know who I am?", "What name did I give you?",
-             "How should you address me?"),
+             "How should you address me?",
+             "Can you say my name?", "What should you call me?"),
     "dog": ("What's our dog called?", "Do you remember my dog's name?",
             "What's the dog's name?", "What do we call our dog?",
             "Remind me what my dog is called?"),
@@ -77,22 +91,28 @@ EXTRA_ASKS: dict[str, tuple[str, ...]] = {
     "friend": ("Who's my closest friend?", "Do you remember my best friend's name?",
                "Who did I say my best pal is?",
                "Which friend am I closest to?", "Who's my oldest friend?",
-               "Remind me who my best friend is?"),
+               "Remind me who my best friend is?",
+               "Who's my buddy?", "Which friend do I trust most?"),
     "city": ("Where am I living now?", "What city is my home?", "Where do I live?",
              "What town do I live in these days?",
-             "Where am I based?", "What city is home for me?", "Remind me where I live?"),
+             "Where am I based?", "What city is home for me?", "Remind me where I live?",
+             "What's my current city?", "Where's my apartment?"),
     "hometown": ("Which town was I raised in?", "What's my hometown?",
                  "Where was I born and raised?",
                  "Where am I from?", "What town did I grow up in?",
-                 "Where did I spend my early years?"),
+                 "Where did I spend my early years?",
+                 "Where are my roots?", "What place did I grow up in?"),
     "locker": ("What opens my locker?", "Do you remember my locker combination?",
                "Can you tell me my locker code?", "Remind me of my locker code?"),
     "room": ("What room am I in?", "Do you know my room number?",
-             "What's the number of my room?", "Which room did they give me?"),
+             "What's the number of my room?", "Which room did they give me?",
+             "Which room is mine?"),
     "band": ("Who is my favourite band?", "What band am I a fan of?",
-             "Which band do I like best?", "What band do I listen to most?"),
+             "Which band do I like best?", "What band do I listen to most?",
+             "Which band do I play all the time?"),
     "employer": ("What company do I work at?", "Who is my employer?",
-                 "Who do I work for?", "Where's my job?"),
+                 "Who do I work for?", "Where's my job?",
+                 "Which company pays me?", "Where am I employed?"),
 }  # fmt: skip
 
 NOTE_ONLY_ATTRIBUTES: dict[str, Attribute] = {
@@ -216,5 +236,18 @@ UPDATE_STATES: dict[str, tuple[str, ...]] = {
     "holiday": ("Change of plans: my holiday is in {v} now.",),
     "wifi": ("I changed the wifi password to {v}.",),
 }
+# questions built around an attribute's own words (``Attribute.mine``: "my dog's name",
+# "where I live"), so that every attribute, the note-only ones too, is asked in more
+# than its few handwritten ways
+ASK_FRAMES = ("Do you remember {mine}?", "Can you tell me {mine}?", "Do you know {mine}?",
+              "What did I tell you about {mine}?", "Tell me {mine}, please.",
+              "I forgot {mine}. Do you know it?")  # fmt: skip
+
+
+def framed_asks(attribute: Attribute) -> tuple[str, ...]:
+    """Every :data:`ASK_FRAMES` question about ``attribute``."""
+    return tuple(frame.format(mine=attribute.mine) for frame in ASK_FRAMES)
+
+
 UPDATE_OPENERS = ("Actually, ", "Update: ", "Oh, and things changed: ", "Correction: ",
                   "Small change: ", "Turns out ", "Scratch that, ")  # fmt: skip

@@ -14,13 +14,13 @@ import torch
 from test_distill import TRANSFER, _config
 from tiny_llama import tiny_llama_dir
 
-from retnet_core.memory_note import NOTE_HEADER
+from retnet_core.memory_note import NOTE_HEADER, nothing_note
 from retnet_core.training.dialogues import UNKNOWN, ValuePools
 from retnet_core.training.distill import Distiller
 from retnet_core.training.distill_data import _pad_rows, packed_notes
 from retnet_core.training.distill_setup import _valid, answer_ce, logits_loss
 from retnet_core.training.note_dialogues import NoteDialogues, note_row
-from retnet_core.training.note_phrasings import UPDATE_OPENERS, UPDATE_STATES
+from retnet_core.training.note_phrasings import UPDATE_OPENERS, UPDATE_STATES, framed_asks
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,44 @@ def test_kind_weights_set_the_mix(pools: ValuePools) -> None:
     for bad in ({"recall": -1.0}, {"gossip": 1.0}, {}, {"recall": 0.0}):
         with pytest.raises(ValueError, match="kinds"):
             NoteDialogues(pools, "train", kinds=bad)
+
+
+def test_nothing_kind_refuses_over_the_empty_note(pools: ValuePools) -> None:
+    """``nothing`` draws only the empty note and a refusal; weighted above ``unknown`` it
+    cuts the refusals taught over lines that are there; by default it draws none."""
+    gen = NoteDialogues(pools, "train", seed=5, kinds={"nothing": 1, "unknown": 1})
+    drawn = [gen.note_example() for _ in range(300)]
+    nothing = [ex for ex in drawn if ex.kind == "nothing"]
+    assert 110 < len(nothing) < 190
+    for ex in nothing:
+        note, _, reply = ex.turns
+        assert note.content == nothing_note() and ex.answer == ""
+        assert reply.content.startswith("I don't know")
+    empty = nothing_note()
+    over_lines = [ex for ex in drawn if ex.kind == "unknown" and ex.turns[0].content != empty]
+    assert len(over_lines) > 60  # unknown still refuses over other facts
+    default = NoteDialogues(pools, "train", seed=5)
+    assert "nothing" not in {default.note_example().kind for _ in range(300)}
+
+
+def test_framed_asks_reach_every_attribute(pools: ValuePools) -> None:
+    """A fifth of the questions are :data:`ASK_FRAMES` around the attribute's own words,
+    note-only attributes included."""
+    from retnet_core.training.note_dialogues import NOTE_ATTRIBUTES
+    from retnet_core.training.note_phrasings import ASK_FRAMES
+
+    framed = {t for a in NOTE_ATTRIBUTES.values() for t in framed_asks(a)}
+    assert len(framed) == len(ASK_FRAMES) * len(NOTE_ATTRIBUTES)
+    assert "Tell me where I live, please." in framed
+    gen = NoteDialogues(pools, "train", seed=3, kinds={"recall": 1})
+    asked = [gen.note_example().turns[1].content for _ in range(400)]
+    hits = [q for q in asked if any(q.endswith(_tail(f)) for f in framed)]
+    assert 40 < len(hits) < 130
+
+
+def _tail(question: str) -> str:
+    """The question without its first letter's case (an opener lowers it)."""
+    return question[1:]
 
 
 def test_passage_questions_answer_from_the_passage(pools: ValuePools) -> None:
@@ -207,6 +245,7 @@ def test_note_phrasings_keep_the_memory_bench_held_out(pools: ValuePools) -> Non
     ours = [t for a in NOTE_ATTRIBUTES.values() for t in (*a.states, *a.asks)]
     extra = (*EXTRA_STATES.values(), *EXTRA_ASKS.values(), *UPDATE_STATES.values())
     ours += [t for ts in extra for t in ts]
+    ours += [t for a in NOTE_ATTRIBUTES.values() for t in framed_asks(a)]
     bench = {t for k in KINDS.values() for t in (*k.tells, *k.asks, *k.updates)}
     assert not set(ours) & bench
     held_words = r"\b(colou?r|food|dish|instrument|cat|partner|married|road|car|bike)\b"
