@@ -21,7 +21,13 @@ from server_util import Server
 from service_testkit import Backend
 from tiny_model import make_tiny_checkpoint
 
-from memsvc.services.memory_notes import NoteTurn, asks_about_user, pick, worth_keeping
+from memsvc.services.memory_notes import (
+    NoteTurn,
+    asks_about_user,
+    forget_ids,
+    pick,
+    worth_keeping,
+)
 from memsvc.store import MemoryRec, PendingMemory
 from retnet_core.memory_note import NOTE_HEADER, note_text
 
@@ -277,6 +283,46 @@ def test_forget_in_chat_removes_that_memory_only(served) -> None:
         m["id"] for m in after.values()
     )
     assert _memories(http, key, "cy") == {}
+
+
+def test_forget_of_an_updated_fact_removes_both_tellings(served) -> None:
+    """The update "goes by Annie" is far from the topic's question but close to the
+    telling it changes: both go, the other facts stay (the topic alone kept the update)."""
+    backend, http = served
+    key = backend.new_tenant("notes-forget-updated")
+    told = ["My dog is called Rex.", "I live in a small flat in Lyon.", "My sister is called Ann."]
+    _session(http, key, "fy", *told)
+    _session(http, key, "fy", "Actually, my sister goes by Annie now.")
+    before = _memories(http, key, "fy")
+    (forget,) = _session(http, key, "fy", "Please forget my sister's name.")
+    sister = {before[t]["id"] for t in (told[2], "Actually, my sister goes by Annie now.")}
+    assert set(forget["usage"]["forgotten_memories"]) == sister
+    assert set(_memories(http, key, "fy")) == set(told[:2])
+
+
+def test_forget_takes_the_best_match_and_its_own_retellings() -> None:
+    """``forget_ids`` on hand-made vectors (topic along axis 0): a memory as close to
+    the topic but unlike the best one's text stays; a retelling a little further from
+    the topic but like it goes; one far below the topic stays however alike."""
+    texts = {
+        "best": "My sister is called Ann.",
+        "unlinked": "My dog is called Rex.",
+        "retold": "Actually, she goes by Annie now.",
+        "far": "Annie!",
+        "asked": "Who is my sister?",
+    }
+    vectors = _unit(
+        [0.6, 0.8, 0.0],  # topic 0.60
+        [0.55, -0.3, 0.779],  # topic 0.55 (in the margin), link 0.09
+        [0.45, 0.5, 0.74],  # topic 0.45 (outside it), link 0.67
+        [0.1, 0.9, 0.42],  # topic 0.10: below the floor
+        [0.9, 0.4, 0.0],  # a question: never a candidate
+    )
+    topic = _unit([1.0, 0.0, 0.0])[0]
+    assert forget_ids(texts, vectors, topic) == ["best", "retold"]
+    assert forget_ids(texts, vectors, topic, linked=-1.0) == ["best", "unlinked", "retold"]
+    assert forget_ids(texts, vectors, topic, retold_margin=0.1) == ["best"]
+    assert forget_ids(texts, vectors, _unit([0.0, 0.0, -1.0])[0]) == []  # nothing near the topic
 
 
 def test_api_write_keeps_text_and_chat_reads_it(served) -> None:
