@@ -170,7 +170,7 @@ class NoteDialogues(DialogueGenerator):
         """Asked what no line tells; in ``NOTHING_RATE`` of them the note says nothing
         answers (:func:`~retnet_core.memory_note.nothing_note`)."""
         if self.rng.random() < NOTHING_RATE:
-            return self._example("unknown", [], self.rng.choice(sorted(NOTE_ATTRIBUTES)), None)
+            return self._over_the_empty_note("unknown")
         facts = self._facts(self.rng.randint(1, 3))
         told = {a for a, _ in facts}
         attr = self.rng.choice(sorted(set(NOTE_ATTRIBUTES) - told))
@@ -178,8 +178,11 @@ class NoteDialogues(DialogueGenerator):
         return self._example("unknown", lines, attr, None)
 
     def note_nothing(self) -> NoteExample:
+        return self._over_the_empty_note("nothing")
+
+    def _over_the_empty_note(self, kind: str) -> NoteExample:
         """Asked anything over the note that says nothing the user told answers."""
-        return self._example("nothing", [], self.rng.choice(sorted(NOTE_ATTRIBUTES)), None)
+        return self._example(kind, [], self.rng.choice(sorted(NOTE_ATTRIBUTES)), None)
 
     def note_passage(self) -> NoteExample:
         """A passage question as the service feeds it: passage, [note], question."""
