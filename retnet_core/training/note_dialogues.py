@@ -16,6 +16,11 @@ Kinds, drawn by :meth:`NoteDialogues.example`:
 - ``update`` (one attribute told, then changed with "Actually, ...", in the change's
   own words ("I've just moved to ...") or simply told again, among 0–2 other facts):
   the reply names the latest value (notes list memories oldest first);
+- ``chain`` (one attribute changed twice, old → middle → latest, among 0–2 other
+  facts): the reply names the latest. After a change the student still named the told
+  value first (``memsvc bench memory``, stage 7: all 10 misses of the latest value named
+  the old one), and a chain makes the first and middle lines both wrong answers, so only
+  "the last telling wins" fits;
 - ``unknown`` (the asked attribute is not in the note, or in ``NOTHING_RATE`` of them
   the note says that nothing the user told answers, as the service writes it for a
   question about the user that no memory matches): "I don't know ...";
@@ -36,6 +41,7 @@ own phrasings, held-out values and kinds that appear nowhere here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,8 +67,8 @@ from retnet_core.training.note_phrasings import (
     framed_asks,
 )
 
-# the default weights; "nothing" is 0 by default: the default mix stays stages 3-5's
-NOTE_KINDS = {"recall": 2.0, "update": 1.0, "unknown": 1.0, "nothing": 0.0}
+# the default weights; "nothing" and "chain" are 0 by default: the default mix stays stages 3-5's
+NOTE_KINDS = {"recall": 2.0, "update": 1.0, "unknown": 1.0, "nothing": 0.0, "chain": 0.0}
 NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
 ASIDE_RATE = 0.25  # notes holding one line with no fact
 NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
@@ -75,11 +81,13 @@ PASSAGE_NOTE_RATE = 0.3  # passage examples with a note of unrelated facts befor
 @dataclass(frozen=True)
 class NoteExample:
     """The turns (the prompt's: system note and/or passage, then the user question;
-    last the assistant reply) and the value the reply must contain (``""``: a refusal)."""
+    last the assistant reply), the value the reply must contain (``""``: a refusal) and,
+    for a changed fact, the values it replaced, oldest first."""
 
     kind: str
     turns: tuple[Message, ...]
     answer: str
+    superseded: tuple[str, ...] = ()
 
 
 class NoteDialogues(DialogueGenerator):
@@ -151,20 +159,37 @@ class NoteDialogues(DialogueGenerator):
         return self._example("recall", lines, attr, value)
 
     def note_update(self) -> NoteExample:
+        return self._changed("update", changes=1)
+
+    def note_chain(self) -> NoteExample:
+        return self._changed("chain", changes=2)
+
+    def _changed(self, kind: str, changes: int) -> NoteExample:
+        """One attribute told, then changed ``changes`` times (each change after the
+        telling it replaces), among 0–2 other facts; the reply names the last value."""
         facts = self._facts(self.rng.randint(1, 3))
-        attr, old = facts[0]
-        new = self._value(NOTE_ATTRIBUTES[attr].value_kind)
-        while new == old:
-            new = self._value(NOTE_ATTRIBUTES[attr].value_kind)
+        attr, first = facts[0]
+        values = [first]
+        while len(values) <= changes:
+            value = self._value(NOTE_ATTRIBUTES[attr].value_kind)
+            if value not in values:
+                values.append(value)
         lines = [self._statement(a, v) for a, v in facts]
-        if self.rng.random() < PLAIN_UPDATE_RATE:  # told again, unmarked: the later wins
-            change = self._statement(attr, new)
-        elif attr in UPDATE_STATES and self.rng.random() < SPECIFIC_UPDATE_RATE:
-            change = self.rng.choice(UPDATE_STATES[attr]).format(v=new)
-        else:
-            change = self.rng.choice(UPDATE_OPENERS) + self._sentence(attr, new, True)
-        lines.insert(self.rng.randint(1, len(lines)), change)  # after the old telling
-        return self._example("update", lines, attr, new)
+        at = 0  # where the latest telling of ``attr`` stands
+        for value in values[1:]:
+            at = self.rng.randint(at + 1, len(lines))
+            lines.insert(at, self._change(attr, value))
+        ex = self._example(kind, lines, attr, values[-1])
+        return dataclasses.replace(ex, superseded=tuple(values[:-1]))
+
+    def _change(self, attr: str, new: str) -> str:
+        """A change of ``attr`` to ``new``: told again unmarked (the later wins), in the
+        change's own words, or "Actually, " + a statement."""
+        if self.rng.random() < PLAIN_UPDATE_RATE:
+            return self._statement(attr, new)
+        if attr in UPDATE_STATES and self.rng.random() < SPECIFIC_UPDATE_RATE:
+            return self.rng.choice(UPDATE_STATES[attr]).format(v=new)
+        return self.rng.choice(UPDATE_OPENERS) + self._sentence(attr, new, True)
 
     def note_unknown(self) -> NoteExample:
         """Asked what no line tells; in ``NOTHING_RATE`` of them the note says nothing

@@ -31,7 +31,9 @@ EXTRA_STATES: dict[str, tuple[str, ...]] = {
              "Hi, {v} here.", "Most folks know me as {v}.", "My friends just say {v}.",
              "I introduce myself as {v}.",
              "{v} is my name.", "My name? It's {v}.", "I'm called {v}.",
-             "This is {v} speaking.", "I signed up as {v}."),
+             "This is {v} speaking.", "I signed up as {v}.",
+             "{v}'s the name.", "Put me down as {v}.", "My mates know me as {v}.",
+             "Around here they know me as {v}."),
     "dog": ("Our dog {v} loves the park.", "{v} is the name of my dog.", "My dog {v} is three.",
             "We adopted a dog and called him {v}.", "{v}, my dog, chewed my shoes again.",
             "Walking {v}, our dog, is the best part of my day."),
@@ -82,7 +84,9 @@ EXTRA_ASKS: dict[str, tuple[str, ...]] = {
              "Do you remember my name?",
              "What's my name again?", "Do you know who I am?", "What name did I give you?",
              "How should you address me?",
-             "Can you say my name?", "What should you call me?"),
+             "Can you say my name?", "What should you call me?",
+             "Any idea who I am?", "Who is chatting with you right now?",
+             "Say my name, please.", "Do you recall who you're talking to?"),
     "dog": ("What's our dog called?", "Do you remember my dog's name?",
             "What's the dog's name?", "What do we call our dog?",
             "Remind me what my dog is called?"),
@@ -221,8 +225,17 @@ ASIDES = (
 # a change told in its own words, not "Actually, " + a statement: "I've just moved to
 # {v}." (``note_dialogues.SPECIFIC_UPDATE_RATE`` of the updates of these attributes)
 UPDATE_STATES: dict[str, tuple[str, ...]] = {
-    "name": ("I've changed my name to {v}.", "From now on, call me {v}."),
-    "dog": ("Our new puppy is called {v}.", "We renamed the dog {v}."),
+    "name": (
+        "I've changed my name to {v}.",
+        "From now on, call me {v}.",
+        "I use the name {v} now.",
+        "New name: {v}. Please use it.",
+    ),
+    "dog": (
+        "Our new puppy is called {v}.",
+        "We renamed the dog {v}.",
+        "The dog answers to {v} now.",
+    ),
     "sister": ("I got it wrong, my sister is called {v}.", "My sister goes by {v} now."),
     "friend": ("My best friend now is {v}.", "{v} has become my best friend."),
     "city": ("We relocated to {v} last month.", "I've just moved to {v}."),

@@ -64,6 +64,28 @@ def test_update_names_the_latest_value_last_among_its_attribute(pools: ValuePool
     assert 15 < marked < 45 and 3 < worded < 25 and marked + worded < 50
 
 
+def test_chain_names_the_last_of_three_tellings(pools: ValuePools) -> None:
+    """A chain tells one attribute three times in order; only the last is the answer."""
+    gen = NoteDialogues(pools, "train", seed=8, kinds={"chain": 1.0})
+    for _ in range(40):
+        ex = gen.note_example()
+        lines = ex.turns[0].content.split("\n")[1:]
+        first, middle = ex.superseded
+        at = [
+            next(i for i, line in enumerate(lines) if v in line)
+            for v in (*ex.superseded, ex.answer)
+        ]
+        assert ex.kind == "chain" and len({first, middle, ex.answer}) == 3
+        assert at == sorted(at) and len(set(at)) == 3  # told in order, one line each
+        reply = ex.turns[-1].content
+        assert ex.answer in reply and first not in reply and middle not in reply
+    assert (
+        len(NoteDialogues(pools, "train", seed=8, kinds={"update": 1.0}).note_update().superseded)
+        == 1
+    )
+    assert NoteDialogues(pools, "train", seed=8).kinds["chain"] == 0.0  # off by default
+
+
 def ex_attr(ex) -> str:
     """The attribute a note example asks, from its reply ("Your dog is called Rex.")."""
     from retnet_core.training.note_dialogues import NOTE_ATTRIBUTES
