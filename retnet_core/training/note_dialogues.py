@@ -41,9 +41,8 @@ own phrasings, held-out values and kinds that appear nowhere here.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from retnet_core.memory_note import note_text, nothing_note
 from retnet_core.tokenizer import ChatTokenizer, Message
@@ -180,7 +179,7 @@ class NoteDialogues(DialogueGenerator):
             at = self.rng.randint(at + 1, len(lines))
             lines.insert(at, self._change(attr, value))
         ex = self._example(kind, lines, attr, values[-1])
-        return dataclasses.replace(ex, superseded=tuple(values[:-1]))
+        return replace(ex, superseded=tuple(values[:-1]))
 
     def _change(self, attr: str, new: str) -> str:
         """A change of ``attr`` to ``new``: told again unmarked (the later wins), in the
