@@ -21,6 +21,11 @@ Kinds, drawn by :meth:`NoteDialogues.example`:
   value first (``memsvc bench memory``, stage 7: all 10 misses of the latest value named
   the old one), and a chain makes the first and middle lines both wrong answers, so only
   "the last telling wins" fits;
+- ``alike`` (2–4 facts whose values are of one kind: people, places, codes or things;
+  one asked, or in ``ALIKE_UNKNOWN_RATE`` of them another attribute of that kind never
+  told): the reply names the asked one's value, or refuses. Stage 8's recall misses
+  that named a value named another of the user's (asked for the best mate, it gave the
+  partner), and its declines named another person;
 - ``unknown`` (the asked attribute is not in the note, or in ``NOTHING_RATE`` of them
   the note says that nothing the user told answers, as the service writes it for a
   question about the user that no memory matches): "I don't know ...";
@@ -66,14 +71,17 @@ from retnet_core.training.note_phrasings import (
     framed_asks,
 )
 
-# the default weights; "nothing" and "chain" are 0 by default: the default mix stays stages 3-5's
-NOTE_KINDS = {"recall": 2.0, "update": 1.0, "unknown": 1.0, "nothing": 0.0, "chain": 0.0}
+# the default weights; the kinds added after stage 5 are 0: the default mix stays stages 3-5's
+NOTE_KINDS = {
+    "recall": 2.0, "update": 1.0, "unknown": 1.0, "nothing": 0.0, "chain": 0.0, "alike": 0.0
+}  # fmt: skip
 NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
 ASIDE_RATE = 0.25  # notes holding one line with no fact
 NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
 PLAIN_UPDATE_RATE = 0.3  # updates told with no "Actually, ": the note's later line wins
 SPECIFIC_UPDATE_RATE = 0.4  # of the others, told in the change's own words (UPDATE_STATES)
 FRAMED_ASK_RATE = 0.2  # questions built from a frame around the attribute (framed_asks)
+ALIKE_UNKNOWN_RATE = 0.25  # alike examples asking an untold attribute of the told kind
 PASSAGE_NOTE_RATE = 0.3  # passage examples with a note of unrelated facts before the question
 
 
@@ -156,6 +164,24 @@ class NoteDialogues(DialogueGenerator):
         attr, value = self.rng.choice(facts)
         lines = [self._statement(a, v) for a, v in facts]
         return self._example("recall", lines, attr, value)
+
+    def note_alike(self) -> NoteExample:
+        """2–4 facts of one value kind, distinct values; one asked, or an untold one."""
+        kind = self.rng.choice(sorted({a.value_kind for a in NOTE_ATTRIBUTES.values()}))
+        same = sorted(a for a, at in NOTE_ATTRIBUTES.items() if at.value_kind == kind)
+        attrs = self.rng.sample(same, min(len(same), self.rng.randint(3, 5)))
+        told, spare = attrs[:-1], attrs[-1]
+        values: list[str] = []
+        while len(values) < len(told):
+            value = self._value(kind)
+            if value not in values:
+                values.append(value)
+        facts = list(zip(told, values, strict=True))
+        lines = [self._statement(a, v) for a, v in facts]
+        if self.rng.random() < ALIKE_UNKNOWN_RATE:
+            return self._example("alike", lines, spare, None)
+        attr, value = self.rng.choice(facts)
+        return self._example("alike", lines, attr, value)
 
     def note_update(self) -> NoteExample:
         return self._changed("update", changes=1)

@@ -19,7 +19,7 @@ from retnet_core.training.dialogues import UNKNOWN, ValuePools
 from retnet_core.training.distill import Distiller
 from retnet_core.training.distill_data import _pad_rows, packed_notes
 from retnet_core.training.distill_setup import _valid, answer_ce, logits_loss
-from retnet_core.training.note_dialogues import NoteDialogues, note_row
+from retnet_core.training.note_dialogues import NOTE_ATTRIBUTES, NoteDialogues, note_row
 from retnet_core.training.note_phrasings import UPDATE_OPENERS, UPDATE_STATES, framed_asks
 
 
@@ -86,10 +86,35 @@ def test_chain_names_the_last_of_three_tellings(pools: ValuePools) -> None:
     assert NoteDialogues(pools, "train", seed=8).kinds["chain"] == 0.0  # off by default
 
 
+def test_alike_tells_one_kind_and_asks_one_of_them_or_an_untold_one(pools: ValuePools) -> None:
+    """Every fact of an ``alike`` note has a value of one kind; the reply names the asked
+    one's value only, or refuses about an attribute of that kind that was never told."""
+    gen = NoteDialogues(pools, "train", seed=9, kinds={"alike": 1.0})
+    refusals = 0
+    for _ in range(80):
+        ex = gen.note_example()
+        lines = ex.turns[0].content.split("\n")[1:]
+        kind = NOTE_ATTRIBUTES[_asked(ex)].value_kind
+        told = [v for v in pools.train[kind] if any(v in line for line in lines)]
+        assert ex.kind == "alike" and 2 <= len(told) <= 4
+        reply = ex.turns[-1].content
+        assert [v for v in told if v in reply] == ([ex.answer] if ex.answer else [])
+        refusals += not ex.answer
+    assert 8 < refusals < 35  # ALIKE_UNKNOWN_RATE of 80
+    assert NoteDialogues(pools, "train", seed=9).kinds["alike"] == 0.0  # off by default
+
+
+def _asked(ex) -> str:
+    """The attribute a note example asks, from its reply (a value or a refusal)."""
+    reply = ex.turns[-1].content
+    for name, at in NOTE_ATTRIBUTES.items():
+        if reply in (at.answer.format(v=ex.answer), UNKNOWN.format(yours=at.yours)):
+            return name
+    raise AssertionError(reply)
+
+
 def ex_attr(ex) -> str:
     """The attribute a note example asks, from its reply ("Your dog is called Rex.")."""
-    from retnet_core.training.note_dialogues import NOTE_ATTRIBUTES
-
     reply = ex.turns[-1].content
     return next(a for a, at in NOTE_ATTRIBUTES.items() if reply == at.answer.format(v=ex.answer))
 
