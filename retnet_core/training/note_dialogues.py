@@ -171,17 +171,20 @@ class NoteDialogues(DialogueGenerator):
         same = sorted(a for a, at in NOTE_ATTRIBUTES.items() if at.value_kind == kind)
         attrs = self.rng.sample(same, min(len(same), self.rng.randint(3, 5)))
         told, spare = attrs[:-1], attrs[-1]
-        values: list[str] = []
-        while len(values) < len(told):
-            value = self._value(kind)
-            if value not in values:
-                values.append(value)
-        facts = list(zip(told, values, strict=True))
+        facts = list(zip(told, self._distinct_values(kind, [], len(told)), strict=True))
         lines = [self._statement(a, v) for a, v in facts]
         if self.rng.random() < ALIKE_UNKNOWN_RATE:
             return self._example("alike", lines, spare, None)
         attr, value = self.rng.choice(facts)
         return self._example("alike", lines, attr, value)
+
+    def _distinct_values(self, kind: str, values: list[str], n: int) -> list[str]:
+        """``values`` extended to ``n`` distinct values of ``kind``."""
+        while len(values) < n:
+            value = self._value(kind)
+            if value not in values:
+                values.append(value)
+        return values
 
     def note_update(self) -> NoteExample:
         return self._changed("update", changes=1)
@@ -194,11 +197,7 @@ class NoteDialogues(DialogueGenerator):
         telling it replaces), among 0–2 other facts; the reply names the last value."""
         facts = self._facts(self.rng.randint(1, 3))
         attr, first = facts[0]
-        values = [first]
-        while len(values) <= changes:
-            value = self._value(NOTE_ATTRIBUTES[attr].value_kind)
-            if value not in values:
-                values.append(value)
+        values = self._distinct_values(NOTE_ATTRIBUTES[attr].value_kind, [first], changes + 1)
         lines = [self._statement(a, v) for a, v in facts]
         at = 0  # where the latest telling of ``attr`` stands
         for value in values[1:]:
