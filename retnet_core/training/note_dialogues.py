@@ -178,8 +178,9 @@ class NoteDialogues(DialogueGenerator):
         attr, value = self.rng.choice(facts)
         return self._example("alike", lines, attr, value)
 
-    def _distinct_values(self, kind: str, values: list[str], n: int) -> list[str]:
-        """``values`` extended to ``n`` distinct values of ``kind``."""
+    def _distinct_values(self, kind: str, first: list[str], n: int) -> list[str]:
+        """A new list: ``first`` extended to ``n`` distinct values of ``kind``."""
+        values = list(first)
         while len(values) < n:
             value = self._value(kind)
             if value not in values:
