@@ -163,9 +163,11 @@ class DistillData:
         note_frac: float = 0.0,
         note_passage_rate: float = 0.0,
         note_kinds: dict[str, float] | None = None,
+        note_same_kind_rate: float = 0.0,
     ) -> Batch:
         """``rows`` rows: note examples first (``note_passage_rate`` of them passage
-        questions, the others drawn by ``note_kinds``' weights), then windows of the
+        questions, the others drawn by ``note_kinds``' weights, ``note_same_kind_rate``
+        of recalls, updates and chains among facts of one value kind), then windows of the
         stream, dialogues and far-recall rows."""
         n_note = round(rows * note_frac)
         n_dia, n_far = round(rows * dialogue_frac), round(rows * far_frac)
@@ -174,7 +176,12 @@ class DistillData:
         parts: list[list[int]] = []
         answers: list[list[int]] = []
         notes = NoteDialogues(
-            self.pools, "train", seed=seed, passage_rate=note_passage_rate, kinds=note_kinds
+            self.pools,
+            "train",
+            seed=seed,
+            passage_rate=note_passage_rate,
+            kinds=note_kinds,
+            same_kind_rate=note_same_kind_rate,
         )
         for _ in range(n_note):
             ids, answer = packed_notes(self.tok, notes, seq_len)

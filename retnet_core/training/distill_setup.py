@@ -71,6 +71,8 @@ class Stage:
     note_passage_rate: float = 0.0
     # weights of the other note kinds (recall, update, unknown); None: 2 : 1 : 1
     note_kinds: dict[str, float] | None = None
+    # share of recalls, updates and chains whose other facts share the asked one's kind
+    note_same_kind_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

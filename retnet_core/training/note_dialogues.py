@@ -13,6 +13,9 @@ reply to learn::
 Kinds, drawn by :meth:`NoteDialogues.example`:
 
 - ``recall`` (1–4 facts of distinct attributes, one asked): the reply names its value;
+  in ``same_kind_rate`` of recalls, updates and chains the other facts' values are of
+  the asked one's kind (the partner and the best mate; a change beside another person),
+  so the model must tell "changed" from "another" within one example;
 - ``update`` (one attribute told, then changed with "Actually, ...", in the change's
   own words ("I've just moved to ...") or simply told again, among 0–2 other facts):
   the reply names the latest value (notes list memories oldest first);
@@ -100,7 +103,9 @@ class NoteExample:
 class NoteDialogues(DialogueGenerator):
     """Deterministic :class:`NoteExample` generator (same seeding as the parent);
     ``passage_rate``: the share of :meth:`note_example` draws that are passage questions;
-    ``kinds``: the weights of the other kinds (default :data:`NOTE_KINDS`)."""
+    ``kinds``: the weights of the other kinds (default :data:`NOTE_KINDS`);
+    ``same_kind_rate``: the share of recalls, updates and chains whose other facts share
+    the asked attribute's value kind (0 draws nothing extra: earlier stages' streams stay)."""
 
     def __init__(
         self,
@@ -110,21 +115,35 @@ class NoteDialogues(DialogueGenerator):
         chitchat: Sequence[Sequence[Message]] = (),
         passage_rate: float = 0.0,
         kinds: Mapping[str, float] | None = None,
+        same_kind_rate: float = 0.0,
     ) -> None:
         super().__init__(pools, split, seed, chitchat)
         if not 0.0 <= passage_rate <= 1.0:
             raise ValueError("passage_rate must lie in [0, 1]")
+        if not 0.0 <= same_kind_rate <= 1.0:
+            raise ValueError("same_kind_rate must lie in [0, 1]")
         kinds = dict(NOTE_KINDS if kinds is None else kinds)
         weights = kinds.values()
         if set(kinds) - set(NOTE_KINDS) or min(weights, default=-1) < 0 or sum(weights) <= 0:
             raise ValueError(f"kinds: non-negative weights of {sorted(NOTE_KINDS)}, one positive")
         self.passage_rate = passage_rate
         self.kinds = kinds
+        self.same_kind_rate = same_kind_rate
 
     def _facts(self, n: int) -> list[tuple[str, str]]:
         """``n`` (attribute, value) pairs with distinct attributes of :data:`NOTE_ATTRIBUTES`."""
         attrs = self.rng.sample(sorted(NOTE_ATTRIBUTES), n)
         return [(a, self._value(NOTE_ATTRIBUTES[a].value_kind)) for a in attrs]
+
+    def _facts_around(self, low: int, high: int) -> list[tuple[str, str]]:
+        """``low``–``high`` facts, the first to be asked or changed; in ``same_kind_rate``
+        of draws 2–``high`` facts whose attributes share one value kind, values distinct."""
+        if not (self.same_kind_rate and self.rng.random() < self.same_kind_rate):
+            return self._facts(self.rng.randint(low, high))
+        kind = self.rng.choice(sorted({a.value_kind for a in NOTE_ATTRIBUTES.values()}))
+        same = sorted(a for a, at in NOTE_ATTRIBUTES.items() if at.value_kind == kind)
+        attrs = self.rng.sample(same, min(len(same), self.rng.randint(max(low, 2), high)))
+        return list(zip(attrs, self._distinct_values(kind, [], len(attrs)), strict=True))
 
     def _sentence(self, attr: str, value: str, after_opener: bool = False) -> str:
         """The bare statement of ``attr`` = ``value``, in any of its phrasings (its first
@@ -160,7 +179,7 @@ class NoteDialogues(DialogueGenerator):
         return NoteExample(kind, turns, value or "")
 
     def note_recall(self) -> NoteExample:
-        facts = self._facts(self.rng.randint(1, 4))
+        facts = self._facts_around(1, 4)
         attr, value = self.rng.choice(facts)
         lines = [self._statement(a, v) for a, v in facts]
         return self._example("recall", lines, attr, value)
@@ -196,9 +215,12 @@ class NoteDialogues(DialogueGenerator):
     def _changed(self, kind: str, changes: int) -> NoteExample:
         """One attribute told, then changed ``changes`` times (each change after the
         telling it replaces), among 0–2 other facts; the reply names the last value."""
-        facts = self._facts(self.rng.randint(1, 3))
+        facts = self._facts_around(1, 3)
         attr, first = facts[0]
-        values = self._distinct_values(NOTE_ATTRIBUTES[attr].value_kind, [first], changes + 1)
+        of = NOTE_ATTRIBUTES[attr].value_kind
+        # the changes' values differ from every told value of that kind, not only the first
+        taken = [first, *(v for a, v in facts[1:] if NOTE_ATTRIBUTES[a].value_kind == of)]
+        values = [first, *self._distinct_values(of, taken, len(taken) + changes)[len(taken) :]]
         lines = [self._statement(a, v) for a, v in facts]
         at = 0  # where the latest telling of ``attr`` stands
         for value in values[1:]:

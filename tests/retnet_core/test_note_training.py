@@ -104,6 +104,39 @@ def test_alike_tells_one_kind_and_asks_one_of_them_or_an_untold_one(pools: Value
     assert NoteDialogues(pools, "train", seed=9).kinds["alike"] == 0.0  # off by default
 
 
+def test_same_kind_rate_sets_recalls_and_changes_among_facts_of_one_kind(
+    pools: ValuePools,
+) -> None:
+    """At ``same_kind_rate`` 1 every recall, update and chain tells 2+ facts whose values
+    share the asked attribute's kind, all distinct; the reply names the asked (latest)
+    value and no other told one. At 0 (the default) the stream is unchanged."""
+    gen = NoteDialogues(
+        pools, "train", seed=5, kinds={"recall": 1, "update": 1, "chain": 1}, same_kind_rate=1.0
+    )
+    drawn = set()
+    for _ in range(45):
+        ex = gen.note_example()
+        drawn.add(ex.kind)
+        lines = ex.turns[0].content.split("\n")[1:]
+        kind = NOTE_ATTRIBUTES[ex_attr(ex)].value_kind
+        told = [v for v in pools.train[kind] if any(_names(line, v) for line in lines)]
+        assert len(told) >= 2 + len(ex.superseded), lines  # others of the kind beside the asked
+        assert ex.answer in told and set(ex.superseded) < set(told)
+        assert [v for v in told if _names(ex.turns[-1].content, v)] == [ex.answer]
+    assert drawn == {"recall", "update", "chain"}
+    plain = NoteDialogues(pools, "train", seed=5)  # rate 0: facts of any kinds
+    kinds_told = [{NOTE_ATTRIBUTES[a].value_kind for a, _ in plain._facts_around(3, 4)}]
+    kinds_told += [{NOTE_ATTRIBUTES[a].value_kind for a, _ in plain._facts_around(3, 4)}]
+    assert any(len(k) > 1 for k in kinds_told)
+    with pytest.raises(ValueError, match="same_kind_rate"):
+        NoteDialogues(pools, "train", same_kind_rate=1.5)
+
+
+def _names(text: str, value: str) -> bool:
+    """``value`` stands in ``text`` as whole words ("Tousa" is not in "Tousath")."""
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
+
+
 def _asked(ex) -> str:
     """The attribute a note example asks, from its reply (a value or a refusal)."""
     reply = ex.turns[-1].content
