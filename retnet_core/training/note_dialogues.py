@@ -79,6 +79,7 @@ NOTE_KINDS = {
     "recall": 2.0, "update": 1.0, "unknown": 1.0, "nothing": 0.0, "chain": 0.0, "alike": 0.0
 }  # fmt: skip
 NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
+VALUE_KINDS = sorted({a.value_kind for a in NOTE_ATTRIBUTES.values()})  # person, place, ...
 ASIDE_RATE = 0.25  # notes holding one line with no fact
 NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
 PLAIN_UPDATE_RATE = 0.3  # updates told with no "Actually, ": the note's later line wins
@@ -140,8 +141,8 @@ class NoteDialogues(DialogueGenerator):
         of draws 2–``high`` facts whose attributes share one value kind, values distinct."""
         if not (self.same_kind_rate and self.rng.random() < self.same_kind_rate):
             return self._facts(self.rng.randint(low, high))
-        kind = self.rng.choice(sorted({a.value_kind for a in NOTE_ATTRIBUTES.values()}))
-        same = sorted(a for a, at in NOTE_ATTRIBUTES.items() if at.value_kind == kind)
+        kind = self.rng.choice(VALUE_KINDS)
+        same = _attributes_of(kind)
         attrs = self.rng.sample(same, min(len(same), self.rng.randint(max(low, 2), high)))
         return list(zip(attrs, self._distinct_values(kind, [], len(attrs)), strict=True))
 
@@ -186,8 +187,8 @@ class NoteDialogues(DialogueGenerator):
 
     def note_alike(self) -> NoteExample:
         """2–4 facts of one value kind, distinct values; one asked, or an untold one."""
-        kind = self.rng.choice(sorted({a.value_kind for a in NOTE_ATTRIBUTES.values()}))
-        same = sorted(a for a, at in NOTE_ATTRIBUTES.items() if at.value_kind == kind)
+        kind = self.rng.choice(VALUE_KINDS)
+        same = _attributes_of(kind)
         attrs = self.rng.sample(same, min(len(same), self.rng.randint(3, 5)))
         told, spare = attrs[:-1], attrs[-1]
         facts = list(zip(told, self._distinct_values(kind, [], len(told)), strict=True))
@@ -272,6 +273,11 @@ class NoteDialogues(DialogueGenerator):
         names = sorted(self.kinds)
         kind = self.rng.choices(names, weights=[self.kinds[k] for k in names])[0]
         return getattr(self, f"note_{kind}")()
+
+
+def _attributes_of(kind: str) -> list[str]:
+    """The note attributes whose values are of ``kind``, sorted (a stable draw order)."""
+    return sorted(a for a, at in NOTE_ATTRIBUTES.items() if at.value_kind == kind)
 
 
 def _lower_first(text: str) -> str:
