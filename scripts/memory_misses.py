@@ -11,7 +11,13 @@ in the first of these that fits its reply:
 
 A missed decline is counted as ``names a value``. The table also gives recall by kind.
 
-    PYTHONPATH=. python scripts/memory_misses.py docs/bench/memory-hybrid/memory.json
+With ``--notes MARGIN,FOLLOW,FOLLOW_QUERY`` (the pick settings the run served with) each missed
+question is also replayed through the service's write filter and note pick
+(:mod:`memsvc.services.memory_notes`, MiniLM as the service embeds): a miss whose note
+lacked the fact is the pick's, the others are the model's misreads.
+
+    PYTHONPATH=. python scripts/memory_misses.py docs/bench/memory-hybrid/memory.json \
+        --notes 0.1,0.2,0.15
 """
 
 from __future__ import annotations
@@ -63,15 +69,52 @@ def miss_table(bench: dict) -> dict[str, Counter]:
     return table
 
 
-def render(bench: dict, source: str) -> str:
+def said_before(item: dict, plan: dict) -> list[str]:
+    """The user's kept messages when ``item`` was asked, oldest first: the tellings, then
+    (latest and kept questions) the update, less (kept) the forgotten fact's telling."""
+    said = [f["tell"] for f in plan["facts"]]
+    if item["measure"] in ("latest", "forget_keeps"):
+        said.append(plan["update"]["said"])
+    if item["measure"] == "forget_keeps":
+        del said[plan["forget"]["fact"]]
+    return said
+
+
+def notes_lacking(bench: dict, margin: float, follow: float, follow_query: float) -> Counter:
+    """``{measure: misses whose note held no memory naming the asked value}``."""
+
+    from memsvc.rag.feed import Embedder
+    from memsvc.services.memory_notes import pick, worth_keeping
+    from scripts.note_pick_coverage import _record
+
+    plans, embedder, lacking = {p["user"]: p for p in bench["plans"]}, Embedder(), Counter()
+    for user in bench["memory_on"]:
+        for item in user["items"]:
+            if item["ok"] or item["measure"] not in ASKS_A_VALUE:
+                continue
+            said = [t for t in said_before(item, plans[user["user"]]) if worth_keeping(t)]
+            vectors = embedder.embed([*said, item["asked"]])
+            rows = [_record(i, t) for i, t in enumerate(said)]
+            got = pick(rows, vectors[:-1], vectors[-1], margin=margin, follow=follow,
+                       follow_query=follow_query)  # fmt: skip
+            lacking[item["measure"]] += not any(_named(item["value"], s.memory.text) for s in got)
+    return lacking
+
+
+def render(bench: dict, source: str, lacking: Counter | None = None, pick_used: str = "") -> str:
+    """The misses table (and, given ``lacking``, a column of misses the note caused)."""
     table = miss_table(bench)
     lines = [f"# Misses of `{source}`", "", f"Command: `{bench['meta']['command']}`", ""]
-    lines += ["| measure | missed | " + " | ".join(CAUSES) + " |"]
-    lines += ["|---|---|" + "---|" * len(CAUSES)]
+    if lacking is not None:
+        lines += [f"Notes replayed with the pick's {pick_used}.", ""]
+    extra = " | the note lacked the fact |" if lacking is not None else " |"
+    lines += ["| measure | missed | " + " | ".join(CAUSES) + extra]
+    lines += ["|---|---|" + "---|" * (len(CAUSES) + (lacking is not None))]
     for measure in ASKS_A_VALUE:
         counts = table[measure]
         cells = " | ".join(str(counts[c]) for c in CAUSES)
-        lines.append(f"| {measure} | {sum(counts.values())} | {cells} |")
+        tail = f" | {lacking[measure]} |" if lacking is not None else " |"
+        lines.append(f"| {measure} | {sum(counts.values())} | {cells}{tail}")
     lines += ["", f"Declines missed (a value named): {table['declines']['names a value']}", ""]
     lines += ["| kind | recalled | asked |", "|---|---|---|"]
     for kind, (ok, n) in sorted(bench["summary"]["recall_by_kind"].items()):
@@ -83,8 +126,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench", type=Path, help="a memory.json of memsvc bench memory")
     parser.add_argument("--out", type=Path, help="write the table here (default: print)")
+    parser.add_argument(
+        "--notes", help="MARGIN,FOLLOW,FOLLOW_QUERY of the pick the run served with"
+    )
     args = parser.parse_args()
-    text = render(json.loads(args.bench.read_text()), str(args.bench))
+    bench = json.loads(args.bench.read_text())
+    if args.notes:
+        margin, follow, query = (float(x) for x in args.notes.split(","))
+        lacking = notes_lacking(bench, margin, follow, query)
+        floor = f" and ≥ {query} to the message" if query > -1 else ""
+        used = f"margin {margin}, followers ≥ {follow}{floor}"
+        text = render(bench, str(args.bench), lacking, used)
+    else:
+        text = render(bench, str(args.bench))
     if args.out:
         args.out.write_text(text)
     else:

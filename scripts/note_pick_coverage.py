@@ -12,6 +12,10 @@ counts per question of the protocol:
 - latest: the note holds the update;
 - declines: the note is empty (then the service writes "(nothing about this)": the
   model declines far more reliably than over a note of other facts);
+- alone: of the recall, latest and keeps questions, the share whose note holds the
+  needed fact and no line of another fact (the student's commonest misread is a
+  distractor's value: "Your best friend is Dolbrul." over a note that also says "My cat
+  is called Dolbrul.");
 - lines: the mean number of note lines.
 
 Pick settings are compared side by side. The thresholds were chosen on seeds 7 and 21;
@@ -38,6 +42,7 @@ from memsvc.rag.feed import Embedder
 from memsvc.services.memory_notes import (
     _FIRST_PERSON,
     _KEEP_ASKED,
+    FOLLOW_QUERY_SIMILARITY,
     FOLLOW_SIMILARITY,
     MARGIN,
     pick,
@@ -51,30 +56,41 @@ def kept_before(text: str) -> bool:
     return worth_keeping(text) and bool(_FIRST_PERSON.search(text) or _KEEP_ASKED.search(text))
 
 
-# (label, margin, follow): the shipped setting and its neighbours; "before" also keeps
+# (margin, follow, follow_query): the shipped setting and its neighbours (a follower's
+# cosine with the message is ≥ -1 always: no floor); "before" (first row) also keeps
 # with the earlier write filter
 SETTINGS = (
-    ("before: first person kept, no followers", MARGIN, None),
-    ("no followers", MARGIN, None),
-    ("followers ≥ 0.4", MARGIN, 0.4),
-    ("followers ≥ 0.3", MARGIN, 0.3),
-    ("followers ≥ 0.25", MARGIN, 0.25),
-    (f"followers ≥ {FOLLOW_SIMILARITY} (shipped)", MARGIN, FOLLOW_SIMILARITY),
-    ("margin 0.3, no followers", 0.3, None),
-    ("margin 0.3, followers ≥ 0.2", 0.3, 0.2),
-)
-MEASURES = ("recall", "latest", "keeps", "declines")
+    (0.2, None, -1), (0.2, None, -1), (0.2, 0.4, -1), (0.2, 0.3, -1), (0.2, 0.25, -1),
+    (0.2, 0.2, -1), (0.3, None, -1), (0.3, 0.2, -1), (0.1, 0.2, -1), (0.1, 0.3, -1),
+    (0.05, 0.3, -1), (0.2, 0.2, 0.15), (0.1, 0.2, 0.1), (0.1, 0.2, 0.15), (0.1, 0.2, 0.2),
+)  # fmt: skip
+
+
+def label(i: int, margin: float, follow: float | None, follow_query: float) -> str:
+    """A setting's row label: "margin 0.1, followers ≥ 0.2 and ≥ 0.15 to the message"."""
+    text = f"margin {margin}, " + ("no followers" if follow is None else f"followers ≥ {follow}")
+    if follow is not None and follow_query > -1:
+        text += f" and ≥ {follow_query} to the message"
+    if i == 0:
+        return "before: first person kept, " + text
+    shipped = (margin, follow, follow_query) == (MARGIN, FOLLOW_SIMILARITY, FOLLOW_QUERY_SIMILARITY)
+    return text + (" (shipped)" if shipped else "")
+
+
+MEASURES = ("recall", "latest", "keeps", "declines", "alone")
 
 
 @dataclass(frozen=True)
 class Question:
-    """One question of the protocol: the memories said before it (oldest first) and the
-    index among them of the one it needs (None: a never-told kind)."""
+    """One question of the protocol: the memories said before it (oldest first), the
+    index among them of the one it needs (None: a never-told kind), and which fact each
+    of them tells (an update tells the fact it changes)."""
 
     measure: str
     asked: str
     said: tuple[str, ...]
     needs: int | None
+    facts: tuple[int, ...]
 
 
 def questions(plan: UserPlan) -> list[Question]:
@@ -82,15 +98,19 @@ def questions(plan: UserPlan) -> list[Question]:
     and the forgotten fact left out: the first reads another namespace, the second
     an exact forget)."""
     tells = tuple(f.tell for f in plan.facts)
-    out = [Question("recall", plan.ask(f.kind, i), tells, i) for i, f in enumerate(plan.facts)]
-    out.append(Question("declines", plan.ask(plan.never, 0), tells, None))
-    updated = (*tells, plan.update_text)
-    out.append(Question("latest", plan.ask(plan.facts[plan.update].kind, 1), updated, 3))
-    kept = tuple(t for j, t in enumerate(updated) if j != plan.forget)
+    told = tuple(range(len(tells)))
+    out = [
+        Question("recall", plan.ask(f.kind, i), tells, i, told) for i, f in enumerate(plan.facts)
+    ]
+    out.append(Question("declines", plan.ask(plan.never, 0), tells, None, told))
+    updated, of = (*tells, plan.update_text), (*told, plan.update)
+    out.append(Question("latest", plan.ask(plan.facts[plan.update].kind, 1), updated, 3, of))
+    left = [j for j in range(len(updated)) if j != plan.forget]
+    kept, kept_of = tuple(updated[j] for j in left), tuple(of[j] for j in left)
     for j, f in enumerate(plan.facts):
         if j != plan.forget:
-            needs = updated[3 if j == plan.update else j]
-            out.append(Question("keeps", plan.ask(f.kind, 3 + j), kept, kept.index(needs)))
+            needs = kept.index(updated[3 if j == plan.update else j])
+            out.append(Question("keeps", plan.ask(f.kind, 3 + j), kept, needs, kept_of))
     return out
 
 
@@ -104,17 +124,24 @@ def _record(i: int, text: str) -> MemoryRec:
     )  # fmt: skip
 
 
-def coverage(qs: list[Question], vec: dict[str, np.ndarray], margin: float, follow, keep) -> dict:
+def coverage(
+    qs: list[Question], vec: dict[str, np.ndarray], margin: float, follow, follow_query, keep
+) -> dict:
     """Per measure: the share of questions whose note serves it; and the mean lines."""
     hit, n, lines = Counter(), Counter(), 0
     for q in qs:
         rows = [_record(i, t) for i, t in enumerate(q.said) if keep(t)]
         vectors = np.stack([vec[r.text] for r in rows]) if rows else np.zeros((0, 384))
-        got = {int(s.memory.id) for s in pick(rows, vectors, vec[q.asked], margin=margin,
-                                               follow=follow)}  # fmt: skip
+        picked = pick(
+            rows, vectors, vec[q.asked], margin=margin, follow=follow, follow_query=follow_query
+        )
+        got = {int(s.memory.id) for s in picked}
         n[q.measure] += 1
         lines += len(got)
         hit[q.measure] += (not got) if q.needs is None else (q.needs in got)
+        if q.needs is not None:
+            n["alone"] += 1
+            hit["alone"] += q.needs in got and {q.facts[i] for i in got} == {q.facts[q.needs]}
     return {m: hit[m] / n[m] for m in MEASURES} | {"lines": lines / len(qs), "questions": len(qs)}
 
 
@@ -135,8 +162,10 @@ def main() -> None:
         results[seed] = {
             "kept": sum(map(worth_keeping, told)) / len(told),
             "settings": {
-                lab: coverage(qs, vec, m, f, kept_before if "before" in lab else worth_keeping)
-                for lab, m, f in SETTINGS
+                label(i, *setting): coverage(
+                    qs, vec, *setting, kept_before if i == 0 else worth_keeping
+                )
+                for i, setting in enumerate(SETTINGS)
             },
         }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +175,7 @@ def main() -> None:
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
-    head = "| seed | pick | recall | latest | keeps | declines (empty note) | lines |"
+    head = "| seed | pick | recall | latest | keeps | declines (empty note) | alone | lines |"
     out = [
         "# The memory note's coverage of `memsvc bench memory`'s questions",
         "",
@@ -155,7 +184,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "script's docstring). Seeds 7 and 21 chose the settings; the bench reports 13.",
         "",
         head,
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for seed, r in results.items():
         for lab, c in r["settings"].items():

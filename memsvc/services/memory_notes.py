@@ -37,10 +37,17 @@ another fact of the same user 0.23 at the 90th, and the fact is the top one in 1
 120. Forgets (70 requests each): the named fact removed in 0.97 and 0.99, the others
 kept in 0.93 and 0.95; a request naming the updated fact removed both its tellings in
 0.94 and 0.79 (the topic's margin alone: 0.99 and 0.99, 0.95 and 0.99, but 0.59 and
-0.54; ``scripts/forget_precision.py``, ``docs/bench/forget``). Followers (:func:`pick`):
-at cosine ≥ 0.2 with a picked memory, the note held the update for 1.00 and 1.00 of the
-"latest value" questions (none: 0.90 and 0.81), for 0.29 and 0.25 more lines per note
-(``scripts/note_pick_coverage.py``, ``docs/bench/note-pick``).
+0.54; ``scripts/forget_precision.py``, ``docs/bench/forget``). Followers (:func:`pick`)
+at cosine ≥ 0.2 with a picked memory held the update for 1.00 and 1.00 of the "latest
+value" questions (none: 0.90 and 0.81), but most followers were other facts (MiniLM puts
+"These days I work for X." near "Lately I love the band Y."): the note held the asked
+fact alone for only 0.70 and 0.74 of the questions, and a common misread of the student
+is a distractor's value ("Your best friend is Dolbrul." beside "My cat is called
+Dolbrul."). A follower must now also score ≥ 0.15 with the message, and kept memories
+lie within 0.1 of the best: updates held for 1.00 and 0.99, kept facts 0.98 and 0.99
+(unchanged), the fact alone 0.81 and 0.86 (``scripts/note_pick_coverage.py``,
+``docs/bench/note-pick``). Through REST on seed 13 no rate fell and misses naming
+another told value went 18 → 14 (``docs/bench/memory-hybrid``).
 """
 
 from __future__ import annotations
@@ -69,8 +76,9 @@ from retnet_core.memory_note import note_text, nothing_note
 
 TOP_K = 4  # memories in one note
 MIN_SIMILARITY = 0.25  # below: not what the message is about
-MARGIN = 0.2  # kept: within this of the best memory's similarity
+MARGIN = 0.1  # kept: within this of the best memory's similarity
 FOLLOW_SIMILARITY = 0.2  # a later memory this close to a picked one joins it (an update)
+FOLLOW_QUERY_SIMILARITY = 0.15  # ... when at least this close to the message too
 FORGET_QUESTION = "What is {topic}?"
 FORGET_MIN_SIMILARITY = 0.15
 FORGET_MARGIN = 0.1
@@ -172,20 +180,26 @@ def pick(
     min_similarity: float = MIN_SIMILARITY,
     margin: float = MARGIN,
     follow: float | None = FOLLOW_SIMILARITY,
+    follow_query: float = FOLLOW_QUERY_SIMILARITY,
 ) -> list[Scored]:
     """The memories a message is about, oldest first.
 
     ``vectors`` (N, D) and ``query`` (D,) are unit-norm; ``memories`` are in the rows'
-    order. Kept: the ``k`` most similar with
+    order; ``sim = vectors · query``. Kept: the ``k`` most similar with
     ``sim ≥ max(min_similarity, best − margin)``; then their **followers**: for each kept
     memory ``i``, every memory ``j`` written after it with ``vectors[j] · vectors[i] ≥ follow``
-    (at most ``k`` of them, the closest first; ``follow=None``: none).
+    and ``sim[j] ≥ follow_query`` (at most ``k`` of them, the closest to a kept one first;
+    ``follow=None``: none).
 
     Why followers: an update is often worded unlike the question it answers ("Actually,
     I go by Thothku these days." scores 0.18 with "Sorry, remind me what my name is?",
     under the floor) but like the memory it changes (0.39 with "People usually
     call me Vunfithkan."). Without it the note holds the old value alone, and the model
-    answers with it. A follower's ``similarity`` is its cosine with the message.
+    answers with it. Why the second floor: MiniLM also puts unrelated later facts near a
+    kept one ("Lately I've been working for Lumatek." 0.28 from "Lately I keep playing
+    Kestrel Drive, my favourite band."), and the student may read a distractor's value as
+    the answer; those mostly score under 0.15 with the message, updates mostly above.
+    A follower's ``similarity`` is its cosine with the message.
     """
     if not memories:
         return []
@@ -193,22 +207,28 @@ def pick(
     floor = max(min_similarity, float(sims.max()) - margin)
     kept = [int(i) for i in np.argsort(-sims, kind="stable")[:k] if sims[i] >= floor]
     if kept and follow is not None:
-        kept += _followers(memories, vectors, kept, follow, k)
+        kept += _followers(memories, vectors, kept, follow, k, sims >= follow_query)
     chosen = [Scored(memories[i], float(sims[i])) for i in kept]
     return sorted(chosen, key=lambda s: (s.memory.created_at, s.memory.id))
 
 
 def _followers(
-    memories: Sequence[MemoryRec], vectors: np.ndarray, kept: list[int], follow: float, k: int
+    memories: Sequence[MemoryRec],
+    vectors: np.ndarray,
+    kept: list[int],
+    follow: float,
+    k: int,
+    eligible: np.ndarray,
 ) -> list[int]:
-    """Rows of memories written after a kept one with cosine ≥ ``follow`` to it, not
-    kept already: at most ``k``, the closest first."""
+    """Rows of ``eligible`` (N,) memories written after a kept one with cosine ≥
+    ``follow`` to it, not kept already: at most ``k``, the closest first."""
     when = sorted(range(len(memories)), key=lambda i: (memories[i].created_at, memories[i].id))
     rank = np.empty(len(memories), dtype=np.int64)
     rank[when] = np.arange(len(memories))
     close = vectors @ vectors[kept].T  # (N, len(kept)): each row against each kept one
     later = rank[:, None] > rank[kept][None, :]
-    best = np.where(later & (close >= follow), close, -np.inf).max(axis=1)
+    linked = later & (close >= follow) & eligible[:, None]
+    best = np.where(linked, close, -np.inf).max(axis=1)
     best[kept] = -np.inf
     return [int(j) for j in np.argsort(-best, kind="stable")[:k] if np.isfinite(best[j])]
 

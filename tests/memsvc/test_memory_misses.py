@@ -46,3 +46,34 @@ def test_misses_fall_in_the_first_cause_that_fits() -> None:
     assert table["declines"] == {"names a value": 1}
     # whole words only: "Annabel" does not name the replaced "Ann"
     assert misses.miss_cause(_item("latest", "sister", "Annabel, I think."), plan) == "other"
+
+
+def test_notes_are_replayed_as_the_service_picks_them() -> None:
+    """A miss whose note held the asked fact is the model's; one whose note lacked it
+    (here: an update worded unlike both the question and what it changed) the pick's."""
+    misses = _load()
+    plan = {
+        "user": 0,
+        "facts": [
+            {"kind": "dog", "value": "Rex", "tell": "My dog is called Rex."},
+            {"kind": "city", "value": "Lyon", "tell": "I live in Lyon."},
+            {"kind": "band", "value": "Kestrel", "tell": "Kestrel is my favourite band."},
+        ],
+        "update": {"fact": 1, "value": "Porto", "said": "Porto it is, from now on."},
+        "forget": {"fact": 2, "said": "Please forget my favourite band."},
+    }
+    asked = {"recall_trained": "What's my dog called?", "latest": "Where do I live?"}
+    items = [
+        {**_item(m, k, "I don't know."), "value": v, "asked": asked[m]}
+        for m, k, v in (("recall_trained", "dog", "Rex"), ("latest", "city", "Porto"))
+    ]
+    keeps = {
+        **_item("forget_keeps", "dog", "No idea."),
+        "value": "Rex",
+        "asked": asked["recall_trained"],
+    }
+    bench = {"plans": [plan], "memory_on": [{"user": 0, "items": [*items, keeps]}]}
+    said = misses.said_before(keeps, plan)
+    assert said == ["My dog is called Rex.", "I live in Lyon.", "Porto it is, from now on."]
+    lacking = misses.notes_lacking(bench, 0.1, 0.2, 0.15)
+    assert lacking == {"recall_trained": 0, "latest": 1, "forget_keeps": 0}

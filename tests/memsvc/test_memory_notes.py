@@ -136,11 +136,13 @@ def test_pick_follows_a_memory_to_its_later_updates() -> None:
         _memory(2, minutes=1),
         _memory(3, minutes=20),
     ]
-    got = pick(mems, vectors, query, follow=0.4)
+    got = pick(mems, vectors, query, follow=0.4, follow_query=-1.0)
     assert [s.memory.id for s in got] == ["m0", "m1"]  # oldest first: the update last
     assert got[1].similarity == pytest.approx(0.0, abs=1e-6)  # its cosine with the message
     assert [s.memory.id for s in pick(mems, vectors, query, follow=None)] == ["m0"]
     assert [s.memory.id for s in pick(mems, vectors, query, follow=0.5)] == ["m0"]  # 0.45
+    # a follower must also be this close to the message: m1 scores 0.0 with it
+    assert [s.memory.id for s in pick(mems, vectors, query, follow=0.4, follow_query=0.1)] == ["m0"]
     # followers are at most k, the closest first
     many = [_memory(0), *(_memory(i, minutes=i) for i in range(1, 6))]
     rows = _unit([1, 0, 0], [1, 9, 0], [1, 3, 0], [1, 2, 0], [1, 8, 0], [1, 5, 0])
@@ -404,3 +406,23 @@ def test_held_memories_follow_every_replica_write_and_forget(served) -> None:
         assert reader._live(other) == []  # another namespace: its own version
     finally:
         store.close()
+
+
+def test_shipped_pick_takes_an_update_but_not_a_later_fact_alike_in_mood() -> None:
+    """With MiniLM as the service embeds: "Lately I've been working for Lumatek." sits
+    0.28 from the band line ("lately") but 0.14 from the question, so it no longer
+    follows the band line into the note (where the student may read its value as the
+    band's); the update, close to both, still does."""
+    from memsvc.rag.feed import Embedder
+
+    said = [
+        "Lately I keep playing songs by Kestrel Drive, my favourite band.",
+        "Lately I've been working for Lumatek.",
+        "Actually, my favourite band is Moss Harbour now.",
+    ]
+    vectors = Embedder().embed([*said, "Which band do I like best?"])
+    mems = [_memory(i, text, minutes=i) for i, text in enumerate(said)]
+    texts = [s.memory.text for s in pick(mems, vectors[:3], vectors[3])]
+    assert texts == [said[0], said[2]]
+    loose = pick(mems, vectors[:3], vectors[3], margin=0.2, follow=0.2, follow_query=-1.0)
+    assert [s.memory.text for s in loose] == said  # the floor it replaces
