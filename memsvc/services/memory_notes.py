@@ -46,8 +46,8 @@ is a distractor's value ("Your best friend is Dolbrul." beside "My cat is called
 Dolbrul."). A follower must now also score ≥ 0.15 with the message, and kept memories
 lie within 0.1 of the best: updates held for 1.00 and 0.99, kept facts 0.98 and 0.99
 (unchanged), the fact alone 0.81 and 0.86 (``scripts/note_pick_coverage.py``,
-``docs/bench/note-pick``). Through REST on seed 13 no rate fell and misses naming
-another told value went 18 → 14 (``docs/bench/memory-hybrid``).
+``docs/bench/note-pick``). Through REST on stage 8, misses naming another told value went
+18 → 14 (seed 13, no rate fell) and 12 → 6 (seed 21; ``docs/bench/memory-hybrid``).
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ def pick(
     answers with it. Why the second floor: MiniLM also puts unrelated later facts near a
     kept one ("Lately I've been working for Lumatek." 0.28 from "Lately I keep playing
     Kestrel Drive, my favourite band."), and the student may read a distractor's value as
-    the answer; those mostly score under 0.15 with the message, updates mostly above.
+    the answer. On the bench's seeds 7 and 21, 101 of 210 such followers scored under
+    0.15 with the message, and 4 of 46 updates.
     A follower's ``similarity`` is its cosine with the message.
     """
     if not memories:
