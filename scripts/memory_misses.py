@@ -82,10 +82,9 @@ def said_before(item: dict, plan: dict) -> list[str]:
 
 def notes_lacking(bench: dict, margin: float, follow: float, follow_query: float) -> Counter:
     """``{measure: misses whose note held no memory naming the asked value}``."""
-
     from memsvc.rag.feed import Embedder
     from memsvc.services.memory_notes import pick, worth_keeping
-    from scripts.note_pick_coverage import _record
+    from scripts.note_pick_coverage import memory_record
 
     plans, embedder, lacking = {p["user"]: p for p in bench["plans"]}, Embedder(), Counter()
     for user in bench["memory_on"]:
@@ -94,7 +93,7 @@ def notes_lacking(bench: dict, margin: float, follow: float, follow_query: float
                 continue
             said = [t for t in said_before(item, plans[user["user"]]) if worth_keeping(t)]
             vectors = embedder.embed([*said, item["asked"]])
-            rows = [_record(i, t) for i, t in enumerate(said)]
+            rows = [memory_record(i, t) for i, t in enumerate(said)]
             got = pick(rows, vectors[:-1], vectors[-1], margin=margin, follow=follow,
                        follow_query=follow_query)  # fmt: skip
             lacking[item["measure"]] += not any(_named(item["value"], s.memory.text) for s in got)
@@ -134,9 +133,9 @@ def main() -> None:
     if args.notes:
         margin, follow, query = (float(x) for x in args.notes.split(","))
         lacking = notes_lacking(bench, margin, follow, query)
-        floor = f" and ≥ {query} to the message" if query > -1 else ""
-        used = f"margin {margin}, followers ≥ {follow}{floor}"
-        text = render(bench, str(args.bench), lacking, used)
+        from scripts.note_pick_coverage import pick_label
+
+        text = render(bench, str(args.bench), lacking, pick_label(margin, follow, query))
     else:
         text = render(bench, str(args.bench))
     if args.out:

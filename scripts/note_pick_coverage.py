@@ -13,7 +13,7 @@ counts per question of the protocol:
 - declines: the note is empty (then the service writes "(nothing about this)": the
   model declines far more reliably than over a note of other facts);
 - alone: of the recall, latest and keeps questions, the share whose note holds the
-  needed fact and no line of another fact (the student's commonest misread is a
+  needed fact and no line of another fact (a common misread of the student is a
   distractor's value: "Your best friend is Dolbrul." over a note that also says "My cat
   is called Dolbrul.");
 - lines: the mean number of note lines.
@@ -66,11 +66,17 @@ SETTINGS = (
 )  # fmt: skip
 
 
-def label(i: int, margin: float, follow: float | None, follow_query: float) -> str:
-    """A setting's row label: "margin 0.1, followers ≥ 0.2 and ≥ 0.15 to the message"."""
+def pick_label(margin: float, follow: float | None, follow_query: float) -> str:
+    """A pick setting in words: "margin 0.1, followers ≥ 0.2 and ≥ 0.15 to the message"."""
     text = f"margin {margin}, " + ("no followers" if follow is None else f"followers ≥ {follow}")
     if follow is not None and follow_query > -1:
         text += f" and ≥ {follow_query} to the message"
+    return text
+
+
+def label(i: int, margin: float, follow: float | None, follow_query: float) -> str:
+    """A setting's row label: its :func:`pick_label`, marked "before" or "(shipped)"."""
+    text = pick_label(margin, follow, follow_query)
     if i == 0:
         return "before: first person kept, " + text
     shipped = (margin, follow, follow_query) == (MARGIN, FOLLOW_SIMILARITY, FOLLOW_QUERY_SIMILARITY)
@@ -114,7 +120,8 @@ def questions(plan: UserPlan) -> list[Question]:
     return out
 
 
-def _record(i: int, text: str) -> MemoryRec:
+def memory_record(i: int, text: str) -> MemoryRec:
+    """Memory ``i`` of one user, written ``i`` minutes into the protocol, as the pick sees it."""
     at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=i)
     return MemoryRec(
         id=str(i), tenant_id="t", user_id="u", namespace="user:u", session_id="s",
@@ -130,7 +137,7 @@ def coverage(
     """Per measure: the share of questions whose note serves it; and the mean lines."""
     hit, n, lines = Counter(), Counter(), 0
     for q in qs:
-        rows = [_record(i, t) for i, t in enumerate(q.said) if keep(t)]
+        rows = [memory_record(i, t) for i, t in enumerate(q.said) if keep(t)]
         vectors = np.stack([vec[r.text] for r in rows]) if rows else np.zeros((0, 384))
         picked = pick(
             rows, vectors, vec[q.asked], margin=margin, follow=follow, follow_query=follow_query
