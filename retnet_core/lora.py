@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "LoRALinear",
+    "added_targets",
+    "adapter_parameter_names",
     "attach_lora",
     "delta_state",
     "load_delta",
@@ -112,6 +115,37 @@ def attach_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str
     return names
 
 
+def added_targets(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The LoRA targets ``new`` adds to a delta trained with ``old`` (``{rank, alpha,
+    targets}``; empty: no adapters), in ``new``'s order.
+
+    A run may grow a committed delta's adapters, e.g. onto the MLPs, for more capacity:
+    the old adapters load as trained and the added ones start at B = 0, so the grown model
+    first computes exactly what the delta did. Rank and alpha must stay, and no target may
+    go (its trained tensors would be dropped): anything else raises ``ValueError``.
+    """
+    old_targets = list(old.get("targets", [])) if old else []
+    new_targets = list(new.get("targets", [])) if new else []
+    if old_targets and (
+        int(old["rank"]) != int(new.get("rank", 0)) or float(old["alpha"]) != float(new["alpha"])
+    ):
+        raise ValueError(f"another LoRA rank or alpha: {dict(old)} -> {dict(new)}")
+    dropped = [t for t in old_targets if t not in new_targets]
+    if dropped:
+        raise ValueError(f"the new LoRA setup drops trained targets: {dropped}")
+    return [t for t in new_targets if t not in old_targets]
+
+
+def adapter_parameter_names(model: nn.Module, targets: Sequence[str]) -> list[str]:
+    """The A and B parameter names of the model's adapters on ``targets``."""
+    return [
+        f"{name}.{p}"
+        for name in lora_modules(model)
+        if any(name == t or name.endswith("." + t) for t in targets)
+        for p in ADAPTER_NAMES
+    ]
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every adapter by a plain ``nn.Linear`` holding W' (in place; returns model).
 
@@ -170,20 +204,25 @@ def delta_state(model: nn.Module, base_names: Iterable[str], extra: Iterable[str
 
 
 def load_delta(
-    model: nn.Module, delta: dict[str, Tensor], base_names: Iterable[str] | None = None
+    model: nn.Module,
+    delta: dict[str, Tensor],
+    base_names: Iterable[str] | None = None,
+    fresh: Iterable[str] = (),
 ) -> None:
     """Copy a delta's tensors into ``model`` (which has the same adapters attached).
 
     Every delta name must exist with the same shape. With ``base_names``, every parameter
-    the base lacks must be in the delta: loading never leaves a trained tensor at its
-    initial value.
+    the base lacks must be in the delta, except those named in ``fresh`` (adapters a run
+    adds on top of a committed delta: :func:`added_targets`): loading never leaves a
+    trained tensor at its initial value by accident.
     """
     params = dict(model.named_parameters())
     unknown = sorted(set(delta) - set(params))
     if unknown:
         raise ValueError(f"delta names unknown to the model: {unknown[:5]}")
     if base_names is not None:
-        missing = sorted(set(new_parameter_names(model, base_names)) - set(delta))
+        expected = set(new_parameter_names(model, base_names)) - set(fresh)
+        missing = sorted(expected - set(delta))
         if missing:
             raise ValueError(f"delta lacks trained parameters: {missing[:5]}")
     bad = [n for n, t in delta.items() if tuple(t.shape) != tuple(params[n].shape)]

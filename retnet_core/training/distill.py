@@ -47,7 +47,14 @@ from retnet_core.assemble import (
     sha256_file,
     write_delta,
 )
-from retnet_core.lora import attach_lora, delta_state, load_delta, set_trainable
+from retnet_core.lora import (
+    adapter_parameter_names,
+    added_targets,
+    attach_lora,
+    delta_state,
+    load_delta,
+    set_trainable,
+)
 from retnet_core.training.distill_data import heldout_texts, prepare_distill_data
 from retnet_core.training.distill_setup import (
     DistillConfig,
@@ -171,10 +178,17 @@ class Distiller:
         if self.cfg.resume and self.cfg.init_from and Path(self.cfg.init_from).is_dir():
             manifest, delta = read_delta(self.cfg.init_from)
             mine = self.manifest()
-            same = (manifest.base_sha256, manifest.student, manifest.lora)
-            if same != (mine.base_sha256, mine.student, mine.lora):
-                raise ValueError(f"{self.cfg.init_from}: another base, student or LoRA setup")
-            load_delta(self.student, delta, self.base_names)
+            same = (manifest.base_sha256, manifest.student)
+            try:  # the run may add adapters (new targets, B = 0) on top of the delta's
+                added = added_targets(manifest.lora, mine.lora)
+            except ValueError as e:
+                raise ValueError(f"{self.cfg.init_from}: another LoRA setup: {e}") from e
+            if same != (mine.base_sha256, mine.student):
+                raise ValueError(f"{self.cfg.init_from}: another base or student")
+            fresh = adapter_parameter_names(self.student, added)
+            load_delta(self.student, delta, self.base_names, fresh=fresh)
+            if added:
+                self.log({"event": "adapters_added", "targets": added, "tensors": len(fresh)})
             t = manifest.trained
             self.stage, self.stage_step = t["stage_index"], t["stage_step"]
             self.step, self.tokens, self.elapsed = t["step"], t["tokens"], t["elapsed_s"]

@@ -237,7 +237,7 @@ def test_resume_continues_from_the_saved_step(run, base, tmp_path) -> None:
     assert (fresh.step, fresh.stage, fresh.stage_step) == (3, 0, 3)
     for name, p in fresh.student.named_parameters():
         assert torch.equal(p, want_params[name]), name
-    with pytest.raises(ValueError, match="another base"):
+    with pytest.raises(ValueError, match="another LoRA setup"):
         Distiller(replace(cfg, out_dir=str(tmp_path / "x"), init_from=str(committed),
                           resume=True, lora={**cfg.lora, "rank": 2}))  # fmt: skip
     second = Distiller(replace(cfg, resume=True))
@@ -251,6 +251,50 @@ def test_resume_continues_from_the_saved_step(run, base, tmp_path) -> None:
     assert want.keys() == got.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_run_grows_a_committed_delta_onto_the_mlps(run, base, tmp_path) -> None:
+    """init_from a delta with more LoRA targets: the delta's tensors load as trained, the
+    added adapters start at B = 0 (the grown student computes what the delta's did), they
+    train, and the new delta assembles with both. Dropping a target or a rank change
+    raises."""
+    trained, full = run
+    committed = full / "checkpoint"
+    grown_lora = {**trained.cfg.lora, "targets": [*trained.cfg.lora["targets"], "ffn.w_in",
+                                                  "ffn.w_out"]}  # fmt: skip
+    extra = {"name": "more", "loss": "logits", "steps": 2, "lr": 0.02, "warmup_steps": 1,
+             "train": ["*.lora_a", "*.lora_b"]}  # fmt: skip
+    cfg = _config(base, tmp_path / "grow", resume=True, init_from=str(committed),
+                  lora=grown_lora, stages=[*_config(base, full).stages, extra])  # fmt: skip
+    grown = Distiller(cfg)
+    assert (grown.step, grown.stage) == (8, 2)  # continues after the delta's two stages
+    added = [r for r in _log(tmp_path / "grow") if r.get("event") == "adapters_added"]
+    # 2 layers x 2 linears x (A, B)
+    assert added == [{"event": "adapters_added", "targets": ["ffn.w_in", "ffn.w_out"],
+                      "tensors": 8}]  # fmt: skip
+    params = dict(grown.student.named_parameters())
+    for name, p in trained.student.named_parameters():
+        module, _, leaf = name.rpartition(".")  # a wrapped linear's W is now under .base
+        assert torch.equal(params.get(name, params.get(f"{module}.base.{leaf}")), p), name
+    ffn_b = [p for n, p in params.items() if ".ffn." in n and n.endswith("lora_b")]
+    assert len(ffn_b) == 4 and all(not p.any() for p in ffn_b)
+    ids = torch.randint(3, 300, (1, 20), generator=torch.Generator().manual_seed(2))
+    grown.student.eval(), trained.student.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(grown.student(ids), trained.student(ids), rtol=0, atol=0)
+    grown.run()
+    manifest, delta = read_delta(tmp_path / "grow" / "checkpoint")
+    assert manifest.lora["targets"] == grown_lora["targets"] and manifest.trained["step"] == 10
+    assert all(delta[n].any() for n in delta if ".ffn." in n and n.endswith("lora_b"))
+    out = assemble(tmp_path / "assembled", tmp_path / "grow" / "checkpoint", base=base,
+                   progress=False)  # fmt: skip
+    grown.student.eval()
+    with torch.no_grad():  # bit for bit, as for a delta of attention adapters only
+        assert torch.equal(load_pretrained(out)(ids), grown.student(ids))
+    for lora, match in [({**grown_lora, "targets": ["ffn.w_in"]}, "drops trained targets"),
+                        ({**grown_lora, "alpha": 4}, "another LoRA rank")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            Distiller(replace(cfg, out_dir=str(tmp_path / "bad"), lora=lora))
 
 
 def test_cli_config_and_ddp_under_torchrun(base, tmp_path) -> None:
