@@ -73,6 +73,8 @@ class Stage:
     note_kinds: dict[str, float] | None = None
     # share of recalls, updates and chains whose other facts share the asked one's kind
     note_same_kind_rate: float = 0.0
+    # share of note examples over the built kinds too (note_wide_kinds.WIDE_ATTRIBUTES)
+    note_wide_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -73,12 +73,14 @@ from retnet_core.training.note_phrasings import (
     UPDATE_STATES,
     framed_asks,
 )
+from retnet_core.training.note_wide_kinds import WIDE_ATTRIBUTES
 
 # the default weights; the kinds added after stage 5 are 0: the default mix stays stages 3-5's
 NOTE_KINDS = {
     "recall": 2.0, "update": 1.0, "unknown": 1.0, "nothing": 0.0, "chain": 0.0, "alike": 0.0
 }  # fmt: skip
 NOTE_ATTRIBUTES: dict[str, Attribute] = {**ATTRIBUTES, **NOTE_ONLY_ATTRIBUTES}
+WIDE_NOTE_ATTRIBUTES: dict[str, Attribute] = {**NOTE_ATTRIBUTES, **WIDE_ATTRIBUTES}
 VALUE_KINDS = sorted({a.value_kind for a in NOTE_ATTRIBUTES.values()})  # person, place, ...
 ASIDE_RATE = 0.25  # notes holding one line with no fact
 NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
@@ -106,7 +108,10 @@ class NoteDialogues(DialogueGenerator):
     ``passage_rate``: the share of :meth:`note_example` draws that are passage questions;
     ``kinds``: the weights of the other kinds (default :data:`NOTE_KINDS`);
     ``same_kind_rate``: the share of recalls, updates and chains whose other facts share
-    the asked attribute's value kind (0 draws nothing extra: earlier stages' streams stay)."""
+    the asked attribute's value kind (0 draws nothing extra: earlier stages' streams stay);
+    ``wide_rate``: the share of note examples (not passages) whose facts and question come
+    from :data:`WIDE_NOTE_ATTRIBUTES`, the handwritten kinds plus about a hundred built
+    ones (:mod:`~retnet_core.training.note_wide_kinds`; 0 draws nothing extra)."""
 
     def __init__(
         self,
@@ -117,6 +122,7 @@ class NoteDialogues(DialogueGenerator):
         passage_rate: float = 0.0,
         kinds: Mapping[str, float] | None = None,
         same_kind_rate: float = 0.0,
+        wide_rate: float = 0.0,
     ) -> None:
         super().__init__(pools, split, seed, chitchat)
         if not 0.0 <= passage_rate <= 1.0:
@@ -127,14 +133,18 @@ class NoteDialogues(DialogueGenerator):
         weights = kinds.values()
         if set(kinds) - set(NOTE_KINDS) or min(weights, default=-1) < 0 or sum(weights) <= 0:
             raise ValueError(f"kinds: non-negative weights of {sorted(NOTE_KINDS)}, one positive")
+        if not 0.0 <= wide_rate <= 1.0:
+            raise ValueError("wide_rate must lie in [0, 1]")
         self.passage_rate = passage_rate
         self.kinds = kinds
         self.same_kind_rate = same_kind_rate
+        self.wide_rate = wide_rate
+        self.attributes: Mapping[str, Attribute] = NOTE_ATTRIBUTES  # this example's pool
 
     def _facts(self, n: int) -> list[tuple[str, str]]:
         """``n`` (attribute, value) pairs with distinct attributes of :data:`NOTE_ATTRIBUTES`."""
-        attrs = self.rng.sample(sorted(NOTE_ATTRIBUTES), n)
-        return [(a, self._value(NOTE_ATTRIBUTES[a].value_kind)) for a in attrs]
+        attrs = self.rng.sample(sorted(self.attributes), n)
+        return [(a, self._value(self.attributes[a].value_kind)) for a in attrs]
 
     def _facts_around(self, low: int, high: int) -> list[tuple[str, str]]:
         """``low``–``high`` facts, the first to be asked or changed; in ``same_kind_rate``
@@ -142,14 +152,14 @@ class NoteDialogues(DialogueGenerator):
         if not (self.same_kind_rate and self.rng.random() < self.same_kind_rate):
             return self._facts(self.rng.randint(low, high))
         kind = self.rng.choice(VALUE_KINDS)
-        same = _attributes_of(kind)
+        same = _attributes_of(kind, self.attributes)
         attrs = self.rng.sample(same, min(len(same), self.rng.randint(max(low, 2), high)))
         return list(zip(attrs, self._distinct_values(kind, [], len(attrs)), strict=True))
 
     def _sentence(self, attr: str, value: str, after_opener: bool = False) -> str:
         """The bare statement of ``attr`` = ``value``, in any of its phrasings (its first
         word lowered when it follows an opener; a value is never lowered)."""
-        phrasings = NOTE_ATTRIBUTES[attr].states + EXTRA_STATES.get(attr, ())
+        phrasings = self.attributes[attr].states + EXTRA_STATES.get(attr, ())
         template = self.rng.choice(phrasings)
         return (_lower_first(template) if after_opener else template).format(v=value)
 
@@ -160,14 +170,14 @@ class NoteDialogues(DialogueGenerator):
         return opener + sentence + self.rng.choice(STATE_TAILS)
 
     def _question(self, attr: str) -> str:
-        asks = NOTE_ATTRIBUTES[attr].asks + EXTRA_ASKS.get(attr, ())
+        asks = self.attributes[attr].asks + EXTRA_ASKS.get(attr, ())
         if self.rng.random() < FRAMED_ASK_RATE:
-            asks = framed_asks(NOTE_ATTRIBUTES[attr])
+            asks = framed_asks(self.attributes[attr])
         opener, ask = self.rng.choice(ASK_OPENERS), self.rng.choice(asks)
         return opener + (_lower_first(ask) if opener else ask)
 
     def _example(self, kind: str, lines: list[str], attr: str, value: str | None) -> NoteExample:
-        a = NOTE_ATTRIBUTES[attr]
+        a = self.attributes[attr]
         reply = a.answer.format(v=value) if value is not None else UNKNOWN.format(yours=a.yours)
         if lines and self.rng.random() < ASIDE_RATE:
             lines = list(lines)
@@ -188,7 +198,7 @@ class NoteDialogues(DialogueGenerator):
     def note_alike(self) -> NoteExample:
         """2–4 facts of one value kind, distinct values; one asked, or an untold one."""
         kind = self.rng.choice(VALUE_KINDS)
-        same = _attributes_of(kind)
+        same = _attributes_of(kind, self.attributes)
         attrs = self.rng.sample(same, min(len(same), self.rng.randint(3, 5)))
         told, spare = attrs[:-1], attrs[-1]
         facts = list(zip(told, self._distinct_values(kind, [], len(told)), strict=True))
@@ -218,9 +228,9 @@ class NoteDialogues(DialogueGenerator):
         telling it replaces), among 0–2 other facts; the reply names the last value."""
         facts = self._facts_around(1, 3)
         attr, first = facts[0]
-        of = NOTE_ATTRIBUTES[attr].value_kind
+        of = self.attributes[attr].value_kind
         # the changes' values differ from every told value of that kind, not only the first
-        taken = [first, *(v for a, v in facts[1:] if NOTE_ATTRIBUTES[a].value_kind == of)]
+        taken = [first, *(v for a, v in facts[1:] if self.attributes[a].value_kind == of)]
         values = [first, *self._distinct_values(of, taken, len(taken) + changes)[len(taken) :]]
         lines = [self._statement(a, v) for a, v in facts]
         at = 0  # where the latest telling of ``attr`` stands
@@ -246,7 +256,7 @@ class NoteDialogues(DialogueGenerator):
             return self._over_the_empty_note("unknown")
         facts = self._facts(self.rng.randint(1, 3))
         told = {a for a, _ in facts}
-        attr = self.rng.choice(sorted(set(NOTE_ATTRIBUTES) - told))
+        attr = self.rng.choice(sorted(set(self.attributes) - told))
         lines = [self._statement(a, v) for a, v in facts]
         return self._example("unknown", lines, attr, None)
 
@@ -255,7 +265,7 @@ class NoteDialogues(DialogueGenerator):
 
     def _over_the_empty_note(self, kind: str) -> NoteExample:
         """Asked anything over the note that says nothing the user told answers."""
-        return self._example(kind, [], self.rng.choice(sorted(NOTE_ATTRIBUTES)), None)
+        return self._example(kind, [], self.rng.choice(sorted(self.attributes)), None)
 
     def note_passage(self) -> NoteExample:
         """A passage question as the service feeds it: passage, [note], question."""
@@ -269,15 +279,19 @@ class NoteDialogues(DialogueGenerator):
 
     def note_example(self) -> NoteExample:
         if self.passage_rate and self.rng.random() < self.passage_rate:
+            self.attributes = NOTE_ATTRIBUTES
             return self.note_passage()
+        # no draw at wide_rate 0: earlier stages' streams stay as they were
+        wide = bool(self.wide_rate) and self.rng.random() < self.wide_rate
+        self.attributes = WIDE_NOTE_ATTRIBUTES if wide else NOTE_ATTRIBUTES
         names = sorted(self.kinds)
         kind = self.rng.choices(names, weights=[self.kinds[k] for k in names])[0]
         return getattr(self, f"note_{kind}")()
 
 
-def _attributes_of(kind: str) -> list[str]:
-    """The note attributes whose values are of ``kind``, sorted (a stable draw order)."""
-    return sorted(a for a, at in NOTE_ATTRIBUTES.items() if at.value_kind == kind)
+def _attributes_of(kind: str, attributes: Mapping[str, Attribute]) -> list[str]:
+    """The attributes whose values are of ``kind``, sorted (a stable draw order)."""
+    return sorted(a for a, at in attributes.items() if at.value_kind == kind)
 
 
 def _lower_first(text: str) -> str:

@@ -133,6 +133,36 @@ def test_same_kind_rate_sets_recalls_and_changes_among_facts_of_one_kind(
         NoteDialogues(pools, "train", same_kind_rate=1.5)
 
 
+def test_wide_kinds_ask_about_many_more_things(pools: ValuePools) -> None:
+    """At ``wide_rate`` 1 the examples tell and ask the built kinds too: far more distinct
+    attributes than the 21 handwritten ones, each recall's value on one of its note's
+    lines and the reply in the asked kind's words; at 0 none is drawn; a bad rate raises."""
+    from retnet_core.training.note_dialogues import WIDE_NOTE_ATTRIBUTES
+    from retnet_core.training.note_wide_kinds import WIDE_ATTRIBUTES
+
+    mix = {"recall": 3.0, "update": 2.0, "chain": 1.0, "unknown": 0.5, "nothing": 0.5}
+    wide = NoteDialogues(pools, "train", seed=6, kinds=mix, wide_rate=1.0)
+    asked, built = set(), 0
+    for _ in range(400):
+        ex = wide.note_example()
+        reply = ex.turns[-1].content
+        if not ex.answer:  # a refusal names the asked attribute in its own words
+            attr = next(a for a, at in WIDE_NOTE_ATTRIBUTES.items()
+                        if reply == UNKNOWN.format(yours=at.yours))  # fmt: skip
+        else:
+            attr = next(a for a, at in WIDE_NOTE_ATTRIBUTES.items()
+                        if reply == at.answer.format(v=ex.answer))  # fmt: skip
+            assert any(_names(line, ex.answer) for line in ex.turns[0].content.split("\n")[1:])
+        asked.add(attr)
+        built += attr in WIDE_ATTRIBUTES
+    assert len(asked) > 70 and built > 300, (len(asked), built)
+    plain = NoteDialogues(pools, "train", seed=6, kinds=mix)
+    texts = [m.content for _ in range(400) for m in plain.note_example().turns]
+    assert not [t for t in texts if "godfather" in t or "library card" in t]
+    with pytest.raises(ValueError, match="wide_rate"):
+        NoteDialogues(pools, "train", wide_rate=-0.1)
+
+
 def _names(text: str, value: str) -> bool:
     """``value`` stands in ``text`` as whole words ("Tousa" is not in "Tousath")."""
     return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
@@ -316,8 +346,8 @@ def test_a_notes_stage_lowers_the_replies_loss(runner: Distiller) -> None:
 
 
 def test_note_phrasings_keep_the_memory_bench_held_out(pools: ValuePools) -> None:
-    """The wider note phrasings share no sentence with ``memsvc bench memory`` and name
-    none of its "other" kinds, so its held-out measures stay held out."""
+    """The wider note phrasings and the built kinds share no sentence with ``memsvc bench
+    memory`` and name none of its "other" kinds, so its held-out measures stay held out."""
     from memsvc.bench.memory_data import KINDS, OTHER
     from retnet_core.training.note_dialogues import NOTE_ATTRIBUTES
     from retnet_core.training.note_phrasings import EXTRA_ASKS, EXTRA_STATES
@@ -327,6 +357,10 @@ def test_note_phrasings_keep_the_memory_bench_held_out(pools: ValuePools) -> Non
     extra = (*EXTRA_STATES.values(), *EXTRA_ASKS.values(), *UPDATE_STATES.values())
     ours += [t for ts in extra for t in ts]
     ours += [t for a in NOTE_ATTRIBUTES.values() for t in framed_asks(a)]
+    from retnet_core.training.note_wide_kinds import WIDE_ATTRIBUTES
+
+    built = [a for a in WIDE_ATTRIBUTES.values()]
+    ours += [t for a in built for t in (*a.states, *a.asks, a.answer, *framed_asks(a))]
     bench = {t for k in KINDS.values() for t in (*k.tells, *k.asks, *k.updates)}
     assert not set(ours) & bench
     held_words = r"\b(colou?r|food|dish|instrument|cat|partner|married|road|car|bike)\b"
