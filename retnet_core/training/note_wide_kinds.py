@@ -6,17 +6,20 @@ more adapter capacity it refused more over notes and questions worded unlike the
 (stage 12, ``memsvc bench memory``: refusals among recall misses 15 → 23 on trained
 kinds, 1 → 13 on kinds it never trained on). What should transfer is the reading
 itself: find the line about the asked thing, copy its value. So this module builds
-:data:`WIDE_ATTRIBUTES`, about a hundred kinds from four frames, each over a list of
-nouns:
+:data:`WIDE_ATTRIBUTES`: 94 kinds, each a :class:`Frame` around a noun:
 
-- :data:`PEOPLE` (value kind person): "My cousin is called {v}." / "Who is my cousin?"
+- :data:`PERSON` over :data:`PEOPLE`: "My cousin is called {v}." / "Who is my cousin?"
   / "Your cousin is called {v}.";
-- :data:`FAVOURITES` (thing): "My favourite podcast is {v}." / "Which podcast do I like
-  best?" / "Your favourite podcast is {v}.";
-- :data:`WHERE_THEY_LIVE` (place): "My aunt lives in {v}." / "Where does my aunt live?"
-  / "Your aunt lives in {v}.";
-- :data:`NUMBERS` (code): "My gym membership number is {v}." / "What's my gym membership
-  number?" / "Your gym membership number is {v}.".
+- :data:`FAVOURITE` over :data:`FAVOURITES`: "My favourite podcast is {v}." / "Which
+  podcast do I like best?" / "Your favourite podcast is {v}.";
+- :data:`LIVES_IN` over :data:`WHERE_THEY_LIVE`: "My aunt lives in {v}." / "Where does my
+  aunt live?" / "Your aunt lives in {v}.";
+- :data:`NUMBER` over :data:`NUMBERS`: "My library card number is {v}." / "What's my
+  library card number?" / "Your library card number is {v}.".
+
+Stage 13 drew them in half its note examples and moved every memory rate by under a
+standard error (``docs/bench/memory-hybrid/stage13``): the bench's misses are wordings
+of the trained kinds ("Who am I again?"), which more kinds do not teach.
 
 None of it names ``memsvc bench memory``'s held-out kinds (colour, food, instrument, cat,
 partner, street, car, bike lock) or anything close to them (no dishes, pets, spouses,
@@ -25,9 +28,11 @@ roads or vehicles), and no frame is one of its sentences: a test checks both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from retnet_core.training.dialogues import Attribute
 
-__all__ = ["FAVOURITES", "NUMBERS", "PEOPLE", "WHERE_THEY_LIVE", "WIDE_ATTRIBUTES"]
+__all__ = ["FAVOURITES", "NUMBERS", "PEOPLE", "WHERE_THEY_LIVE", "WIDE_ATTRIBUTES", "Frame"]
 
 # one noun per kind; none is an existing attribute's (brother, boss, neighbour, teacher,
 # sister, friend, band, movie, team, game, locker, room, flight, wifi ...)
@@ -58,74 +63,85 @@ NUMBERS = (
 )  # fmt: skip
 
 
-def _article(noun: str) -> str:
-    return "an" if noun[0].lower() in "aeiou" else "a"
+@dataclass(frozen=True)
+class Frame:
+    """An :class:`Attribute` with a hole for a noun: ``{n}`` is the noun, ``{a}`` its
+    article ("a"/"an"), ``{v}`` stays for the value."""
+
+    value_kind: str
+    states: tuple[str, ...]
+    asks: tuple[str, ...]
+    answer: str
+    mine: str
+    yours: str
+
+    def attribute(self, noun: str) -> Attribute:
+        """The frame around ``noun``: "my {n}'s name" -> "my cousin's name"."""
+        article = "an" if noun[0].lower() in "aeiou" else "a"
+
+        def fill(text: str) -> str:
+            return text.replace("{n}", noun).replace("{a}", article)
+
+        return Attribute(
+            self.value_kind,
+            tuple(map(fill, self.states)),
+            tuple(map(fill, self.asks)),
+            fill(self.answer),
+            fill(self.mine),
+            fill(self.yours),
+        )
 
 
-def person_attribute(role: str) -> Attribute:
-    """Someone in the user's life, named: "my cousin", "my favourite author"."""
-    return Attribute(
-        "person",
-        (f"My {role} is called {{v}}.", f"{{v}} is my {role}.", f"My {role}'s name is {{v}}.",
-         f"I have {_article(role)} {role} named {{v}}.", f"You should meet my {role}, {{v}}."),
-        (f"Who is my {role}?", f"What's my {role}'s name?", f"What is my {role} called?",
-         f"Do you know who my {role} is?"),
-        f"Your {role} is called {{v}}.",
-        f"my {role}'s name",
-        f"your {role}'s name",
-    )  # fmt: skip
-
-
-def favourite_attribute(thing: str) -> Attribute:
-    """A favourite named thing: "my favourite podcast"."""
-    return Attribute(
-        "thing",
-        (f"My favourite {thing} is {{v}}.", f"{{v}} is my favourite {thing}.",
-         f"The {thing} I like best is {{v}}.",
-         f"I can't get enough of {{v}}, my favourite {thing}.", f"No {thing} beats {{v}} for me."),
-        (f"What's my favourite {thing}?", f"Which {thing} do I like best?",
-         f"What {thing} do I love most?", f"Do you know my favourite {thing}?"),
-        f"Your favourite {thing} is {{v}}.",
-        f"my favourite {thing}",
-        f"your favourite {thing}",
-    )  # fmt: skip
-
-
-def lives_in_attribute(relative: str) -> Attribute:
-    """Where someone the user knows lives: "my aunt lives in ..."."""
-    return Attribute(
-        "place",
-        (f"My {relative} lives in {{v}}.", f"My {relative} moved to {{v}} years ago.",
-         f"I visit my {relative} in {{v}} every summer.", f"{{v}} is where my {relative} lives."),
-        (f"Where does my {relative} live?", f"Which town is my {relative} in?",
-         f"Where did my {relative} move to?"),
-        f"Your {relative} lives in {{v}}.",
-        f"where my {relative} lives",
-        f"where your {relative} lives",
-    )  # fmt: skip
-
-
-def number_attribute(number: str) -> Attribute:
-    """A code or number the user keeps: "my library card number"."""
-    return Attribute(
-        "code",
-        (f"My {number} is {{v}}.", f"{{v}} is my {number}.", f"Note my {number}: {{v}}.",
-         f"Just so I don't lose it, my {number} is {{v}}."),
-        (f"What's my {number}?", f"Do you have my {number}?", f"Remind me of my {number}?",
-         f"What was my {number} again?"),
-        f"Your {number} is {{v}}.",
-        f"my {number}",
-        f"your {number}",
-    )  # fmt: skip
+# someone in the user's life, named: "my cousin", "my favourite author"
+PERSON = Frame(
+    "person",
+    ("My {n} is called {v}.", "{v} is my {n}.", "My {n}'s name is {v}.",
+     "I have {a} {n} named {v}.", "You should meet my {n}, {v}."),
+    ("Who is my {n}?", "What's my {n}'s name?", "What is my {n} called?",
+     "Do you know who my {n} is?"),
+    "Your {n} is called {v}.",
+    "my {n}'s name",
+    "your {n}'s name",
+)  # fmt: skip
+# a favourite named thing: "my favourite podcast"
+FAVOURITE = Frame(
+    "thing",
+    ("My favourite {n} is {v}.", "{v} is my favourite {n}.", "The {n} I like best is {v}.",
+     "I can't get enough of {v}, my favourite {n}.", "No {n} beats {v} for me."),
+    ("What's my favourite {n}?", "Which {n} do I like best?", "What {n} do I love most?",
+     "Do you know my favourite {n}?"),
+    "Your favourite {n} is {v}.",
+    "my favourite {n}",
+    "your favourite {n}",
+)  # fmt: skip
+# where someone the user knows lives: "my aunt lives in ..."
+LIVES_IN = Frame(
+    "place",
+    ("My {n} lives in {v}.", "My {n} moved to {v} years ago.",
+     "I visit my {n} in {v} every summer.", "{v} is where my {n} lives."),
+    ("Where does my {n} live?", "Which town is my {n} in?", "Where did my {n} move to?"),
+    "Your {n} lives in {v}.",
+    "where my {n} lives",
+    "where your {n} lives",
+)  # fmt: skip
+# a code or number the user keeps: "my library card number"
+NUMBER = Frame(
+    "code",
+    ("My {n} is {v}.", "{v} is my {n}.", "Note my {n}: {v}.",
+     "Just so I don't lose it, my {n} is {v}."),
+    ("What's my {n}?", "Do you have my {n}?", "Remind me of my {n}?",
+     "What was my {n} again?"),
+    "Your {n} is {v}.",
+    "my {n}",
+    "your {n}",
+)  # fmt: skip
 
 
 def _wide() -> dict[str, Attribute]:
-    out: dict[str, Attribute] = {}
-    out.update({f"wide person {r}": person_attribute(r) for r in PEOPLE})
-    out.update({f"wide favourite {t}": favourite_attribute(t) for t in FAVOURITES})
-    out.update({f"wide lives {r}": lives_in_attribute(r) for r in WHERE_THEY_LIVE})
-    out.update({f"wide number {n}": number_attribute(n) for n in NUMBERS})
-    return out
+    frames = (("person", PERSON, PEOPLE), ("favourite", FAVOURITE, FAVOURITES),
+              ("lives", LIVES_IN, WHERE_THEY_LIVE), ("number", NUMBER, NUMBERS))  # fmt: skip
+    return {f"wide {tag} {noun}": frame.attribute(noun) for tag, frame, nouns in frames
+            for noun in nouns}  # fmt: skip
 
 
 # name -> Attribute; names start with "wide " so they never meet a handwritten one's
