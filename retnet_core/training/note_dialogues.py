@@ -142,7 +142,7 @@ class NoteDialogues(DialogueGenerator):
         self.attributes: Mapping[str, Attribute] = NOTE_ATTRIBUTES  # this example's pool
 
     def _facts(self, n: int) -> list[tuple[str, str]]:
-        """``n`` (attribute, value) pairs with distinct attributes of :data:`NOTE_ATTRIBUTES`."""
+        """``n`` (attribute, value) pairs with distinct attributes of this example's pool."""
         attrs = self.rng.sample(sorted(self.attributes), n)
         return [(a, self._value(self.attributes[a].value_kind)) for a in attrs]
 
