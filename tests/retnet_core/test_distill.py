@@ -279,7 +279,8 @@ def test_a_run_grows_a_committed_delta_onto_the_mlps(run, base, tmp_path) -> Non
     ffn_b = [p for n, p in params.items() if ".ffn." in n and n.endswith("lora_b")]
     assert len(ffn_b) == 4 and all(not p.any() for p in ffn_b)
     ids = torch.randint(3, 300, (1, 20), generator=torch.Generator().manual_seed(2))
-    grown.student.eval(), trained.student.eval()
+    grown.student.eval()
+    trained.student.eval()
     with torch.no_grad():
         torch.testing.assert_close(grown.student(ids), trained.student(ids), rtol=0, atol=0)
     grown.run()

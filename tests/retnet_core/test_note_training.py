@@ -359,7 +359,7 @@ def test_note_phrasings_keep_the_memory_bench_held_out(pools: ValuePools) -> Non
     ours += [t for a in NOTE_ATTRIBUTES.values() for t in framed_asks(a)]
     from retnet_core.training.note_wide_kinds import WIDE_ATTRIBUTES
 
-    built = [a for a in WIDE_ATTRIBUTES.values()]
+    built = WIDE_ATTRIBUTES.values()
     ours += [t for a in built for t in (*a.states, *a.asks, a.answer, *framed_asks(a))]
     bench = {t for k in KINDS.values() for t in (*k.tells, *k.asks, *k.updates)}
     assert not set(ours) & bench
