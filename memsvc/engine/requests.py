@@ -103,6 +103,10 @@ class GenerateRequest:
     With no segments, ``logits`` are the next-token logits after ``prefill.state``.
     Turns with an equal non-empty ``group`` may share batched decode steps (they read
     the same banks); ``""`` means no memory is read.
+
+    ``forced``: the reply's tokens are these instead of samples (a reply the service
+    writes, such as a forget request's confirmation), fed through the same decode steps
+    so the state ends as if the model had said them; ``max_new`` and stops still apply.
     """
 
     prefill: PrefillRequest
@@ -113,6 +117,7 @@ class GenerateRequest:
     group: str = ""
     logits: Tensor | None = None
     started: float = field(default_factory=time.perf_counter)
+    forced: tuple[int, ...] | None = None
 
 
 Request = PrefillRequest | GenerateRequest

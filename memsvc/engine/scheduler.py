@@ -77,6 +77,7 @@ class DecodeJob:
     first_token_at: float | None = None
     generator: Any = None
     pending: int | None = None  # sampled right after the prefill, fed by the next step
+    forced: list[int] | None = None  # the reply's tokens still to say (no sampling)
 
 
 class Scheduler:
@@ -206,6 +207,7 @@ class Scheduler:
             group=request.group,
             memory=request.prefill.memory,
             started=request.started,
+            forced=None if request.forced is None else list(request.forced),
         )
         job.generator = job.params.generator()
         job.pending = self._next_input(job)  # first token now, not after a step
@@ -267,15 +269,7 @@ class Scheduler:
             return tok
         if job.closing:
             return end_id
-        tok = int(
-            sample(
-                job.logits[None],
-                job.params,
-                job.generator,
-                seen=self._seen(job),
-                banned=(self.runtime.tokenizer.pad_id,),
-            )[0]
-        )
+        tok = self._choose(job)
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
             self.metrics.ttft.observe(job.first_token_at - job.started)
@@ -289,6 +283,20 @@ class Scheduler:
         if job.finish is not None:
             job.closing = True
         return tok
+
+    def _choose(self, job: DecodeJob) -> int:
+        """The next reply token: sampled, or the next forced one (``<|end|>`` after it)."""
+        if job.forced is not None:
+            return job.forced.pop(0) if job.forced else self.runtime.tokenizer.end_id
+        return int(
+            sample(
+                job.logits[None],
+                job.params,
+                job.generator,
+                seen=self._seen(job),
+                banned=(self.runtime.tokenizer.pad_id,),
+            )[0]
+        )
 
     def _emit_text(self, job: DecodeJob) -> None:
         """Send the new safe text; cut at the first stop sequence."""

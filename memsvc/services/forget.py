@@ -18,6 +18,7 @@ The request itself is not written as a memory.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # "forget", but not "don't forget" / "never forget" / "I forgot"
@@ -56,3 +57,60 @@ def parse_forget(text: str) -> ForgetRequest | None:
     if _ALL.match(low):
         return ForgetRequest("all")
     return ForgetRequest("topic", rest)
+
+
+# the user's words turned to the assistant's: "my dog's name" -> "your dog's name"
+_TO_YOU = {"my": "your", "mine": "yours", "i": "you", "me": "you", "myself": "yourself",
+           "i'm": "you're", "i've": "you've", "our": "your", "we": "you", "us": "you"}  # fmt: skip
+_PERSON = re.compile(
+    r"\b(" + "|".join(re.escape(w) for w in sorted(_TO_YOU, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
+)
+QUOTED_AT_MOST = 3  # memories quoted back in a confirmation
+QUOTE_CHARS = 80
+
+
+def _as_yours(topic: str) -> str:
+    """The topic as the assistant says it back.
+
+    >>> _as_yours("the instrument I play")
+    'the instrument you play'
+    >>> _as_yours("what I'm allergic to")
+    "what you're allergic to"
+    """
+    return _PERSON.sub(lambda m: _TO_YOU[m.group(1).lower()], topic)
+
+
+def _quoted(text: str) -> str:
+    text = " ".join(text.split())
+    return f'"{text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."}"'
+
+
+def confirmation(request: ForgetRequest, removed: Sequence[str]) -> str:
+    """The reply to a forget request: what was removed, quoted, or that nothing was.
+
+    The service writes it, not the model: the user must learn exactly what went, and a
+    small model asked to forget answers "I'm sorry for your loss." (``memsvc bench
+    memory``, stage 8). ``removed``: the removed memories' texts, best match first.
+
+    >>> confirmation(ForgetRequest("topic", "my dog's name"), ["My dog is called Rex."])
+    'Done, I have forgotten it. Removed from my memory: "My dog is called Rex."'
+    >>> confirmation(ForgetRequest("topic", "where I live"), [])
+    'I have nothing stored about where you live, so there was nothing to forget.'
+    >>> confirmation(ForgetRequest("all"), ["A.", "B."])
+    'Done, I have forgotten everything you told me (2 memories).'
+    """
+    if not removed:
+        about = _as_yours(request.topic) if request.scope == "topic" else "you"
+        return f"I have nothing stored about {about}, so there was nothing to forget."
+    if request.scope == "all":
+        n = len(removed)
+        return (
+            f"Done, I have forgotten everything you told me ({n} memor{'y' if n == 1 else 'ies'})."
+        )
+    quotes = "; ".join(_quoted(t) for t in removed[:QUOTED_AT_MOST])
+    more = len(removed) - QUOTED_AT_MOST
+    tail = f" and {more} more" if more > 0 else ""
+    if len(removed) == 1:
+        return f"Done, I have forgotten it. Removed from my memory: {quotes}"
+    return f"Done, I have forgotten it. Removed from my memory ({len(removed)}): {quotes}{tail}"

@@ -44,7 +44,7 @@ from memsvc.errors import BadRequest, Conflict, SessionBusy, TooLarge, Unavailab
 from memsvc.metrics import Metrics
 from memsvc.rag.feed import PassageFeeder
 from memsvc.records import MessageCreate, MessageOut, TurnOut, Usage
-from memsvc.services.forget import parse_forget
+from memsvc.services.forget import confirmation, parse_forget
 from memsvc.services.limits import TenantLimits
 from memsvc.services.memory import TurnCapture
 from memsvc.services.rebuild import load_or_none, rebuild
@@ -246,18 +246,21 @@ class TurnManager:
             session, loaded, state, passages, req, max_new, prep, events
         )
         gen.started = accepted
-        request = parse_forget(req.content) if prep.banks else None
-        if request is None:
+        forget = parse_forget(req.content) if self._remembers(session, prep) else None
+        if forget is not None and not prep.banks:  # text memories: forgotten by _note_turn
+            gen.forced = await self._confirmation(session, forget, prep.notes.forgotten)
+        if forget is None or not prep.banks:
             result = await self.scheduler.run(gen)
         else:  # the forget removes slots before the reply decodes; it is not itself a memory
             result = await self.scheduler.run(gen.prefill)
             prep.forgotten, prep.forgotten_memories = await run_in_threadpool(
-                self.memory.forget_request, prep.banks, request, result.capture, prep.user_end
+                self.memory.forget_request, prep.banks, forget, result.capture, prep.user_end
             )
             gen.prefill = PrefillRequest([], result.state, gen.prefill.memory)
             gen.logits = result.logits
+            gen.forced = await self._confirmation(session, forget, prep.forgotten_memories)
             await self.scheduler.run(gen)
-        if prep.banks and request is None:
+        if prep.banks and forget is None:
             prep.capture = TurnCapture(
                 hidden=result.capture, span=(1, prep.user_end), offset=prep.offset
             )
@@ -318,6 +321,26 @@ class TurnManager:
     def memory_enabled(self) -> bool:
         """Whether turns read and write memory (slots, or text notes without layers)."""
         return self.memory is not None and (self.memory.enabled or self.notes is not None)
+
+    def _remembers(self, session: SessionRec, prep: Prepared) -> bool:
+        """Whether this turn reads and writes a memory (slot banks, or text memories of
+        a namespace), so that a forget request in it is carried out and confirmed."""
+        return bool(prep.banks) or (
+            prep.notes is not None and self.notes.namespace(session) is not None
+        )
+
+    async def _confirmation(self, session: SessionRec, forget, ids) -> tuple[int, ...]:
+        """The forget request's reply as tokens: the removed memories quoted back
+        (:func:`memsvc.services.forget.confirmation`), read before the commit retires them."""
+        texts = await run_in_threadpool(self._memory_texts, session.tenant_id, list(ids))
+        return tuple(self.runtime.tokenizer.encode(confirmation(forget, texts)))
+
+    def _memory_texts(self, tenant_id: str, ids: list[str]) -> list[str]:
+        """Thread pool: the texts of memories ``ids``, in that order (those with text)."""
+        if not ids:
+            return []
+        texts = {m.id: m.text for m in self.store.get_memories(tenant_id, ids)}
+        return [texts[i] for i in ids if texts.get(i)]
 
     def _note_turn(self, session: SessionRec, req: MessageCreate) -> tuple[Any, bool]:
         """Thread pool: the turn's text memories (:mod:`memsvc.services.memory_notes`)

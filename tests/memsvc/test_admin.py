@@ -160,6 +160,10 @@ def test_forget_said_in_chat_removes_the_memory(api: Client, admin: Client) -> N
 
     out = turn(api, sid, "Forget that.")
     assert out["usage"]["memory_forgotten"] == 1 and out["usage"]["memory_writes"] == 0
+    # the reply is the service's receipt (cut at the server's 32 tokens), not the model's
+    receipt = 'Done, I have forgotten it. Removed from my memory: "I live in Tarnwick."'
+    reply = out["message"]["content"]
+    assert len(reply) > 8 and receipt.startswith(reply), reply
     left = admin("GET", "/admin/memory/slots", params=by_user).json()["data"]
     assert [s["text"] for s in left] == ["My locker code is 4711."]
 

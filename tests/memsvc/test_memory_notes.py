@@ -174,7 +174,8 @@ def served(tmp_path_factory, checkpoint: Path) -> Iterator[tuple[Backend, httpx.
     root = tmp_path_factory.mktemp("notes")
     plain = make_tiny_checkpoint(root / "ckpt-plain", seed=4, memory_layers=())
     for backend in make_backend("postgres", root, checkpoint):
-        env = {**backend.env, "MEMSVC_MODEL_DIR": str(plain)}
+        # room for a forget's whole confirmation (the random test tokenizer has few merges)
+        env = {**backend.env, "MEMSVC_MODEL_DIR": str(plain), "MEMSVC_MAX_NEW_TOKENS": "160"}
         with Server(env, root / "srv") as srv, httpx.Client(base_url=srv.url, timeout=60) as http:
             yield backend, http
 
@@ -285,6 +286,45 @@ def test_forget_in_chat_removes_that_memory_only(served) -> None:
         m["id"] for m in after.values()
     )
     assert _memories(http, key, "cy") == {}
+
+
+def test_a_forget_in_chat_is_answered_with_what_went(served) -> None:
+    """The reply to a forget request is the service's, not the model's: the removed
+    memory quoted back, kept as the assistant's message, and the session goes on from a
+    state that holds it; a request that names nothing says so; with memory off it is an
+    ordinary message."""
+    backend, http = served
+    key = backend.new_tenant("notes-forget-reply")
+    _session(http, key, "ed", "My dog is called Rex.", "I live in a small flat in Lyon.")
+    sid = _call(http, key, "POST", "/v1/sessions", json={"user_id": "ed"}).json()["id"]
+    said = f"/v1/sessions/{sid}/messages"
+    ask = {"max_tokens": 160, "temperature": 1.0, "content": "Please forget my dog's name."}
+    forget = _call(http, key, "POST", said, json=ask).json()
+    confirmed = 'Done, I have forgotten it. Removed from my memory: "My dog is called Rex."'
+    assert forget["message"]["content"] == confirmed and forget["finish_reason"] == "stop"
+    assert len(forget["usage"]["forgotten_memories"]) == 1
+    assert forget["usage"]["completion_tokens"] > 10  # said token by token, into the state
+    after = _call(http, key, "POST", said, json={"content": "Thanks!", "max_tokens": 2})
+    history = _call(http, key, "GET", said).json()["data"]
+    assert [m["content"] for m in history][:2] == ["Please forget my dog's name.", confirmed]
+    assert after.json()["usage"]["state_source"] != "new"  # the state went on, not rebuilt
+
+    long = {**ask, "content": "Please forget my cat's name."}
+    sid = _call(http, key, "POST", "/v1/sessions", json={"user_id": "zed"}).json()["id"]
+    none = _call(http, key, "POST", f"/v1/sessions/{sid}/messages", json=long).json()
+    assert none["usage"]["forgotten_memories"] == []
+    assert none["message"]["content"] == (
+        "I have nothing stored about your cat's name, so there was nothing to forget."
+    )
+    off = {"user_id": "ed", "memory_scope": "none"}
+    sid = _call(http, key, "POST", "/v1/sessions", json=off).json()["id"]
+    where = {**ask, "content": "Please forget where I live."}
+    plain = _call(http, key, "POST", f"/v1/sessions/{sid}/messages", json=where).json()
+    assert "forgotten" not in plain["message"]["content"]  # the model's own reply
+    assert set(_memories(http, key, "ed")) == {"I live in a small flat in Lyon."}  # untouched
+    (cut,) = _session(http, key, "ed", "Please forget where I live.")  # max_tokens 2
+    assert cut["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 2
+    assert len(cut["usage"]["forgotten_memories"]) == 1 and _memories(http, key, "ed") == {}
 
 
 def test_forget_of_an_updated_fact_removes_both_tellings(served) -> None:

@@ -23,7 +23,7 @@ from memsvc.engine.runtime import ModelRuntime
 from memsvc.engine.scheduler import Scheduler
 from memsvc.metrics import Metrics
 from memsvc.rag.feed import split_passages
-from memsvc.services.forget import ForgetRequest, parse_forget
+from memsvc.services.forget import ForgetRequest, confirmation, parse_forget
 from retnet_core.sampling import SamplingParams
 
 
@@ -272,6 +272,62 @@ def test_forget_requests_are_recognised(text: str, scope: str, topic: str) -> No
 )
 def test_non_requests_are_not_forget_requests(text: str) -> None:
     assert parse_forget(text) is None
+
+
+def test_forget_confirmation_quotes_what_went_in_the_users_words() -> None:
+    topic = ForgetRequest("topic", "my dog's name")
+    assert confirmation(topic, ["My dog is called Rex."]) == (
+        'Done, I have forgotten it. Removed from my memory: "My dog is called Rex."'
+    )
+    many = confirmation(topic, ["Rex.", "Actually, he's Max now.", "C.", "D.", "E."])
+    assert many.startswith("Done, I have forgotten it. Removed from my memory (5): ")
+    assert '"Rex."; "Actually, he\'s Max now."; "C." and 2 more' in many and "D." not in many
+    long = confirmation(topic, ["x" * 200])
+    assert long.endswith('..."') and len(long) < 140  # quoted, cut
+    assert confirmation(ForgetRequest("topic", "where I live and what I'm allergic to"), []) == (
+        "I have nothing stored about where you live and what you're allergic to,"
+        " so there was nothing to forget."
+    )
+    assert confirmation(ForgetRequest("all"), ["A."]) == (
+        "Done, I have forgotten everything you told me (1 memory)."
+    )
+    assert "nothing to forget" in confirmation(ForgetRequest("last"), [])
+
+
+def _done(sink: queue.Queue) -> DoneEvent:
+    while not isinstance(event := sink.get(timeout=60), DoneEvent):
+        pass
+    return event
+
+
+def test_a_forced_reply_is_said_as_written_and_ends_in_the_state_it_would(runtime) -> None:
+    """A reply the service writes (a forget's confirmation) goes through the decode steps
+    token by token, whatever the sampling: the turn says exactly it, and its final state
+    equals one prefill of the prompt, the reply and ``<|end|>``; ``max_new`` still cuts."""
+    tok = runtime.tokenizer
+    user = {"role": "user", "content": "Please forget my dog."}
+    prompt = tok.render_turn(user) + tok.generation_prompt()
+    reply = "Done, I have forgotten it."
+    forced = tuple(tok.encode(reply))
+    sampled = SamplingParams(temperature=1.0, seed=3)
+    whole, short = queue.Queue(), queue.Queue()
+    sched = Scheduler(runtime, Metrics())
+    sched.start()
+    try:
+        sched.submit(
+            GenerateRequest(PrefillRequest([Segment(prompt)]), sampled, 64, whole, forced=forced)
+        )
+        sched.submit(
+            GenerateRequest(PrefillRequest([Segment(prompt)]), sampled, 2, short, forced=forced)
+        )
+        said, cut = _done(whole), _done(short)
+    finally:
+        sched.stop()
+    assert said.text == reply and said.token_ids == list(forced) and said.finish_reason == "stop"
+    fed = runtime.prefill([*prompt, *forced, tok.end_id], None, [])
+    assert int(said.state.position.reshape(-1)[0]) == int(fed.state.position.reshape(-1)[0])
+    assert torch.allclose(said.state.S[0], fed.state.S[0], atol=1e-4)
+    assert cut.token_ids == list(forced[:2]) and cut.finish_reason == "length"
 
 
 def test_scheduler_works_from_plain_data_only(runtime: ModelRuntime) -> None:
