@@ -52,7 +52,7 @@ def _paragraphs(text: str, markdown: bool) -> list[str]:
     return paras
 
 
-def _sentences(paragraph: str) -> list[str]:
+def sentences(paragraph: str) -> list[str]:
     """Sentences of a paragraph (split after . ! ? … followed by whitespace)."""
     return [s.strip() for s in _SENTENCE.split(paragraph) if s.strip()]
 
@@ -85,7 +85,7 @@ def split_passages(
     for para in _paragraphs(text, markdown):
         current = ""
         units: list[str] = []
-        for sentence in _sentences(para):
+        for sentence in sentences(para):
             units.extend(
                 _hard_split(sentence, budget, count) if count(sentence) > budget else [sentence]
             )

@@ -29,6 +29,7 @@ from memsvc.records import (
     MemoryWriteOut,
     UserErased,
 )
+from memsvc.services.memory_focus import memory_sentences
 from memsvc.services.memory_outcome import memory_off_reason
 from memsvc.store import MemoryRec, SessionRec
 from memsvc.threads import run_in_threadpool
@@ -68,6 +69,7 @@ class EmbeddingCache:
     def __init__(self, embedder: Any, size: int = 50_000) -> None:
         self.embedder, self.size = embedder, size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def matrix(self, memories: list[MemoryRec]) -> np.ndarray:
@@ -82,6 +84,28 @@ class EmbeddingCache:
                     self._cache.popitem(last=False)
         with self._lock:
             return np.stack([self._cache[m.id] for m in memories])
+
+    def sentence_vectors(self, memories: list[MemoryRec]) -> list[np.ndarray]:
+        """Each memory's (S_i, D) unit vectors of its sentences
+        (:func:`memsvc.services.memory_focus.memory_sentences`); one sentence: its
+        whole-text row of :meth:`matrix`."""
+        whole = self.matrix(memories)
+        with self._lock:
+            missing = [m for m in memories if m.id not in self._sentences]
+        parts = [memory_sentences(m.text or "") for m in missing]
+        split = [(m, p) for m, p in zip(missing, parts, strict=True) if len(p) > 1]
+        if split:
+            vecs = self.embedder.embed([s for _, p in split for s in p])
+            at = 0
+            with self._lock:
+                for m, p in split:
+                    self._sentences[m.id] = vecs[at : at + len(p)]
+                    at += len(p)
+                while len(self._sentences) > self.size:
+                    self._sentences.popitem(last=False)
+        with self._lock:
+            held = [self._sentences.get(m.id) for m in memories]
+        return [h if h is not None else whole[i : i + 1] for i, h in enumerate(held)]
 
 
 class MemoryService:

@@ -56,7 +56,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,7 @@ import numpy as np
 from memsvc.services.forget import ForgetRequest, parse_forget
 from memsvc.services.forget_match import Candidate, candidates, chosen
 from memsvc.services.memory import MemoryManager
+from memsvc.services.memory_focus import focus, note_line
 from memsvc.store import (
     TURN_USER_MESSAGE,
     MemoryRec,
@@ -166,10 +167,16 @@ def _opens(session: SessionRec) -> bool:
 
 @dataclass(frozen=True)
 class Scored:
-    """A memory and its cosine with the message."""
+    """A memory, its cosine with the message and what a note shows of it (its text, or
+    its sentence closest to the message when long: :mod:`memsvc.services.memory_focus`)."""
 
     memory: MemoryRec
     similarity: float
+    line: str = ""
+
+    @property
+    def note_line(self) -> str:
+        return self.line or self.memory.text
 
 
 def pick(
@@ -347,9 +354,14 @@ class NoteMemory:
         if not live:
             return [], False
         query = self.embeddings.embedder.embed([content])[0]
-        about = pick(live, self.embeddings.matrix(live), query)
+        rows, best = focus(self.embeddings.sentence_vectors(live), query)
+        about = pick(live, rows, query)
+        line = {m.id: note_line(m.text, b) for m, b in zip(live, best, strict=True)}
         # the session's own memories are in its state already: matched, not repeated
-        return [s for s in about if s.memory.session_id != session.id], bool(about)
+        own = session.id
+        return [
+            replace(s, line=line[s.memory.id]) for s in about if s.memory.session_id != own
+        ], bool(about)
 
     def forget(self, session: SessionRec, request: ForgetRequest) -> list[str]:
         """Ids of the memories a forget request names (topic: by their text; last: the
@@ -364,7 +376,7 @@ class NoteMemory:
         asked = FORGET_QUESTION.format(topic=request.topic)
         topic = self.embeddings.embedder.embed([asked])[0]
         texts = {m.id: m.text for m in live}
-        return forget_ids(texts, self.embeddings.matrix(live), topic)
+        return forget_ids(texts, focus(self.embeddings.sentence_vectors(live), topic)[0], topic)
 
     def turn(self, session: SessionRec, content: str, may_write: bool) -> NoteTurn:
         """A chat turn's memory: a forget request retires what it names and reads
@@ -375,7 +387,7 @@ class NoteMemory:
             return NoteTurn(forgotten=tuple(self.forget(session, request)))
         read, matched = self.read(session, content)
         new = self.pending(session, content) if may_write else None
-        note = note_text([s.memory.text for s in read])
+        note = note_text([s.note_line for s in read])
         if not matched and _opens(session) and asks_about_user(content):
             note = nothing_note()
         return NoteTurn(note, tuple(s.memory.id for s in read), (), new)

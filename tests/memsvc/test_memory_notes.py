@@ -245,6 +245,50 @@ def test_told_in_one_session_read_in_the_next(served) -> None:
     assert foreign["usage"]["noted_memories"] == []  # another tenant's "ann"
 
 
+CHATTY = (
+    "Long day at work today, the train was late again and it rained the whole way home. "
+    "Oh, by the way, my dog is called Rex. "
+    "Anyway, I think I will cook pasta tonight with far too much garlic."
+)
+
+
+def test_focus_scores_a_memory_by_its_closest_sentence_and_shows_it_when_long() -> None:
+    """Sentence vectors (S_i, D): a memory's row is its sentence nearest the query; a
+    one-sentence memory keeps its own row; a long memory shows only that sentence."""
+    from memsvc.services.memory_focus import focus, memory_sentences, note_line
+
+    q = np.array([1.0, 0.0])
+    chatty = np.array([[0.0, 1.0], [0.8, 0.6], [0.6, -0.8]])  # the middle one is about q
+    short = np.array([[0.6, 0.8]])
+    rows, best = focus([chatty, short], q)
+    assert best == [1, 0] and np.allclose(rows, [[0.8, 0.6], [0.6, 0.8]])
+    assert focus([], q)[0].shape == (0, 2)
+    parts = memory_sentences(CHATTY)
+    assert len(parts) == 3 and parts[1] == "Oh, by the way, my dog is called Rex."
+    assert note_line(CHATTY, 1) == parts[1]
+    assert note_line("My dog is Rex. He is three.", 0) == "My dog is Rex. He is three."
+
+
+def test_a_fact_told_amid_chatter_is_found_shown_alone_and_forgotten(served) -> None:
+    """A long message is one memory; the question finds it by its sentence about the
+    dog (its whole text scores under the floor), the note shows that sentence alone, and
+    a forget of the dog's name takes the message."""
+    backend, http = served
+    key = backend.new_tenant("notes-chatter")
+    _session(http, key, "gus", CHATTY)
+    _session(http, key, "hal", "Oh, by the way, my dog is called Rex.")
+    mems = _memories(http, key, "gus")
+    assert list(mems) == [CHATTY]
+    (asked,) = _session(http, key, "gus", "What is my dog called?")
+    (plain,) = _session(http, key, "hal", "What is my dog called?")
+    assert asked["usage"]["noted_memories"] == [mems[CHATTY]["id"]]
+    # the same note as the one-sentence memory's: only the dog's sentence was fed
+    assert asked["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
+    (forget,) = _session(http, key, "gus", "Please forget my dog's name.")
+    assert forget["usage"]["forgotten_memories"] == [mems[CHATTY]["id"]]
+    assert _memories(http, key, "gus") == {}
+
+
 def test_an_update_worded_unlike_the_question_reaches_the_note(served) -> None:
     backend, http = served
     key = backend.new_tenant("notes-update")
