@@ -83,6 +83,7 @@ def said_before(item: dict, plan: dict) -> list[str]:
 def notes_lacking(bench: dict, margin: float, follow: float, follow_query: float) -> Counter:
     """``{measure: misses whose note held no memory naming the asked value}``."""
     from memsvc.rag.feed import Embedder
+    from memsvc.services.memory_focus import focus, memory_sentences
     from memsvc.services.memory_notes import pick, worth_keeping
     from scripts.note_pick_coverage import memory_record
 
@@ -92,9 +93,11 @@ def notes_lacking(bench: dict, margin: float, follow: float, follow_query: float
             if item["ok"] or item["measure"] not in ASKS_A_VALUE:
                 continue
             said = [t for t in said_before(item, plans[user["user"]]) if worth_keeping(t)]
-            vectors = embedder.embed([*said, item["asked"]])
+            query = embedder.embed([item["asked"]])[0]
+            # as the service reads a memory: by its sentence closest to the message
+            vectors, _ = focus([embedder.embed(memory_sentences(t)) for t in said], query)
             rows = [memory_record(i, t) for i, t in enumerate(said)]
-            got = pick(rows, vectors[:-1], vectors[-1], margin=margin, follow=follow,
+            got = pick(rows, vectors, query, margin=margin, follow=follow,
                        follow_query=follow_query)  # fmt: skip
             lacking[item["measure"]] += not any(_named(item["value"], s.memory.text) for s in got)
     return lacking
