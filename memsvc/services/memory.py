@@ -31,6 +31,7 @@ from memsvc.errors import Unprocessable
 from memsvc.records import FeedbackIn, FeedbackOut
 from memsvc.services.forget import ForgetRequest
 from memsvc.services.forget_match import candidates, chosen, read_shares
+from memsvc.services.memory_focus import focus
 from memsvc.services.memory_outcome import (
     PendingOutcome,
     ProvenanceBank,
@@ -384,8 +385,9 @@ class MemoryManager:
         live = [m for m in live if m.text]
         if not live:
             return []
-        vectors = self.embeddings.matrix(live)
         topic = self.embeddings.embedder.embed([request.topic])[0]
+        # a memory by its sentence closest to the topic (memsvc.services.memory_focus)
+        vectors = focus(self.embeddings.sentence_vectors(live), topic)[0]
         texts = {m.id: m.text for m in live}
         return chosen(candidates(texts, topic, vectors, shares))
 
