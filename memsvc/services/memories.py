@@ -1,10 +1,12 @@
 """The per-user memory API's service: list / search / write / read / delete / export /
 history of a user's memories, and erasing a user (issue 12 §2).
 
-Search is semantic over the memories' text with the MiniLM embedder used for RAG. It is
-an exact search (cosine over every candidate), with embeddings cached in-process by
-memory id: users hold few enough memories (capped by ``MAX_SEARCH``) that a FAISS index
-per user would cost more than it saves.
+Search is semantic over the memories' text with the MiniLM embedder used for RAG, a
+memory scored by its sentence closest to the query
+(:mod:`memsvc.services.memory_focus`). It is an exact search (cosine over every
+candidate), with embeddings cached in-process by memory id: users hold few enough
+memories (capped by ``MAX_SEARCH``) that a FAISS index per user would cost more than it
+saves.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from memsvc.records import (
     MemoryWriteOut,
     UserErased,
 )
-from memsvc.services.memory_focus import memory_sentences
+from memsvc.services.memory_focus import focus, memory_sentences
 from memsvc.services.memory_outcome import memory_off_reason
 from memsvc.store import MemoryRec, SessionRec
 from memsvc.threads import run_in_threadpool
@@ -147,8 +149,9 @@ class MemoryService:
         if not pool:
             return MemoryList(memories=[], limit=limit, offset=offset)
         q = await run_in_threadpool(self.embeddings.embedder.embed, [query])
-        mat = await run_in_threadpool(self.embeddings.matrix, pool)
-        scores = mat @ q[0]
+        # a memory scores by its sentence closest to the query (a fact told amid chatter)
+        vecs = await run_in_threadpool(self.embeddings.sentence_vectors, pool)
+        scores = focus(vecs, q[0])[0] @ q[0]
         order = np.argsort(-scores, kind="stable")[offset : offset + limit]
         out = [memory_out(pool[i], float(scores[i])) for i in order.tolist()]
         return MemoryList(memories=out, limit=limit, offset=offset)
