@@ -24,43 +24,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from memsvc.bench.memory import contains, heldout_pools
-from memsvc.bench.memory_data import UserPlan, make_plans
+from memsvc.bench.memory_data import UserPlan, buried, chatter_lines, make_plans
 from memsvc.rag.feed import Embedder
 from memsvc.services.forget import parse_forget
 from memsvc.services.memory_focus import focus, memory_sentences, note_line
 from memsvc.services.memory_notes import FORGET_QUESTION, forget_ids, pick, worth_keeping
 from retnet_core.memory_note import note_text
-from retnet_core.training.data import load_chitchat, split_conversations
 from scripts.note_pick_coverage import memory_record
 
 MODES = ("whole text", "sentence focus")
-
-
-def chatter_lines(lo: int = 30, hi: int = 90) -> list[str]:
-    """Chit-chat messages of the held-out test split that read as one remark."""
-    test = split_conversations(load_chitchat())["test"]
-    said = (m.content.strip() for c in test for m in c.messages)
-    return [t for t in said if lo <= len(t) <= hi and t[-1:] in ".!"]
-
-
-def buried(plan: UserPlan, chatter: list[str]) -> UserPlan:
-    """``plan`` with every telling and the update between two chit-chat messages."""
-    rng = random.Random(plan.index)
-
-    def wrap(text: str) -> str:
-        return f"{rng.choice(chatter)} {text} {rng.choice(chatter)}"
-
-    facts = tuple(replace(f, tell=wrap(f.tell)) for f in plan.facts)
-    return replace(plan, facts=facts, update_text=wrap(plan.update_text))
 
 
 class Reader:

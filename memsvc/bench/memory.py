@@ -19,6 +19,9 @@ value (case-insensitive, whole word); a decline when :func:`is_decline`: the rep
 it does not know and names no value of the asked kind. Forget removes when the value is
 neither in the reply nor in any memory text of ``GET /v1/users/{u}/memories``.
 
+With ``--chatter`` every telling and update is said between two chit-chat messages of
+the held-out test split, as people mention facts inside longer messages.
+
 The memory-off baseline plays steps 1, 2, 3 and 5 in sessions with
 ``memory_scope: "none"`` (nothing written or read): what the model does without memory.
 
@@ -43,7 +46,7 @@ from memsvc.bench._live import (
     machine_info,
     play_on_live_server,
 )
-from memsvc.bench.memory_data import KINDS, WORDS, UserPlan, make_plans
+from memsvc.bench.memory_data import KINDS, WORDS, UserPlan, buried, chatter_lines, make_plans
 from memsvc.bench.memory_report import MEASURES, command_line, markdown, plan_json, shown, summarise
 
 # ---- scoring -------------------------------------------------------------------------
@@ -330,12 +333,17 @@ def run(
     redis_url: str | None = None,
     extra_env: dict[str, str] | None = None,
     weights: str = "auto",
+    chatter: bool = False,
 ) -> dict[str, Any]:
-    """Start a server, play every user, write memory.{json,md}; returns the summary."""
+    """Start a server, play every user, write memory.{json,md}; returns the summary.
+    ``chatter``: every telling and update said between two chit-chat messages."""
     from memsvc.config import DEFAULT_MODEL_DIR
 
     model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()
     plans = make_plans(users, seed, heldout_pools())
+    if chatter:
+        lines = chatter_lines()
+        plans = [buried(p, lines) for p in plans]
     t0 = time.perf_counter()
     env = {**(extra_env or {}), "MEMSVC_WEIGHTS": weights}
     rows = play_on_live_server(
@@ -354,6 +362,7 @@ def run(
             baseline,
             database_url is not None,
             weights,
+            chatter,
         ),
         "model_dir": shown(model),
         "backend": "Postgres + Redis" if database_url else "SQLite (embedded default)",
@@ -380,6 +389,9 @@ def cli(
     database_url: Annotated[str | None, typer.Option(help="Postgres URL")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL")] = None,
     weights: Annotated[str, typer.Option(help="auto, fp32, bf16 or int8")] = "auto",
+    chatter: Annotated[
+        bool, typer.Option(help="tell each fact between two chit-chat messages")
+    ] = False,
 ) -> None:
     """Cross-session memory through REST: recall, declines, update, forget, other users."""
     exit_on_sigterm()
@@ -394,5 +406,6 @@ def cli(
         database_url,
         redis_url,
         weights=weights,
+        chatter=chatter,
     )
     typer.echo(json.dumps(summary, indent=2))

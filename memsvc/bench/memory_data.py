@@ -20,7 +20,7 @@ A :class:`UserPlan` is everything one user says, fixed by the seed and the user'
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from retnet_core.training.dialogues import ATTRIBUTES
 
@@ -248,3 +248,25 @@ def make_plans(users: int, seed: int, heldout: dict[str, list[str]]) -> list[Use
 def training_phrasings() -> set[str]:
     """Every telling and question template of the memory training (for the held-out check)."""
     return {s for a in ATTRIBUTES.values() for s in (*a.states, *a.asks)}
+
+
+# ---- facts told amid chatter (``--chatter``) ------------------------------------------
+def chatter_lines(lo: int = 30, hi: int = 90) -> list[str]:
+    """Chit-chat messages of the held-out test split that read as one remark."""
+    from retnet_core.training.data import load_chitchat, split_conversations
+
+    test = split_conversations(load_chitchat())["test"]
+    said = (m.content.strip() for c in test for m in c.messages)
+    return [t for t in said if lo <= len(t) <= hi and t[-1:] in ".!"]
+
+
+def buried(plan: UserPlan, chatter: list[str]) -> UserPlan:
+    """``plan`` with every telling and the update between two chit-chat messages, as
+    people mention facts inside longer messages (deterministic per user)."""
+    rng = random.Random(plan.index)
+
+    def wrap(text: str) -> str:
+        return f"{rng.choice(chatter)} {text} {rng.choice(chatter)}"
+
+    facts = tuple(replace(f, tell=wrap(f.tell)) for f in plan.facts)
+    return replace(plan, facts=facts, update_text=wrap(plan.update_text))

@@ -162,6 +162,7 @@ def command_line(
     baseline: bool,
     postgres: bool,
     weights: str = "auto",
+    chatter: bool = False,
 ) -> str:
     """The command that reproduces a run (database URLs elided)."""
     cmd = f"memsvc bench memory --out {out} --users {users} --seed {seed}"
@@ -169,6 +170,7 @@ def command_line(
     cmd += f" --model-dir {model_dir}" if model_dir else ""
     cmd += "" if baseline else " --no-baseline"
     cmd += "" if weights == "auto" else f" --weights {weights}"
+    cmd += " --chatter" if chatter else ""
     return cmd + (" --database-url URL --redis-url URL" if postgres else "")
 
 

@@ -100,6 +100,24 @@ def test_plans_are_deterministic_and_balanced() -> None:
     assert {KINDS[p.never].trained for p in plans} == {True, False}
 
 
+def test_chatter_buries_every_telling_and_keeps_the_plan() -> None:
+    from memsvc.bench.memory_data import buried, chatter_lines
+
+    lines = chatter_lines()
+    assert len(lines) > 100 and all(30 <= len(t) <= 90 for t in lines)
+    plans = make_plans(6, seed=3, heldout=POOLS)
+    for p, b in zip(plans, [buried(p, lines) for p in plans], strict=True):
+        assert b == buried(p, lines)  # deterministic per user
+        for f, g in zip(p.facts, b.facts, strict=True):
+            assert (g.kind, g.value) == (f.kind, f.value)
+            before, after = g.tell.split(f" {f.tell} ")  # the telling, whole, inside
+            assert before in lines and after in lines
+        assert f" {p.update_text} " in b.update_text and b.forget_text == p.forget_text
+        assert (b.update, b.forget, b.never, b.new_value) == (
+            p.update, p.forget, p.never, p.new_value
+        )  # fmt: skip
+
+
 def test_cli_is_listed_and_rejects_bad_options(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["bench", "--help"])
     assert res.exit_code == 0 and "memory" in res.output
