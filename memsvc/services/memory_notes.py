@@ -286,6 +286,17 @@ def forget_ids(
     return [c.memory_id for c in gone]
 
 
+def _age(m: MemoryRec) -> tuple:
+    return (m.created_at, m.id)
+
+
+def _quoted_line(text: str, best: int) -> str:
+    """A removed memory as its receipt quotes it: its text, or its sentence about the
+    topic when long ("... my dog is called Rex. ...")."""
+    line = note_line(text, best)
+    return line if line == text else f"... {line} ..."
+
+
 @dataclass(frozen=True)
 class NoteTurn:
     """What memory does in one turn: the note to feed (``""``: none), the memories it
@@ -295,6 +306,7 @@ class NoteTurn:
     read: tuple[str, ...] = ()
     forgotten: tuple[str, ...] = ()
     new: PendingMemory | None = None
+    forgotten_lines: tuple[str, ...] = ()  # what the forget's reply quotes of each
 
     def changes(self, tenant_id: str) -> TextMemories | None:
         """The turn's commit of them (None: nothing to write)."""
@@ -363,20 +375,22 @@ class NoteMemory:
             replace(s, line=line[s.memory.id]) for s in about if s.memory.session_id != own
         ], bool(about)
 
-    def forget(self, session: SessionRec, request: ForgetRequest) -> list[str]:
-        """Ids of the memories a forget request names (topic: by their text; last: the
-        newest; all: every one)."""
+    def forget(self, session: SessionRec, request: ForgetRequest) -> tuple[list[str], list[str]]:
+        """(ids, what to quote of each) of the memories a forget request names (topic: by
+        their text; last: the newest; all: every one). A long memory is quoted by its
+        sentence closest to the topic, between ellipses."""
         live = self._live(session)
         if not live:
-            return []
-        if request.scope == "all":
-            return [m.id for m in live]
-        if request.scope == "last":
-            return [max(live, key=lambda m: (m.created_at, m.id)).id]
+            return [], []
+        if request.scope in ("all", "last"):
+            gone = live if request.scope == "all" else [max(live, key=_age)]
+            return [m.id for m in gone], [m.text for m in gone]
         asked = FORGET_QUESTION.format(topic=request.topic)
         topic = self.embeddings.embedder.embed([asked])[0]
-        texts = {m.id: m.text for m in live}
-        return forget_ids(texts, focus(self.embeddings.sentence_vectors(live), topic)[0], topic)
+        rows, best = focus(self.embeddings.sentence_vectors(live), topic)
+        ids = forget_ids({m.id: m.text for m in live}, rows, topic)
+        at = {m.id: (m.text, b) for m, b in zip(live, best, strict=True)}
+        return ids, [_quoted_line(*at[i]) for i in ids]
 
     def turn(self, session: SessionRec, content: str, may_write: bool) -> NoteTurn:
         """A chat turn's memory: a forget request retires what it names and reads
@@ -384,7 +398,8 @@ class NoteMemory:
         worth keeping, becomes a memory."""
         request = parse_forget(content)
         if request is not None:
-            return NoteTurn(forgotten=tuple(self.forget(session, request)))
+            ids, lines = self.forget(session, request)
+            return NoteTurn(forgotten=tuple(ids), forgotten_lines=tuple(lines))
         read, matched = self.read(session, content)
         new = self.pending(session, content) if may_write else None
         note = note_text([s.note_line for s in read])

@@ -248,7 +248,8 @@ class TurnManager:
         gen.started = accepted
         forget = parse_forget(req.content) if self._remembers(session, prep) else None
         if forget is not None and not prep.banks:  # text memories: forgotten by _note_turn
-            gen.forced = await self._confirmation(session, forget, prep.notes.forgotten)
+            said = confirmation(forget, prep.notes.forgotten_lines)
+            gen.forced = tuple(self.runtime.tokenizer.encode(said))
         if forget is None or not prep.banks:
             result = await self.scheduler.run(gen)
         else:  # the forget removes slots before the reply decodes; it is not itself a memory

@@ -288,8 +288,15 @@ def test_a_fact_told_amid_chatter_is_found_shown_alone_and_forgotten(served) -> 
     params = {"query": "What is my dog called?"}
     found = _call(http, key, "GET", "/v1/users/gus/memories", params=params).json()["memories"]
     assert [m["text"] for m in found][0] == CHATTY and found[0]["score"] > 0.5  # by its sentence
-    (forget,) = _session(http, key, "gus", "Please forget my dog's name.")
+    sid = _call(http, key, "POST", "/v1/sessions", json={"user_id": "gus"}).json()["id"]
+    ask = {"content": "Please forget my dog's name.", "max_tokens": 160}
+    forget = _call(http, key, "POST", f"/v1/sessions/{sid}/messages", json=ask).json()
     assert forget["usage"]["forgotten_memories"] == [mems[CHATTY]["id"]]
+    # the receipt quotes the sentence the request named, not the chatter around it
+    assert forget["message"]["content"] == (
+        'Done, I have forgotten it. Removed from my memory: "... Oh, by the way, my dog is'
+        ' called Rex. ..."'
+    )
     assert set(_memories(http, key, "gus")) == {found[1]["text"]}
 
 
