@@ -90,24 +90,29 @@ class EmbeddingCache:
     def sentence_vectors(self, memories: list[MemoryRec]) -> list[np.ndarray]:
         """Each memory's (S_i, D) unit vectors of its sentences
         (:func:`memsvc.services.memory_focus.memory_sentences`); one sentence: its
-        whole-text row of :meth:`matrix`."""
+        whole-text row of :meth:`matrix`. Both kinds are remembered by id, so a turn
+        splits and embeds only memories it has not seen."""
         whole = self.matrix(memories)
         with self._lock:
             missing = [m for m in memories if m.id not in self._sentences]
         parts = [memory_sentences(m.text or "") for m in missing]
-        split = [(m, p) for m, p in zip(missing, parts, strict=True) if len(p) > 1]
-        if split:
-            vecs = self.embedder.embed([s for _, p in split for s in p])
-            at = 0
-            with self._lock:
-                for m, p in split:
+        texts = [s for p in parts if len(p) > 1 for s in p]
+        vecs = self.embedder.embed(texts) if texts else None
+        at = 0
+        with self._lock:
+            for m, p in zip(missing, parts, strict=True):
+                if len(p) > 1:
                     self._sentences[m.id] = vecs[at : at + len(p)]
                     at += len(p)
-                while len(self._sentences) > self.size:
-                    self._sentences.popitem(last=False)
-        with self._lock:
-            held = [self._sentences.get(m.id) for m in memories]
-        return [h if h is not None else whole[i : i + 1] for i, h in enumerate(held)]
+                else:
+                    self._sentences[m.id] = _WHOLE
+            while len(self._sentences) > self.size:
+                self._sentences.popitem(last=False)
+            held = [self._sentences.get(m.id, _WHOLE) for m in memories]
+        return [whole[i : i + 1] if h is _WHOLE else h for i, h in enumerate(held)]
+
+
+_WHOLE = np.empty((0, 0), dtype=np.float32)  # a one-sentence memory: its whole-text row
 
 
 class MemoryService:

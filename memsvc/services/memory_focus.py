@@ -48,11 +48,23 @@ def memory_sentences(text: str) -> list[str]:
 
 def focus(vectors: Sequence[np.ndarray], query: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """(rows (N, D), best sentence per memory): each memory's sentence vector closest to
-    ``query`` (D,); ``vectors[i]`` is memory i's (S_i, D) unit sentence vectors."""
-    if not vectors:
+    ``query`` (D,); ``vectors[i]`` is memory i's (S_i, D) unit sentence vectors.
+
+    One matmul over all sentences, then the best of each memory's run (a turn scores
+    every memory of the user: no Python loop over them)."""
+    n = len(vectors)
+    if not n:
         return np.zeros((0, query.shape[-1]), dtype=np.float32), []
-    best = [int(np.argmax(v @ query)) for v in vectors]
-    return np.stack([v[b] for v, b in zip(vectors, best, strict=True)]), best
+    flat = np.concatenate(vectors)  # (ΣS_i, D)
+    if len(flat) == n:  # one sentence each
+        return flat, [0] * n
+    lengths = np.fromiter((len(v) for v in vectors), dtype=np.int64, count=n)
+    starts = np.zeros(n, dtype=np.int64)
+    starts[1:] = np.cumsum(lengths)[:-1]
+    owner = np.repeat(np.arange(n), lengths)
+    order = np.lexsort((-(flat @ query), owner))  # by memory, its best sentence first
+    first = order[starts]
+    return flat[first], (first - starts).tolist()
 
 
 def note_line(text: str, best: int) -> str:

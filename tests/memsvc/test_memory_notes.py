@@ -263,6 +263,12 @@ def test_focus_scores_a_memory_by_its_closest_sentence_and_shows_it_when_long() 
     rows, best = focus([chatty, short], q)
     assert best == [1, 0] and np.allclose(rows, [[0.8, 0.6], [0.6, 0.8]])
     assert focus([], q)[0].shape == (0, 2)
+    rng = np.random.default_rng(1)  # many memories at once equal one at a time
+    many = [rng.standard_normal((k, 8)) for k in (3, 1, 2, 5, 1)]
+    query = rng.standard_normal(8)
+    rows, best = focus(many, query)
+    assert best == [int(np.argmax(v @ query)) for v in many]
+    assert np.array_equal(rows, np.stack([v[b] for v, b in zip(many, best, strict=True)]))
     parts = memory_sentences(CHATTY)
     assert len(parts) == 3 and parts[1] == "Oh, by the way, my dog is called Rex."
     assert note_line(CHATTY, 1) == parts[1]
