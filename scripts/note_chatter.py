@@ -140,18 +140,29 @@ def play(plans: list[UserPlan], reader: Reader, runtime, mode: str, log: Callabl
     return tally
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def model_arguments(doc: str) -> argparse.ArgumentParser:
+    """A parser with what every replay of the served model takes."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--model-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--users", type=int, default=70)
-    ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    return ap
+
+
+def served_runtime(args: argparse.Namespace):
+    """The model as the service runs it on CPU: int8 weights, ``--threads`` threads."""
     from memsvc.engine.runtime import ModelRuntime
 
     torch.set_num_threads(args.threads)
-    runtime = ModelRuntime.load(args.model_dir, "cpu", weights="int8")
+    return ModelRuntime.load(args.model_dir, "cpu", weights="int8")
+
+
+def main() -> None:
+    ap = model_arguments(__doc__)
+    ap.add_argument("--users", type=int, default=70)
+    ap.add_argument("--seed", type=int, default=13)
+    args = ap.parse_args()
+    runtime = served_runtime(args)
     plain = make_plans(args.users, args.seed, heldout_pools())
     chatter = chatter_lines()
     told = {"plain": plain, "amid chatter": [buried(p, chatter) for p in plain]}

@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from pathlib import Path
-
-import torch
 
 from memsvc.bench.memory import DECLINE
 from retnet_core.training.distill_data import prepare_distill_data
 from retnet_core.training.note_dialogues import NoteDialogues, NoteExample
-from scripts.note_chatter import greedy
+from scripts.note_chatter import greedy, model_arguments, served_runtime
 
 # the mix of the shipped stage (configs/distill-hybrid.yaml, distill-notes-latest)
 KINDS = {"recall": 3.0, "update": 2.0, "chain": 1.0, "unknown": 0.5, "nothing": 0.5}
@@ -47,17 +44,11 @@ def right(ex: NoteExample, reply: str) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model-dir", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
+    ap = model_arguments(__doc__)
     ap.add_argument("--examples", type=int, default=300)
     ap.add_argument("--seed", type=int, default=777)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    from memsvc.engine.runtime import ModelRuntime
-
-    torch.set_num_threads(args.threads)
-    runtime = ModelRuntime.load(args.model_dir, "cpu", weights="int8")
+    runtime = served_runtime(args)
     pools = prepare_distill_data(runtime.tokenizer, chitchat_limit=50).pools
     gen = NoteDialogues(pools, "train", seed=args.seed, kinds=KINDS)
     by_kind: Counter = Counter()
