@@ -308,6 +308,7 @@ class Distiller:
                 st.note_kinds,
                 st.note_same_kind_rate,
                 st.note_wide_rate,
+                st.ask_rates(),
             )
             tokens, lengths = batch.tokens.to(self.device), batch.lengths.to(self.device)
             answer = None if batch.answer is None else batch.answer.to(self.device)

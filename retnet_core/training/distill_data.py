@@ -165,12 +165,13 @@ class DistillData:
         note_kinds: dict[str, float] | None = None,
         note_same_kind_rate: float = 0.0,
         note_wide_rate: float = 0.0,
+        note_ask_rates: dict[str, dict[str, float]] | None = None,
     ) -> Batch:
         """``rows`` rows: note examples first (``note_passage_rate`` of them passage
         questions, the others drawn by ``note_kinds``' weights, ``note_same_kind_rate``
         of recalls, updates and chains among facts of one value kind, ``note_wide_rate`` of
-        them over the built kinds too), then windows of the stream, dialogues and
-        far-recall rows."""
+        them over the built kinds too, questions drawn by ``note_ask_rates`` when given), then
+        windows of the stream, dialogues and far-recall rows."""
         n_note = round(rows * note_frac)
         n_dia, n_far = round(rows * dialogue_frac), round(rows * far_frac)
         n_win = max(rows - n_note - n_dia - n_far, 0)
@@ -185,6 +186,7 @@ class DistillData:
             kinds=note_kinds,
             same_kind_rate=note_same_kind_rate,
             wide_rate=note_wide_rate,
+            ask_rates=note_ask_rates,
         )
         for _ in range(n_note):
             ids, answer = packed_notes(self.tok, notes, seq_len)

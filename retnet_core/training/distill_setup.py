@@ -21,6 +21,8 @@ Losses (per micro-batch; positions n < lengths[b] only):
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +77,13 @@ class Stage:
     note_same_kind_rate: float = 0.0
     # share of note examples over the built kinds too (note_wide_kinds.WIDE_ATTRIBUTES)
     note_wide_rate: float = 0.0
+    # a JSON of how often the student answered each training question
+    # (scripts/note_hard_asks.py): failed questions are drawn more often; None: uniformly
+    note_ask_rates: str | None = None
+
+    def ask_rates(self) -> dict[str, dict[str, float]] | None:
+        """The rates of ``note_ask_rates`` (read once per path), or None."""
+        return _read_rates(self.note_ask_rates) if self.note_ask_rates else None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -87,6 +96,14 @@ class Stage:
         progress = min((step - self.warmup_steps) / max(self.steps - self.warmup_steps, 1), 1)
         floor = self.lr * self.min_lr_ratio
         return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_rates(path: str) -> dict[str, dict[str, float]]:
+    rates = json.loads(Path(path).read_text())
+    if not all(isinstance(q, dict) for q in rates.values()):
+        raise ValueError(f"{path}: attribute -> question -> rate expected")
+    return rates
 
 
 @dataclass

@@ -87,6 +87,7 @@ NOTHING_RATE = 0.3  # unknown examples whose note says nothing answers
 PLAIN_UPDATE_RATE = 0.3  # updates told with no "Actually, ": the note's later line wins
 SPECIFIC_UPDATE_RATE = 0.4  # of the others, told in the change's own words (UPDATE_STATES)
 FRAMED_ASK_RATE = 0.2  # questions built from a frame around the attribute (framed_asks)
+HARD_ASK_BOOST = 4.0  # a question always failed is drawn 5x as often as one always answered
 ALIKE_UNKNOWN_RATE = 0.25  # alike examples asking an untold attribute of the told kind
 PASSAGE_NOTE_RATE = 0.3  # passage examples with a note of unrelated facts before the question
 
@@ -111,7 +112,10 @@ class NoteDialogues(DialogueGenerator):
     the asked attribute's value kind (0 draws nothing extra: earlier stages' streams stay);
     ``wide_rate``: the share of note examples (not passages) whose facts and question come
     from :data:`WIDE_NOTE_ATTRIBUTES`, the handwritten kinds plus about a hundred built
-    ones (:mod:`~retnet_core.training.note_wide_kinds`; 0 draws nothing extra)."""
+    ones (:mod:`~retnet_core.training.note_wide_kinds`; 0 draws nothing extra).;
+    ``ask_rates``: attribute -> question -> how often the student answered it
+    (``scripts/note_hard_asks.py``); a question is drawn with weight
+    ``1 + HARD_ASK_BOOST · (1 − rate)`` (None: uniformly, the stream of earlier stages)"""
 
     def __init__(
         self,
@@ -123,6 +127,7 @@ class NoteDialogues(DialogueGenerator):
         kinds: Mapping[str, float] | None = None,
         same_kind_rate: float = 0.0,
         wide_rate: float = 0.0,
+        ask_rates: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         super().__init__(pools, split, seed, chitchat)
         if not 0.0 <= passage_rate <= 1.0:
@@ -139,6 +144,7 @@ class NoteDialogues(DialogueGenerator):
         self.kinds = kinds
         self.same_kind_rate = same_kind_rate
         self.wide_rate = wide_rate
+        self.ask_rates = ask_rates
         self.attributes: Mapping[str, Attribute] = NOTE_ATTRIBUTES  # this example's pool
 
     def _facts(self, n: int) -> list[tuple[str, str]]:
@@ -173,7 +179,13 @@ class NoteDialogues(DialogueGenerator):
         asks = self.attributes[attr].asks + EXTRA_ASKS.get(attr, ())
         if self.rng.random() < FRAMED_ASK_RATE:
             asks = framed_asks(self.attributes[attr])
-        opener, ask = self.rng.choice(ASK_OPENERS), self.rng.choice(asks)
+        opener = self.rng.choice(ASK_OPENERS)
+        rates = self.ask_rates.get(attr) if self.ask_rates else None
+        if rates is None:
+            ask = self.rng.choice(asks)
+        else:  # a question the student failed is drawn more often
+            weights = [1.0 + HARD_ASK_BOOST * (1.0 - rates.get(a, 1.0)) for a in asks]
+            ask = self.rng.choices(asks, weights=weights)[0]
         return opener + (_lower_first(ask) if opener else ask)
 
     def _example(self, kind: str, lines: list[str], attr: str, value: str | None) -> NoteExample:
@@ -287,6 +299,12 @@ class NoteDialogues(DialogueGenerator):
         names = sorted(self.kinds)
         kind = self.rng.choices(names, weights=[self.kinds[k] for k in names])[0]
         return getattr(self, f"note_{kind}")()
+
+
+def note_asks(attribute: Attribute, name: str) -> tuple[str, ...]:
+    """Every question a note example may ask about ``attribute`` (before an opener)."""
+    asks = attribute.asks + EXTRA_ASKS.get(name, ()) + framed_asks(attribute)
+    return tuple(dict.fromkeys(asks))
 
 
 def _attributes_of(kind: str, attributes: Mapping[str, Attribute]) -> list[str]:

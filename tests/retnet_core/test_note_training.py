@@ -163,6 +163,53 @@ def test_wide_kinds_ask_about_many_more_things(pools: ValuePools) -> None:
         NoteDialogues(pools, "train", wide_rate=-0.1)
 
 
+def test_failed_questions_are_drawn_more_often(pools: ValuePools, tmp_path) -> None:
+    """With ask rates, a question the student always failed is drawn about five times as
+    often as its always-answered siblings (``1 + HARD_ASK_BOOST``); without them the
+    stream is the earlier stages' own; a stage reads the rates from its JSON."""
+    from retnet_core.training.distill_setup import Stage
+    from retnet_core.training.note_dialogues import HARD_ASK_BOOST, note_asks
+
+    mix = {"recall": 1.0}
+    hard = "Any idea who I am?"
+    asks = note_asks(NOTE_ATTRIBUTES["name"], "name")
+    assert hard in asks and len(asks) == len(set(asks))
+    rates = {"name": {a: (0.0 if a == hard else 1.0) for a in asks}}
+
+    def share(gen: NoteDialogues) -> float:
+        said = [ex.turns[1].content for ex in (gen.note_example() for _ in range(3000))]
+        named = [q for q in said if _asked_name(q)]
+        return sum(q.lower().endswith(hard.lower()) for q in named) / len(named)
+
+    base = share(NoteDialogues(pools, "train", seed=9, kinds=mix))
+    boosted = share(NoteDialogues(pools, "train", seed=9, kinds=mix, ask_rates=rates))
+    assert boosted > 3 * base and base > 0, (base, boosted)
+    assert HARD_ASK_BOOST == 4.0
+    plain, again = (NoteDialogues(pools, "train", seed=3, ask_rates=r) for r in (None, None))
+    assert [plain.note_example() for _ in range(200)] == [again.note_example() for _ in range(200)]
+    default = NoteDialogues(pools, "train", seed=3)
+    unrated = NoteDialogues(pools, "train", seed=3, ask_rates={})
+    assert [default.note_example() for _ in range(200)] == [
+        unrated.note_example() for _ in range(200)
+    ]  # no rates: the earlier stages' stream
+    path = tmp_path / "rates.json"
+    path.write_text(json.dumps(rates))
+    assert Stage("s", "logits", 1, 1e-4, ["*"], note_ask_rates=str(path)).ask_rates() == rates
+    assert Stage("s", "logits", 1, 1e-4, ["*"]).ask_rates() is None
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": 0.5}))
+    with pytest.raises(ValueError, match="rate expected"):
+        Stage("s", "logits", 1, 1e-4, ["*"], note_ask_rates=str(bad)).ask_rates()
+
+
+def _asked_name(question: str) -> bool:
+    """Whether ``question`` (after any opener) is one of the name attribute's asks."""
+    from retnet_core.training.note_dialogues import note_asks
+
+    low = question.lower()
+    return any(low.endswith(a.lower()) for a in note_asks(NOTE_ATTRIBUTES["name"], "name"))
+
+
 def _names(text: str, value: str) -> bool:
     """``value`` stands in ``text`` as whole words ("Tousa" is not in "Tousath")."""
     return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
