@@ -368,12 +368,13 @@ class NoteMemory:
         query = self.embeddings.embedder.embed([content])[0]
         rows, best = focus(self.embeddings.sentence_vectors(live), query)
         about = pick(live, rows, query)
-        line = {m.id: note_line(m.text, b) for m, b in zip(live, best, strict=True)}
+        at = {m.id: b for m, b in zip(live, best, strict=True)}
         # the session's own memories are in its state already: matched, not repeated
-        own = session.id
-        return [
-            replace(s, line=line[s.memory.id]) for s in about if s.memory.session_id != own
-        ], bool(about)
+        noted = [s for s in about if s.memory.session_id != session.id]
+        # only the picked memories are split again for their line, not every live one
+        return [replace(s, line=note_line(s.memory.text, at[s.memory.id])) for s in noted], bool(
+            about
+        )
 
     def forget(self, session: SessionRec, request: ForgetRequest) -> tuple[list[str], list[str]]:
         """(ids, what to quote of each) of the memories a forget request names (topic: by

@@ -248,8 +248,7 @@ class TurnManager:
         gen.started = accepted
         forget = parse_forget(req.content) if self._remembers(session, prep) else None
         if forget is not None and not prep.banks:  # text memories: forgotten by _note_turn
-            said = confirmation(forget, prep.notes.forgotten_lines)
-            gen.forced = tuple(self.runtime.tokenizer.encode(said))
+            gen.forced = self._said(confirmation(forget, prep.notes.forgotten_lines))
         if forget is None or not prep.banks:
             result = await self.scheduler.run(gen)
         else:  # the forget removes slots before the reply decodes; it is not itself a memory
@@ -334,7 +333,11 @@ class TurnManager:
         """The forget request's reply as tokens: the removed memories quoted back
         (:func:`memsvc.services.forget.confirmation`), read before the commit retires them."""
         texts = await run_in_threadpool(self._memory_texts, session.tenant_id, list(ids))
-        return tuple(self.runtime.tokenizer.encode(confirmation(forget, texts)))
+        return self._said(confirmation(forget, texts))
+
+    def _said(self, text: str) -> tuple[int, ...]:
+        """A reply the service writes, as the tokens the engine feeds (``forced``)."""
+        return tuple(self.runtime.tokenizer.encode(text))
 
     def _memory_texts(self, tenant_id: str, ids: list[str]) -> list[str]:
         """Thread pool: the texts of memories ``ids``, in that order (those with text)."""
