@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         description="a model without memory layers keeps memories as text and reads them "
         "as a system note (memsvc.services.memory_notes); false: such a model has no memory",
     )
+    memory_query_adapter: str = Field(
+        default="bundled",
+        description="the note read's query adapter (memsvc.rag.query_adapter): 'bundled', "
+        "'none' (stock MiniLM and the stock pick thresholds) or a .safetensors path",
+    )
 
     @field_validator(
         "database_url",

@@ -17,7 +17,10 @@ question is also replayed through the service's write filter and note pick
 lacked the fact is the pick's, the others are the model's misreads.
 
     PYTHONPATH=. python scripts/memory_misses.py docs/bench/memory-hybrid/memory.json \
-        --notes 0.1,0.2,0.15
+        --notes 0.1,0.2,0.05 --adapter bundled
+
+(``--adapter``: the run's query adapter, :mod:`memsvc.rag.query_adapter`; the served
+read moves the question by it and uses its own floor.)
 """
 
 from __future__ import annotations
@@ -80,8 +83,12 @@ def said_before(item: dict, plan: dict) -> list[str]:
     return said
 
 
-def notes_lacking(bench: dict, margin: float, follow: float, follow_query: float) -> Counter:
-    """``{measure: misses whose note held no memory naming the asked value}``."""
+def notes_lacking(
+    bench: dict, margin: float, follow: float, follow_query: float, adapter=None
+) -> Counter:
+    """``{measure: misses whose note held no memory naming the asked value}``; with a
+    :class:`~memsvc.rag.query_adapter.QueryAdapter` the question is moved by it and its
+    own floor applies (``margin`` and ``follow_query`` as given)."""
     from memsvc.rag.feed import Embedder
     from memsvc.services.memory_focus import focus, memory_sentences
     from memsvc.services.memory_notes import pick, worth_keeping
@@ -94,11 +101,14 @@ def notes_lacking(bench: dict, margin: float, follow: float, follow_query: float
                 continue
             said = [t for t in said_before(item, plans[user["user"]]) if worth_keeping(t)]
             query = embedder.embed([item["asked"]])[0]
+            floor = {}
+            if adapter is not None:
+                query, floor = adapter.apply(query), {"min_similarity": adapter.min_similarity}
             # as the service reads a memory: by its sentence closest to the message
             vectors, _ = focus([embedder.embed(memory_sentences(t)) for t in said], query)
             rows = [memory_record(i, t) for i, t in enumerate(said)]
             got = pick(rows, vectors, query, margin=margin, follow=follow,
-                       follow_query=follow_query)  # fmt: skip
+                       follow_query=follow_query, **floor)  # fmt: skip
             lacking[item["measure"]] += not any(_named(item["value"], s.memory.text) for s in got)
     return lacking
 
@@ -131,14 +141,20 @@ def main() -> None:
     parser.add_argument(
         "--notes", help="MARGIN,FOLLOW,FOLLOW_QUERY of the pick the run served with"
     )
+    parser.add_argument("--adapter", help="the run's query adapter: 'bundled' or a path")
     args = parser.parse_args()
     bench = json.loads(args.bench.read_text())
     if args.notes:
-        margin, follow, query = (float(x) for x in args.notes.split(","))
-        lacking = notes_lacking(bench, margin, follow, query)
+        from memsvc.rag.query_adapter import load_adapter
         from scripts.note_pick_coverage import pick_label
 
-        text = render(bench, str(args.bench), lacking, pick_label(margin, follow, query))
+        margin, follow, query = (float(x) for x in args.notes.split(","))
+        adapter = load_adapter(args.adapter) if args.adapter else None
+        lacking = notes_lacking(bench, margin, follow, query, adapter)
+        used = pick_label(margin, follow, query)
+        if adapter is not None:
+            used = f"query adapter {args.adapter}, floor {adapter.min_similarity}, " + used
+        text = render(bench, str(args.bench), lacking, used)
     else:
         text = render(bench, str(args.bench))
     if args.out:

@@ -19,10 +19,12 @@ counts per question of the protocol:
 - lines: the mean number of note lines.
 
 Pick settings are compared side by side. The thresholds were chosen on seeds 7 and 21;
-``memsvc bench memory`` reports seed 13.
+``memsvc bench memory`` reports seed 13. ``--adapter bundled`` adds rows of the note read
+as served: the question moved by the query adapter (:mod:`memsvc.rag.query_adapter`)
+under the floors it carries, and its neighbours.
 
     PYTHONPATH=. python scripts/note_pick_coverage.py --seeds 7,21,13 \\
-        --out docs/bench/note-pick
+        --out docs/bench/note-pick --adapter bundled
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ import numpy as np
 from memsvc.bench.memory import heldout_pools
 from memsvc.bench.memory_data import UserPlan, make_plans
 from memsvc.rag.feed import Embedder
+from memsvc.rag.query_adapter import QueryAdapter, load_adapter
 from memsvc.services.memory_notes import (
     _FIRST_PERSON,
     _KEEP_ASKED,
     FOLLOW_QUERY_SIMILARITY,
     FOLLOW_SIMILARITY,
     MARGIN,
+    MIN_SIMILARITY,
     pick,
     worth_keeping,
 )
@@ -56,7 +60,7 @@ def kept_before(text: str) -> bool:
     return worth_keeping(text) and bool(_FIRST_PERSON.search(text) or _KEEP_ASKED.search(text))
 
 
-# (margin, follow, follow_query): the shipped setting and its neighbours (a follower's
+# (margin, follow, follow_query): stock MiniLM's setting and its neighbours (a follower's
 # cosine with the message is ≥ -1 always: no floor); "before" (first row) also keeps
 # with the earlier write filter
 SETTINGS = (
@@ -75,12 +79,33 @@ def pick_label(margin: float, follow: float | None, follow_query: float) -> str:
 
 
 def label(i: int, margin: float, follow: float | None, follow_query: float) -> str:
-    """A setting's row label: its :func:`pick_label`, marked "before" or "(shipped)"."""
+    """A setting's row label: its :func:`pick_label`, marked "before" or as stock's."""
     text = pick_label(margin, follow, follow_query)
     if i == 0:
         return "before: first person kept, " + text
     shipped = (margin, follow, follow_query) == (MARGIN, FOLLOW_SIMILARITY, FOLLOW_QUERY_SIMILARITY)
-    return text + (" (shipped)" if shipped else "")
+    return text + (" (stock MiniLM's setting)" if shipped else "")
+
+
+# (floor, follow_query) on the query adapter's scale, its carried setting among them
+ADAPTER_SETTINGS = (
+    (0.12, 0.05),
+    (0.15, 0.0),
+    (0.15, 0.05),
+    (0.15, 0.1),
+    (0.18, 0.05),
+    (0.25, 0.15),
+)
+
+
+def adapter_label(floor: float, follow_query: float, adapter: QueryAdapter) -> str:
+    """A query-adapter row: its floor and followers' floor, "(carried)" for its own."""
+    own = (floor, follow_query) == (adapter.min_similarity, adapter.follow_query)
+    return (
+        f"query adapter: floor {floor}, margin {adapter.margin}, followers ≥ "
+        f"{FOLLOW_SIMILARITY} and ≥ {follow_query} to the message"
+        + (" (carried, shipped)" if own else "")
+    )
 
 
 MEASURES = ("recall", "latest", "keeps", "declines", "alone")
@@ -132,16 +157,26 @@ def memory_record(i: int, text: str) -> MemoryRec:
 
 
 def coverage(
-    qs: list[Question], vec: dict[str, np.ndarray], margin: float, follow, follow_query, keep
+    qs: list[Question],
+    vec: dict[str, np.ndarray],
+    margin: float,
+    follow,
+    follow_query,
+    keep,
+    floor: float = MIN_SIMILARITY,
+    move=None,
 ) -> dict:
-    """Per measure: the share of questions whose note serves it; and the mean lines."""
+    """Per measure: the share of questions whose note serves it; and the mean lines.
+    ``move``: the query adapter's map of a question's vector (None: stock MiniLM)."""
     hit, n, lines = Counter(), Counter(), 0
     for q in qs:
         rows = [memory_record(i, t) for i, t in enumerate(q.said) if keep(t)]
         vectors = np.stack([vec[r.text] for r in rows]) if rows else np.zeros((0, 384))
+        query = vec[q.asked] if move is None else move(vec[q.asked])
         picked = pick(
-            rows, vectors, vec[q.asked], margin=margin, follow=follow, follow_query=follow_query
-        )
+            rows, vectors, query, min_similarity=floor, margin=margin, follow=follow,
+            follow_query=follow_query,
+        )  # fmt: skip
         got = {int(s.memory.id) for s in picked}
         n[q.measure] += 1
         lines += len(got)
@@ -157,8 +192,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="7,21,13")
     ap.add_argument("--users", type=int, default=70)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--adapter", help="also a query adapter's rows: 'bundled' or a path")
     args = ap.parse_args()
     heldout, embedder = heldout_pools(), Embedder()
+    adapter = load_adapter(args.adapter) if args.adapter else None
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         plans = make_plans(args.users, seed, heldout)
@@ -175,6 +212,12 @@ def main() -> None:
                 for i, setting in enumerate(SETTINGS)
             },
         }
+        if adapter is not None:
+            for floor, follow_query in ADAPTER_SETTINGS:
+                results[seed]["settings"][adapter_label(floor, follow_query, adapter)] = coverage(
+                    qs, vec, adapter.margin, FOLLOW_SIMILARITY, follow_query, worth_keeping,
+                    floor=floor, move=adapter.apply,
+                )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "coverage.json").write_text(json.dumps(results, indent=1))
     (args.out / "coverage.md").write_text(report(results, args))
@@ -187,7 +230,9 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "# The memory note's coverage of `memsvc bench memory`'s questions",
         "",
         f"`PYTHONPATH=. python scripts/note_pick_coverage.py --seeds {args.seeds} "
-        f"--users {args.users} --out {args.out}` (no model: the pick alone; see the "
+        f"--users {args.users} --out {args.out}"
+        + (f" --adapter {args.adapter}" if args.adapter else "")
+        + "` (no model: the pick alone; see the "
         "script's docstring). Seeds 7 and 21 chose the settings; the bench reports 13.",
         "",
         head,

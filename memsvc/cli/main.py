@@ -333,6 +333,20 @@ def distill(
     run_distill(config, out_dir, max_time_s, device, resume)
 
 
+@app.command("train-query-adapter")
+def train_query_adapter(
+    out: Annotated[Path, typer.Option(help="where to write the .safetensors file")],
+    pairs: Annotated[int, typer.Option(help="question-statement pairs generated")] = 16000,
+    steps: Annotated[int, typer.Option(help="optimizer steps (batch 256)")] = 1500,
+    seed: Annotated[int, typer.Option(help="data and initialisation seed")] = 1,
+) -> None:
+    """Train the memory read's query adapter (memsvc.rag.query_adapter) on note training data."""
+    from memsvc.rag.query_adapter import train_adapter
+
+    adapter = train_adapter(out, pairs=pairs, seed=seed, steps=steps)
+    typer.echo(f"wrote {out}: {adapter.trained}")
+
+
 @app.command()
 def version() -> None:
     """Print the installed memsvc version."""

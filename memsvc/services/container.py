@@ -20,6 +20,7 @@ from memsvc.engine.runtime import ModelRuntime, ModelUnavailable
 from memsvc.engine.scheduler import Scheduler
 from memsvc.metrics import Metrics
 from memsvc.rag.feed import Embedder, PassageFeeder, SnapshotCache
+from memsvc.rag.query_adapter import load_adapter
 from memsvc.services.admin import AdminManager
 from memsvc.services.documents import DocumentManager
 from memsvc.services.items import ItemService
@@ -84,7 +85,7 @@ def note_memory(settings: Settings, memory: Any, store: Store, embeddings: Any) 
     """Text memories read as a note, for a model without memory layers (None otherwise)."""
     if memory is None or memory.enabled or not settings.memory_notes:
         return None
-    return NoteMemory(store, embeddings)
+    return NoteMemory(store, embeddings, adapter=load_adapter(settings.memory_query_adapter))
 
 
 @dataclass

@@ -322,6 +322,20 @@ def test_an_update_worded_unlike_the_question_reaches_the_note(served) -> None:
     assert taste["usage"]["memory_writes"] == 1
 
 
+def test_the_served_read_moves_the_question_with_the_bundled_adapter(served) -> None:
+    """ "Where did I say I have a job?" scores 0.18 with its statement under stock MiniLM
+    (under the stock floor 0.25) and 0.24 moved by the adapter (floor 0.12): the server
+    reads with the adapter, and a chit-chat message still notes nothing."""
+    backend, http = served
+    key = backend.new_tenant("notes-adapter")
+    _session(http, key, "jo", "These days I'm working for Nouslailtron.")
+    job = _memories(http, key, "jo")["These days I'm working for Nouslailtron."]["id"]
+    (asked,) = _session(http, key, "jo", "Where did I say I have a job?")
+    assert asked["usage"]["noted_memories"] == [job]
+    (chat,) = _session(http, key, "jo", "How was your weekend?")
+    assert chat["usage"]["noted_memories"] == []
+
+
 def test_forget_in_chat_removes_that_memory_only(served) -> None:
     backend, http = served
     key = backend.new_tenant("notes-forget")
