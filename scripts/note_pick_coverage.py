@@ -16,7 +16,10 @@ counts per question of the protocol:
   needed fact and no line of another fact (a common misread of the student is a
   distractor's value: "Your best friend is Dolbrul." over a note that also says "My cat
   is called Dolbrul.");
-- lines: the mean number of note lines.
+- small talk: of five chit-chat messages per user (the held-out test split's), the share
+  that get no note: a note there only spends prompt tokens and may pull the reply
+  toward a fact nobody asked about;
+- lines: the mean number of note lines (over the protocol's questions).
 
 Pick settings are compared side by side. The thresholds were chosen on seeds 7 and 21;
 ``memsvc bench memory`` reports seed 13. ``--adapter bundled`` adds rows of the note read
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from memsvc.bench.memory import heldout_pools
-from memsvc.bench.memory_data import UserPlan, make_plans
+from memsvc.bench.memory_data import UserPlan, chatter_lines, make_plans
 from memsvc.rag.feed import Embedder
 from memsvc.rag.query_adapter import QueryAdapter, load_adapter
 from memsvc.services.memory_notes import (
@@ -108,7 +112,8 @@ def adapter_label(floor: float, follow_query: float, adapter: QueryAdapter) -> s
     )
 
 
-MEASURES = ("recall", "latest", "keeps", "declines", "alone")
+MEASURES = ("recall", "latest", "keeps", "declines", "alone", "small talk")
+TALK_PER_USER = 5  # chit-chat messages per user for "small talk"
 
 
 @dataclass(frozen=True)
@@ -179,12 +184,27 @@ def coverage(
         )  # fmt: skip
         got = {int(s.memory.id) for s in picked}
         n[q.measure] += 1
-        lines += len(got)
+        lines += len(got) if q.measure != "small talk" else 0
         hit[q.measure] += (not got) if q.needs is None else (q.needs in got)
         if q.needs is not None:
             n["alone"] += 1
             hit["alone"] += q.needs in got and {q.facts[i] for i in got} == {q.facts[q.needs]}
-    return {m: hit[m] / n[m] for m in MEASURES} | {"lines": lines / len(qs), "questions": len(qs)}
+    asked = sum(n[m] for m in n if m not in ("alone", "small talk"))
+    return {m: hit[m] / n[m] if n[m] else float("nan") for m in MEASURES} | {
+        "lines": lines / asked,
+        "questions": asked,
+    }
+
+
+def small_talk(plans: list[UserPlan], seed: int) -> list[Question]:
+    """:data:`TALK_PER_USER` chit-chat messages of the held-out test split per user, each
+    read against the user's tellings: a note there is noise in the prompt."""
+    rng, talk = random.Random(f"talk:{seed}"), chatter_lines()
+    return [
+        Question("small talk", line, tuple(f.tell for f in p.facts), None, (0, 1, 2))
+        for p in plans
+        for line in rng.sample(talk, TALK_PER_USER)
+    ]
 
 
 def main() -> None:
@@ -199,7 +219,7 @@ def main() -> None:
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         plans = make_plans(args.users, seed, heldout)
-        qs = [q for p in plans for q in questions(p)]
+        qs = [q for p in plans for q in questions(p)] + small_talk(plans, seed)
         texts = sorted({t for q in qs for t in (q.asked, *q.said)})
         vec = dict(zip(texts, embedder.embed(texts), strict=True))
         told = [f.tell for p in plans for f in p.facts] + [p.update_text for p in plans]
@@ -225,7 +245,10 @@ def main() -> None:
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
-    head = "| seed | pick | recall | latest | keeps | declines (empty note) | alone | lines |"
+    head = (
+        "| seed | pick | recall | latest | keeps | declines (empty note) | alone "
+        "| small talk (empty note) | lines |"
+    )
     out = [
         "# The memory note's coverage of `memsvc bench memory`'s questions",
         "",
@@ -236,7 +259,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "script's docstring). Seeds 7 and 21 chose the settings; the bench reports 13.",
         "",
         head,
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for seed, r in results.items():
         for lab, c in r["settings"].items():

@@ -334,9 +334,11 @@ def run(
     extra_env: dict[str, str] | None = None,
     weights: str = "auto",
     chatter: bool = False,
+    query_adapter: str = "bundled",
 ) -> dict[str, Any]:
     """Start a server, play every user, write memory.{json,md}; returns the summary.
-    ``chatter``: every telling and update said between two chit-chat messages."""
+    ``chatter``: every telling and update said between two chit-chat messages;
+    ``query_adapter``: the server's ``MEMSVC_MEMORY_QUERY_ADAPTER`` (bundled, none, a path)."""
     from memsvc.config import DEFAULT_MODEL_DIR
 
     model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()
@@ -345,7 +347,11 @@ def run(
         lines = chatter_lines()
         plans = [buried(p, lines) for p in plans]
     t0 = time.perf_counter()
-    env = {**(extra_env or {}), "MEMSVC_WEIGHTS": weights}
+    env = {
+        **(extra_env or {}),
+        "MEMSVC_WEIGHTS": weights,
+        "MEMSVC_MEMORY_QUERY_ADAPTER": query_adapter,
+    }
     rows = play_on_live_server(
         "memory", model, database_url, redis_url, env,
         lambda url, key: play_all(url, key, plans, max_tokens, concurrency, baseline),
@@ -363,6 +369,7 @@ def run(
             database_url is not None,
             weights,
             chatter,
+            query_adapter,
         ),
         "model_dir": shown(model),
         "backend": "Postgres + Redis" if database_url else "SQLite (embedded default)",
@@ -392,6 +399,9 @@ def cli(
     chatter: Annotated[
         bool, typer.Option(help="tell each fact between two chit-chat messages")
     ] = False,
+    query_adapter: Annotated[
+        str, typer.Option(help="the note read's query adapter: bundled, none or a path")
+    ] = "bundled",
 ) -> None:
     """Cross-session memory through REST: recall, declines, update, forget, other users."""
     exit_on_sigterm()
@@ -407,5 +417,6 @@ def cli(
         redis_url,
         weights=weights,
         chatter=chatter,
+        query_adapter=query_adapter,
     )
     typer.echo(json.dumps(summary, indent=2))

@@ -163,6 +163,7 @@ def command_line(
     postgres: bool,
     weights: str = "auto",
     chatter: bool = False,
+    query_adapter: str = "bundled",
 ) -> str:
     """The command that reproduces a run (database URLs elided)."""
     cmd = f"memsvc bench memory --out {out} --users {users} --seed {seed}"
@@ -171,6 +172,7 @@ def command_line(
     cmd += "" if baseline else " --no-baseline"
     cmd += "" if weights == "auto" else f" --weights {weights}"
     cmd += " --chatter" if chatter else ""
+    cmd += "" if query_adapter == "bundled" else f" --query-adapter {query_adapter}"
     return cmd + (" --database-url URL --redis-url URL" if postgres else "")
 
 

@@ -181,3 +181,13 @@ def test_bench_end_to_end_on_tiny_model(checkpoint: Path, tmp_path: Path) -> Non
     assert f"--users {users} --seed 5 --max-tokens 3" in md
     for spec in MEASURES:
         assert f"| {spec.label} | {m[spec.key]['n']} |" in md
+
+
+def test_the_command_line_names_a_query_adapter_only_when_not_the_bundled_one() -> None:
+    from memsvc.bench.memory_report import command_line
+
+    args = (Path("out"), None, 70, 13, 24, 8, False, False, "int8", False)
+    assert "--query-adapter" not in command_line(*args)
+    assert command_line(*args, query_adapter="none").endswith(
+        "--no-baseline --weights int8 --query-adapter none"
+    )

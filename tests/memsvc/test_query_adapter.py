@@ -87,7 +87,7 @@ def test_training_moves_each_question_to_its_own_kind_of_statement() -> None:
 def test_the_bundled_adapter_finds_held_out_wordings_better_than_stock_minilm() -> None:
     """``memsvc bench memory``'s plans (its own kinds, wordings and values, none in the
     adapter's training), seed 7, the pick alone: the note holds the asked fact more
-    often, and holds nothing for a never-told kind more often too."""
+    often, and holds nothing for a never-told kind or for small talk more often too."""
     from memsvc.bench.memory import heldout_pools
     from memsvc.bench.memory_data import make_plans
     from memsvc.rag.feed import Embedder
@@ -97,11 +97,12 @@ def test_the_bundled_adapter_finds_held_out_wordings_better_than_stock_minilm() 
         MARGIN,
         worth_keeping,
     )
-    from scripts.note_pick_coverage import coverage, questions
+    from scripts.note_pick_coverage import coverage, questions, small_talk
 
     adapter = load_adapter("bundled")
     assert adapter is not None and BUNDLED.stat().st_size < 300_000
-    qs = [q for p in make_plans(30, 7, heldout_pools()) for q in questions(p)]
+    plans = make_plans(30, 7, heldout_pools())
+    qs = [q for p in plans for q in questions(p)] + small_talk(plans, 7)
     texts = sorted({t for q in qs for t in (q.asked, *q.said)})
     vec = dict(zip(texts, Embedder().embed(texts), strict=True))
     stock = coverage(qs, vec, MARGIN, FOLLOW_SIMILARITY, FOLLOW_QUERY_SIMILARITY, worth_keeping)
@@ -111,6 +112,7 @@ def test_the_bundled_adapter_finds_held_out_wordings_better_than_stock_minilm() 
     )  # fmt: skip
     assert moved["recall"] > stock["recall"] and moved["declines"] > stock["declines"]
     assert moved["alone"] > stock["alone"] and moved["keeps"] >= stock["keeps"]
+    assert moved["small talk"] > stock["small talk"]  # chit-chat brings fewer notes
 
 
 def test_the_adapter_picks_the_asked_fact_where_stock_minilm_drops_or_passes_it() -> None:
