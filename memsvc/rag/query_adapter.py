@@ -95,14 +95,24 @@ class QueryAdapter:
         return cls(down, up, trained=meta.get("trained", ""), **thresholds)
 
 
-def load_adapter(setting: str) -> QueryAdapter | None:
-    """``"bundled"``: the shipped file; ``"none"``: no adapter; else a file's path."""
+def load_adapter(setting: str, dim: int | None = None) -> QueryAdapter | None:
+    """``"bundled"``: the shipped file; ``"none"``: no adapter; else a file's path.
+    ``dim``: the embedder's width the adapter must take (checked at start, not per read)."""
     if setting == "none":
         return None
     path = BUNDLED if setting == "bundled" else Path(setting)
     if not path.is_file():
         raise FileNotFoundError(f"memory query adapter {path} does not exist")
-    return QueryAdapter.load(path)
+    try:
+        adapter = QueryAdapter.load(path)
+    except Exception as exc:  # safetensors raises its own error type for a broken file
+        raise ValueError(f"memory query adapter {path} cannot be read: {exc}") from exc
+    if dim is not None and adapter.down.shape[0] != dim:
+        raise ValueError(
+            f"memory query adapter {path} maps {adapter.down.shape[0]}-d vectors, "
+            f"the embedder gives {dim}-d"
+        )
+    return adapter
 
 
 # ---------------------------------------------------------------- training

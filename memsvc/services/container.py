@@ -85,7 +85,8 @@ def note_memory(settings: Settings, memory: Any, store: Store, embeddings: Any) 
     """Text memories read as a note, for a model without memory layers (None otherwise)."""
     if memory is None or memory.enabled or not settings.memory_notes:
         return None
-    return NoteMemory(store, embeddings, adapter=load_adapter(settings.memory_query_adapter))
+    adapter = load_adapter(settings.memory_query_adapter, dim=embeddings.embedder.dim)
+    return NoteMemory(store, embeddings, adapter=adapter)
 
 
 @dataclass

@@ -51,6 +51,12 @@ def test_the_file_keeps_the_map_and_the_thresholds_of_its_scale(tmp_path: Path) 
     replace(made, up=made.up[:1]).save(tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="do not form a map"):
         QueryAdapter.load(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="maps 8-d vectors, the embedder gives 384-d"):
+        load_adapter(str(tmp_path / "a.safetensors"), dim=384)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_adapter(str(tmp_path / "junk.safetensors"))
+    assert load_adapter("bundled", dim=384) is not None
 
 
 def test_training_moves_each_question_to_its_own_kind_of_statement() -> None:
