@@ -11,7 +11,10 @@ So a read embeds the message with MiniLM as before and moves it by a rank-``r`` 
     q' = (q + (q · down) · up) / ‖q + (q · down) · up‖      q (D,), down (D, r), up (r, D)
 
 Memories keep their stock vectors: nothing stored is re-embedded, and forget, search
-and RAG are unchanged. ``down`` starts at zero, so an untrained adapter is the identity.
+and RAG are unchanged. (Forget was tried with its topic question moved too: better over
+the replayed plans of three seeds, worse through REST on seed 13, with one more request
+taking another fact along; ``docs/bench/memory-hybrid/forget-adapter``.) ``down`` starts
+at zero, so an untrained adapter is the identity.
 
 **Training** (:func:`train`, ``memsvc train-query-adapter``) sees only the memory-note
 training data (:mod:`retnet_core.training.note_dialogues`: 115 kinds, their training
