@@ -26,9 +26,9 @@ Per batch of ``B`` (question, statement) pairs, ``S = Q' · Sᵀ`` (B, B):
 - a hinge: a pair above 0.45, a statement of another kind below 0.15;
 - chit-chat lines: below 0.15 against every statement.
 
-Telling 30 % of the statements as a change instead (``update_rate=0.3``) gave the same
-coverage within a point on seeds 7 and 21, but fewer empty notes for a never-told kind
-on seed 21 (0.829 → 0.786), so the shipped adapter has none.
+Telling 30 % of the statements as a change instead ("Actually, I go by X these days.")
+was tried: the same coverage within a point on seeds 7 and 21, but fewer empty notes for
+a never-told kind on seed 21 (0.829 → 0.786), so training has no changes.
 
 The adapter's similarities live on their own scale, so it carries the note pick's
 thresholds (``min_similarity``, ``follow_query``, ``margin``), chosen on the bench
@@ -119,10 +119,9 @@ def load_adapter(setting: str, dim: int | None = None) -> QueryAdapter | None:
 
 
 # ---------------------------------------------------------------- training
-def training_texts(pairs: int, chatter: int, seed: int, update_rate: float = 0.0) -> dict[str, Any]:
+def training_texts(pairs: int, chatter: int, seed: int) -> dict[str, Any]:
     """``pairs`` (question, statement, kind) of the note training data, 40 % of them of
-    the ~100 built kinds and ``update_rate`` of them told as a change ("Actually, I go
-    by X these days."), and ``chatter`` chit-chat lines of the train split."""
+    the ~100 built kinds, and ``chatter`` chit-chat lines of the train split."""
     from retnet_core.training.data import load_chitchat, split_conversations
     from retnet_core.training.dialogues import ValuePools
     from retnet_core.training.note_dialogues import (
@@ -136,10 +135,9 @@ def training_texts(pairs: int, chatter: int, seed: int, update_rate: float = 0.0
     for _ in range(pairs):
         gen.attributes = WIDE_NOTE_ATTRIBUTES if gen.rng.random() < 0.4 else NOTE_ATTRIBUTES
         kind = gen.rng.choice(sorted(gen.attributes))
-        value = gen._value(gen.attributes[kind].value_kind)
-        questions.append(gen._question(kind))
-        changed = update_rate > 0 and gen.rng.random() < update_rate
-        statements.append(gen._change(kind, value) if changed else gen._statement(kind, value))
+        question, statement = gen.ask_and_tell(kind)
+        questions.append(question)
+        statements.append(statement)
         kinds.append(kind)
     lines = [m.content for c in split_conversations(load_chitchat())["train"] for m in c.messages]
     random.Random(seed).shuffle(lines)
@@ -205,12 +203,11 @@ def train_adapter(
     seed: int = 1,
     rank: int = 64,
     steps: int = 1500,
-    update_rate: float = 0.0,
 ) -> QueryAdapter:
     """Generate the texts, embed them with the bundled MiniLM, train, save to ``out``."""
     from memsvc.rag.feed import Embedder
 
-    texts = training_texts(pairs, chatter, seed, update_rate)
+    texts = training_texts(pairs, chatter, seed)
     embedder = Embedder()
     unique = sorted(set(texts["questions"]) | set(texts["statements"]))
     vec = dict(zip(unique, embedder.embed(unique), strict=True))
@@ -225,7 +222,7 @@ def train_adapter(
         seed=seed,
     )
     record = {"pairs": pairs, "chatter": chatter, "seed": seed, "rank": rank, "steps": steps,
-              "update_rate": update_rate, "kinds": len(ids), "log": log[-1]}  # fmt: skip
+              "kinds": len(ids), "log": log[-1]}  # fmt: skip
     adapter = QueryAdapter(down, up, trained=json.dumps(record))
     out.parent.mkdir(parents=True, exist_ok=True)
     adapter.save(out)

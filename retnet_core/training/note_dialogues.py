@@ -175,6 +175,13 @@ class NoteDialogues(DialogueGenerator):
         sentence = self._sentence(attr, value, after_opener=bool(opener))
         return opener + sentence + self.rng.choice(STATE_TAILS)
 
+    def ask_and_tell(self, attr: str) -> tuple[str, str]:
+        """(a question about ``attr``, a statement of it with a fresh value), worded as
+        this generator's note examples word them (the memory read's query adapter
+        trains on such pairs: ``memsvc.rag.query_adapter``)."""
+        value = self._value(self.attributes[attr].value_kind)
+        return self._question(attr), self._statement(attr, value)
+
     def _question(self, attr: str) -> str:
         asks = self.attributes[attr].asks + EXTRA_ASKS.get(attr, ())
         if self.rng.random() < FRAMED_ASK_RATE:

@@ -416,3 +416,20 @@ def test_note_phrasings_keep_the_memory_bench_held_out(pools: ValuePools) -> Non
     lines = [ln for _ in range(300) for ln in gen.note_example().turns[0].content.split("\n")]
     assert any(ln.startswith("- Oh, ") for ln in lines)  # chatter around statements
     assert len({ln for ln in lines}) > 250
+
+
+def test_ask_and_tell_words_a_pair_as_note_examples_do() -> None:
+    """The query adapter's pairs: a question from the attribute's asks and a statement
+    naming a fresh training value; the same seed gives the same pairs."""
+    from retnet_core.training.note_dialogues import NOTE_ATTRIBUTES, NoteDialogues, note_asks
+
+    pools = ValuePools.build(per_kind=200)
+    first, again = (NoteDialogues(pools, "train", seed=3) for _ in range(2))
+    pairs = [first.ask_and_tell("dog") for _ in range(20)]
+    assert pairs == [again.ask_and_tell("dog") for _ in range(20)]
+    asks = {a.lower() for a in note_asks(NOTE_ATTRIBUTES["dog"], "dog")}
+    values = set(pools.train[NOTE_ATTRIBUTES["dog"].value_kind])
+    for question, statement in pairs:
+        assert any(question.lower().endswith(a) for a in asks), question
+        assert any(v in statement for v in values), statement
+    assert len({s for _, s in pairs}) > 10  # fresh values, varied wordings
