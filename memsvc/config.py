@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         description="a model without memory layers keeps memories as text and reads them "
         "as a system note (memsvc.services.memory_notes); false: such a model has no memory",
     )
+    memory_note_contrast: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="context-aware decoding weight for a turn with a memory note: its first "
+        "token is chosen against the same turn without the note (0: off)",
+    )
     memory_query_adapter: str = Field(
         default="bundled",
         description="the note read's query adapter (memsvc.rag.query_adapter): 'bundled', "

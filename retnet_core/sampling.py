@@ -26,6 +26,7 @@ __all__ = [
     "GENERATION_CONFIG_FILE",
     "SamplingParams",
     "apply_repetition_penalty",
+    "contrast_context",
     "load_sampling_defaults",
     "sample",
     "save_sampling_defaults",
@@ -142,6 +143,24 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     drop_sorted = before >= p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+def contrast_context(with_context: Tensor, without: Tensor, weight: float) -> Tensor:
+    """Context-aware decoding (Shi et al. 2023, "Trusting Your Evidence"): logits (..., V)
+    moved toward what the context adds.
+
+        l' = l(y | c, x) + w · (log p(y | c, x) − log p(y | x))
+
+    ``with_context`` are the logits after the context ``c`` and the prompt ``x``,
+    ``without`` those after ``x`` alone, from the same state. ``w = 0`` returns
+    ``with_context`` unchanged; the log-softmax makes the shift independent of each
+    row's logit offset, so softmax(l') ∝ p(y|c,x)^(1+w) / p(y|x)^w.
+    """
+    if weight == 0:
+        return with_context
+    dtype = torch.float64 if with_context.dtype == torch.float64 else torch.float32
+    ctx, alone = with_context.to(dtype), without.to(dtype)
+    return ctx + weight * (ctx.log_softmax(dim=-1) - alone.log_softmax(dim=-1))
 
 
 def sample(

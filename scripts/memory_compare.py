@@ -8,7 +8,7 @@ change of one or two facts reads as what it is on 70 users.
     PYTHONPATH=. python scripts/memory_compare.py --pairs \\
         --out docs/bench/memory-hybrid/query-adapter.md \\
         "stock MiniLM, seed 13=docs/bench/memory-hybrid/stock-minilm/memory.json" \\
-        "query adapter, seed 13=docs/bench/memory-hybrid/memory.json"
+        "query adapter, seed 13=docs/bench/memory-hybrid/before-contrast/memory.json"
 """
 
 from __future__ import annotations

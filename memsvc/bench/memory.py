@@ -335,10 +335,12 @@ def run(
     weights: str = "auto",
     chatter: bool = False,
     query_adapter: str = "bundled",
+    note_contrast: float | None = None,
 ) -> dict[str, Any]:
     """Start a server, play every user, write memory.{json,md}; returns the summary.
     ``chatter``: every telling and update said between two chit-chat messages;
-    ``query_adapter``: the server's ``MEMSVC_MEMORY_QUERY_ADAPTER`` (bundled, none, a path)."""
+    ``query_adapter``: the server's ``MEMSVC_MEMORY_QUERY_ADAPTER`` (bundled, none, a path);
+    ``note_contrast``: its ``MEMSVC_MEMORY_NOTE_CONTRAST`` (None: the setting's default)."""
     from memsvc.config import DEFAULT_MODEL_DIR
 
     model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()
@@ -352,6 +354,8 @@ def run(
         "MEMSVC_WEIGHTS": weights,
         "MEMSVC_MEMORY_QUERY_ADAPTER": query_adapter,
     }
+    if note_contrast is not None:
+        env["MEMSVC_MEMORY_NOTE_CONTRAST"] = str(note_contrast)
     rows = play_on_live_server(
         "memory", model, database_url, redis_url, env,
         lambda url, key: play_all(url, key, plans, max_tokens, concurrency, baseline),
@@ -370,6 +374,7 @@ def run(
             weights,
             chatter,
             query_adapter,
+            note_contrast,
         ),
         "model_dir": shown(model),
         "backend": "Postgres + Redis" if database_url else "SQLite (embedded default)",
@@ -402,6 +407,12 @@ def cli(
     query_adapter: Annotated[
         str, typer.Option(help="the note read's query adapter: bundled, none or a path")
     ] = "bundled",
+    note_contrast: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="context-aware decoding weight for noted turns [default: the setting's]"
+        ),
+    ] = None,
 ) -> None:
     """Cross-session memory through REST: recall, declines, update, forget, other users."""
     exit_on_sigterm()
@@ -418,5 +429,6 @@ def cli(
         weights=weights,
         chatter=chatter,
         query_adapter=query_adapter,
+        note_contrast=note_contrast,
     )
     typer.echo(json.dumps(summary, indent=2))

@@ -164,6 +164,7 @@ def command_line(
     weights: str = "auto",
     chatter: bool = False,
     query_adapter: str = "bundled",
+    note_contrast: float | None = None,
 ) -> str:
     """The command that reproduces a run (database URLs elided)."""
     cmd = f"memsvc bench memory --out {out} --users {users} --seed {seed}"
@@ -173,6 +174,7 @@ def command_line(
     cmd += "" if weights == "auto" else f" --weights {weights}"
     cmd += " --chatter" if chatter else ""
     cmd += "" if query_adapter == "bundled" else f" --query-adapter {query_adapter}"
+    cmd += "" if note_contrast is None else f" --note-contrast {note_contrast:g}"
     return cmd + (" --database-url URL --redis-url URL" if postgres else "")
 
 

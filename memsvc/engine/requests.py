@@ -107,6 +107,13 @@ class GenerateRequest:
     ``forced``: the reply's tokens are these instead of samples (a reply the service
     writes, such as a forget request's confirmation), fed through the same decode steps
     so the state ends as if the model had said them; ``max_new`` and stops still apply.
+
+    ``contrast``: the prompt without its context (a memory note), fed after the same
+    ``prefill.state``; the first token is chosen from
+    :func:`~retnet_core.sampling.contrast_context` of the two prompts' logits with
+    ``contrast_weight``. Only the first token: that is where a reply commits to naming
+    what the note holds or to saying it does not know, and the turn's state stays the
+    one with the note.
     """
 
     prefill: PrefillRequest
@@ -118,6 +125,8 @@ class GenerateRequest:
     logits: Tensor | None = None
     started: float = field(default_factory=time.perf_counter)
     forced: tuple[int, ...] | None = None
+    contrast: list[int] | None = None
+    contrast_weight: float = 0.0
 
 
 Request = PrefillRequest | GenerateRequest

@@ -12,7 +12,9 @@ scheduler
    with their lengths, stacked states; see ``ModelRuntime.prefill_rows``);
 3. answers each request with its :class:`PrefillResult`; a :class:`GenerateRequest`
    then samples its first token at once (time-to-first-token does not grow with the
-   number of prompts prefilled one after another) and joins the decode batch;
+   number of prompts prefilled one after another) and joins the decode batch. A turn
+   with a contrast prompt (its turn without the memory note) has that prompt fed in the
+   same call, and its first token is chosen by context-aware decoding;
 4. advances every decoding turn by one token in as few ``model.step`` calls as
    possible: turns are grouped by the banks they read (same group → one batched
    step), states are stacked to (B, ...), stepped, and unbound again.
@@ -48,7 +50,7 @@ from memsvc.engine.requests import (
 )
 from memsvc.engine.runtime import ModelRuntime
 from memsvc.metrics import Metrics
-from retnet_core.sampling import SamplingParams, sample
+from retnet_core.sampling import SamplingParams, contrast_context, sample
 
 log = logging.getLogger("memsvc.engine.scheduler")
 
@@ -182,21 +184,31 @@ class Scheduler:
                 result.capture = capture
         return result
 
-    def _answer(self, request: Request, fut: Future, result: PrefillResult) -> None:
-        """Resolve the future; a generate request samples its first token and joins."""
+    def _answer(
+        self, request: Request, fut: Future, result: PrefillResult, contrast: Tensor | None = None
+    ) -> None:
+        """Resolve the future; a generate request samples its first token and joins.
+        ``contrast``: the logits after the request's contrast prompt, when the batched
+        prefill already fed it."""
         if isinstance(request, GenerateRequest):
             try:
-                job = self._job(request, result)
+                job = self._job(request, result, contrast)
             except BaseException as exc:
                 fut.set_exception(exc)
                 return
             self._active.append(job)
         fut.set_result(result)
 
-    def _job(self, request: GenerateRequest, result: PrefillResult) -> DecodeJob:
+    def _job(
+        self, request: GenerateRequest, result: PrefillResult, contrast: Tensor | None = None
+    ) -> DecodeJob:
         logits = result.logits if request.prefill.segments else request.logits
         if logits is None:
             raise ValueError("a generate request without segments needs its logits")
+        if _contrasts(request):
+            if contrast is None:  # fed alone, after the same state as the prompt
+                contrast = self.runtime.prefill(request.contrast, request.prefill.state, []).logits
+            logits = contrast_context(logits, contrast, request.contrast_weight)
         job = DecodeJob(
             state=result.state,
             logits=logits,
@@ -217,18 +229,24 @@ class Scheduler:
         """One batched prefill of every ready prompt; first tokens are sampled and sent."""
         ready, self._ready = self._ready, []
         prefills = [self._prefill_of(r) for r, _ in ready]
+        rows = [p.segments[0].ids for p in prefills]
+        states = [p.state for p in prefills]
+        # contrast prompts (a note's turn without the note) ride in the same call
+        contrasted = [i for i, (r, _) in enumerate(ready) if _contrasts(r)]
+        rows += [ready[i][0].contrast for i in contrasted]
+        states += [prefills[i].state for i in contrasted]
         try:
-            outs = self.runtime.prefill_rows(
-                [p.segments[0].ids for p in prefills], [p.state for p in prefills]
-            )
+            outs = self.runtime.prefill_rows(rows, states)
         except BaseException as exc:  # the turns fail, the thread goes on
             log.exception("batched prefill failed")
             for _, fut in ready:
                 fut.set_exception(exc)
             return
-        self.prefill_batches = [*self.prefill_batches[-999:], len(ready)]
-        for (request, fut), out in zip(ready, outs, strict=True):
-            self._answer(request, fut, PrefillResult(logits=out.logits, state=out.state))
+        self.prefill_batches = [*self.prefill_batches[-999:], len(rows)]
+        contrasts = dict(zip(contrasted, (o.logits for o in outs[len(ready) :]), strict=True))
+        for i, ((request, fut), out) in enumerate(zip(ready, outs[: len(ready)], strict=True)):
+            result = PrefillResult(logits=out.logits, state=out.state)
+            self._answer(request, fut, result, contrasts.get(i))
 
     def _step_all(self) -> None:
         """Advance every active turn by one token; finished turns leave the batch."""
@@ -328,3 +346,13 @@ class Scheduler:
             job.emitted = len(text)
         ttft = None if job.first_token_at is None else job.first_token_at - job.started
         job.sink.put(DoneEvent(job.finish, text, list(job.generated), job.state, ttft))
+
+
+def _contrasts(request: Request) -> bool:
+    """A generate request whose first token is chosen against a contrast prompt."""
+    return (
+        isinstance(request, GenerateRequest)
+        and bool(request.contrast)
+        and request.forced is None
+        and request.contrast_weight != 0
+    )

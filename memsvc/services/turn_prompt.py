@@ -127,6 +127,9 @@ class TurnPrompt:
             prompt = Segment(
                 ids, (len(note) + len(user),), read_memory=True, capture=bool(prep.banks)
             )
+        # the reply's first token is chosen against the same turn without the note, so a
+        # note the model would read past still moves it (context-aware decoding)
+        contrast = bool(note) and self.settings.memory_note_contrast > 0
         return GenerateRequest(
             prefill=PrefillRequest([prompt], state, reads),
             params=params,
@@ -134,6 +137,8 @@ class TurnPrompt:
             sink=AsyncSink(asyncio.get_running_loop(), events),
             stops=list(req.stop),
             group=_group(reads),
+            contrast=user + tok.generation_prompt() if contrast else None,
+            contrast_weight=self.settings.memory_note_contrast,
         )
 
     async def _feed(self, session, state, start_data, passages, prep: Prepared) -> Any:

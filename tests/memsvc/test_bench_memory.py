@@ -183,7 +183,7 @@ def test_bench_end_to_end_on_tiny_model(checkpoint: Path, tmp_path: Path) -> Non
         assert f"| {spec.label} | {m[spec.key]['n']} |" in md
 
 
-def test_the_command_line_names_a_query_adapter_only_when_not_the_bundled_one() -> None:
+def test_the_command_line_names_a_query_adapter_and_contrast_only_when_not_the_default() -> None:
     from memsvc.bench.memory_report import command_line
 
     args = (Path("out"), None, 70, 13, 24, 8, False, False, "int8", False)
@@ -191,3 +191,8 @@ def test_the_command_line_names_a_query_adapter_only_when_not_the_bundled_one() 
     assert command_line(*args, query_adapter="none").endswith(
         "--no-baseline --weights int8 --query-adapter none"
     )
+    assert "--note-contrast" not in command_line(*args)  # the server's default weight
+    assert command_line(*args, query_adapter="none", note_contrast=0.0).endswith(
+        "--query-adapter none --note-contrast 0"
+    )
+    assert command_line(*args, note_contrast=1.5).endswith("--weights int8 --note-contrast 1.5")
