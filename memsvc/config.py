@@ -136,8 +136,9 @@ class Settings(BaseSettings):
         default=1.0,
         ge=0,
         le=10,
-        description="context-aware decoding weight for a turn with a memory note: its first "
-        "token is chosen against the same turn without the note (0: off)",
+        description="context-aware decoding weight for a question about the user read with "
+        "a memory note: its first token is chosen against the same turn without the note "
+        "(0: off)",
     )
     memory_query_adapter: str = Field(
         default="bundled",

@@ -20,6 +20,7 @@ from memsvc.engine.runtime import ModelRuntime
 from memsvc.engine.scheduler import Scheduler
 from memsvc.rag.feed import PassageFeeder, RetrievedPassage
 from memsvc.records import MessageCreate, PassageRef
+from memsvc.services.memory_notes import asks_about_user
 from memsvc.services.system_prompts import SystemPromptCache
 from memsvc.store import SessionRec
 from memsvc.threads import run_in_threadpool
@@ -127,9 +128,12 @@ class TurnPrompt:
             prompt = Segment(
                 ids, (len(note) + len(user),), read_memory=True, capture=bool(prep.banks)
             )
-        # the reply's first token is chosen against the same turn without the note, so a
-        # note the model would read past still moves it (context-aware decoding)
-        contrast = bool(note) and self.settings.memory_note_contrast > 0
+        # a question about the user: its reply's first token is chosen against the same
+        # turn without the note, so a note the model would read past still moves it
+        # (context-aware decoding); small talk beside a note is left as the model says it
+        contrast = (
+            bool(note) and self.settings.memory_note_contrast > 0 and asks_about_user(req.content)
+        )
         return GenerateRequest(
             prefill=PrefillRequest([prompt], state, reads),
             params=params,

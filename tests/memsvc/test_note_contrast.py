@@ -24,6 +24,7 @@ from memsvc.engine.requests import DoneEvent, GenerateRequest, PrefillRequest, S
 from memsvc.engine.runtime import ModelRuntime
 from memsvc.engine.scheduler import Scheduler
 from memsvc.metrics import Metrics
+from memsvc.services.memory_notes import asks_about_user
 from retnet_core.memory_note import note_text
 from retnet_core.sampling import SamplingParams, contrast_context
 
@@ -190,27 +191,61 @@ def _ask(http: httpx.Client, key: str, user: str, text: str) -> dict:
     return r.json()
 
 
-def test_a_noted_turn_starts_with_the_contrasted_token(served, plain_model: Path) -> None:
-    backend, http = served
+@pytest.fixture(scope="module")
+def first_tokens(plain_model: Path):
+    """asked -> (first token's text with the contrast, without it), after the note of
+    TOLD, computed in-process on the served checkpoint."""
     rt = ModelRuntime.load(plain_model, "cpu")
     tok = rt.tokenizer
     note = tok.render_turn({"role": "system", "content": note_text([TOLD])})
 
-    def first_tokens(asked: str) -> tuple[str, str]:
+    def first(asked: str) -> tuple[str, str]:
         user = tok.render_turn({"role": "user", "content": asked}) + tok.generation_prompt()
         noted = rt.prefill(note + user, None, []).logits.clone()
         plain = rt.prefill(user, None, []).logits
         moved = contrast_context(noted, plain, SERVED_WEIGHT).clone()
         for logits in (moved, noted):
             logits[tok.pad_id] = float("-inf")
-        return tok.decode([int(moved.argmax())]), tok.decode([int(noted.argmax())])
+        return tok.decode([int(moved.argmax())]).strip(), tok.decode([int(noted.argmax())]).strip()
 
+    return first
+
+
+def test_a_noted_question_starts_with_the_contrasted_token(served, first_tokens) -> None:
+    backend, http = served
     # a question whose first token the contrast changes, or this test could not fail
-    asked, (moved, plain) = next(
-        (a, t) for a in ASKS if (t := first_tokens(a))[0] != t[1] and t[0].strip()
-    )
+    asked, (moved, plain) = next((a, t) for a in ASKS if (t := first_tokens(a))[0] != t[1] and t[0])
     key = backend.new_tenant("contrast")
     _ask(http, key, "ann", TOLD)
     reply = _ask(http, key, "ann", asked)
     assert len(reply["usage"]["noted_memories"]) == 1  # the note held the dog
-    assert reply["message"]["content"].strip() == moved.strip() != plain.strip()
+    assert reply["message"]["content"].strip() == moved != plain
+
+
+SMALL_TALK = (
+    "Should I walk the dog today?",
+    "What should I feed a dog?",
+    "Dogs are lovely.",
+    "Could you suggest a dog toy?",
+    "Do dogs like rain?",
+    "Can dogs eat rice?",
+)
+
+
+def test_small_talk_beside_a_note_is_not_contrasted(served, first_tokens) -> None:
+    """Only a question about the user is contrasted: a noted message that asks nothing
+    about them starts with the model's own first token."""
+    backend, http = served
+    key = backend.new_tenant("contrast-chat")
+    _ask(http, key, "ann", TOLD)
+    checked = 0
+    for text in SMALL_TALK:
+        assert not asks_about_user(text)
+        moved, plain = first_tokens(text)
+        if moved == plain or not plain:
+            continue  # the contrast would not show here
+        reply = _ask(http, key, "ann", text)
+        if reply["usage"]["noted_memories"]:
+            assert reply["message"]["content"].strip() == plain
+            checked += 1
+    assert checked  # at least one noted message whose contrast would have changed it
