@@ -22,7 +22,7 @@ from tiny_model import make_tiny_checkpoint
 
 from memsvc.engine.requests import DoneEvent, GenerateRequest, PrefillRequest, Segment
 from memsvc.engine.runtime import ModelRuntime
-from memsvc.engine.scheduler import Scheduler
+from memsvc.engine.scheduler import CONTRAST_OWN_CALL, Scheduler
 from memsvc.metrics import Metrics
 from memsvc.services.memory_notes import asks_about_user
 from retnet_core.memory_note import note_text
@@ -156,6 +156,32 @@ def test_weight_zero_or_a_forced_reply_feeds_no_contrast(runtime: ModelRuntime) 
     assert done[0].token_ids == list(said[:3])  # max_new still applies
     assert done[1].token_ids[0] == _expected(rt, turns[1], None)[1]
     assert done[2].token_ids[0] == _expected(rt, turns[2], None)[0]
+
+
+def test_many_contrasts_get_their_own_call(runtime: ModelRuntime) -> None:
+    """From CONTRAST_OWN_CALL contrasted turns in a round, the short contrast rows are
+    fed in a second call (not padded to the noted rows' width); same first tokens."""
+    rt, turns = runtime, _turns(runtime)
+    assert len(turns) >= CONTRAST_OWN_CALL
+    greedy, calls = SamplingParams(temperature=0.0), []
+    real = rt.prefill_rows
+
+    def counted(rows, states):
+        calls.append([len(r) for r in rows])
+        return real(rows, states)
+
+    rt.prefill_rows = counted
+    try:
+        done = _decode(rt, [
+            GenerateRequest(PrefillRequest([Segment(t[0])]), greedy, 2, queue.Queue(),
+                            contrast=t[1], contrast_weight=WEIGHT)
+            for t in turns
+        ])  # fmt: skip
+    finally:
+        del rt.prefill_rows
+    assert calls == [[len(t[0]) for t in turns], [len(t[1]) for t in turns]]
+    for got, turn in zip(done, turns, strict=True):
+        assert got.token_ids[0] == _expected(rt, turn, None)[0]
 
 
 # ---- over HTTP ------------------------------------------------------------------------
