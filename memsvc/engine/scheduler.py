@@ -14,7 +14,8 @@ scheduler
    then samples its first token at once (time-to-first-token does not grow with the
    number of prompts prefilled one after another) and joins the decode batch. A turn
    with a contrast prompt (its turn without the memory note) has that prompt fed in the
-   same call, and its first token is chosen by context-aware decoding;
+   same call (from :data:`CONTRAST_OWN_CALL` of them, in a second call), and its first
+   token is chosen by context-aware decoding;
 4. advances every decoding turn by one token in as few ``model.step`` calls as
    possible: turns are grouped by the banks they read (same group → one batched
    step), states are stacked to (B, ...), stepped, and unbound again.
