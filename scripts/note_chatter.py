@@ -82,11 +82,17 @@ def greedy(runtime, lines: list[str], question: str, max_new: int = 24) -> str:
     tok = runtime.tokenizer
     note = tok.render_turn({"role": "system", "content": note_text(lines)}) if lines else []
     ids = note + tok.render_turn({"role": "user", "content": question}) + tok.generation_prompt()
-    out: list[int] = []
     with torch.inference_mode():
         first = runtime.prefill(ids, None, [])
-        logits, state = first.logits, first.state
+        return greedy_from(runtime, first.logits, first.state, max_new)
+
+
+def greedy_from(runtime, logits, state, max_new: int = 24) -> str:
+    """The greedy reply from next-token ``logits`` (V,) and ``state`` (padding banned)."""
+    tok, out = runtime.tokenizer, []
+    with torch.inference_mode():
         for _ in range(max_new):
+            logits = logits.clone()
             logits[tok.pad_id] = float("-inf")
             t = int(logits.argmax())
             if t == tok.end_id:

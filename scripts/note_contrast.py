@@ -41,7 +41,7 @@ from memsvc.services.memory_notes import asks_about_user, pick, worth_keeping
 from retnet_core.memory_note import note_text, nothing_note
 from retnet_core.sampling import contrast_context
 from scripts.memory_misses import said_before
-from scripts.note_chatter import model_arguments, served_runtime
+from scripts.note_chatter import greedy_from, model_arguments, served_runtime
 from scripts.note_pick_coverage import memory_record
 
 MEASURES = ("recall_trained", "recall_other", "declines", "latest", "forget_keeps")
@@ -74,23 +74,11 @@ def replies(runtime, note: str, asked: str, weights: list[float], max_new: int =
         for w in weights:
             moved = contrast_context(first.logits, plain, w).clone()
             moved[tok.pad_id] = float("-inf")
-            t = int(moved.argmax())
+            t = int(moved.argmax())  # only the first token differs between weights
             if t not in done:
-                done[t] = _decode(runtime, t, first.state, max_new)
+                done[t] = greedy_from(runtime, moved, first.state, max_new)
             out[w] = done[t]
     return out
-
-
-def _decode(runtime, token: int, state, max_new: int) -> str:
-    """The reply that starts with ``token`` after ``state`` (greedy)."""
-    tok, ids = runtime.tokenizer, []
-    while token != tok.end_id and len(ids) < max_new:
-        ids.append(token)
-        step, state = runtime.step([token], state)
-        logits = step[0]
-        logits[tok.pad_id] = float("-inf")
-        token = int(logits.argmax())
-    return tok.decode(ids, skip_special=True)
 
 
 def prefill_cost(runtime, turns: list[tuple[str, str]], reps: int = 5) -> dict:

@@ -410,7 +410,9 @@ def cli(
     note_contrast: Annotated[
         float | None,
         typer.Option(
-            min=0, help="context-aware decoding weight for noted turns [default: the setting's]"
+            min=0,
+            max=10,
+            help="context-aware decoding weight for noted turns [default: the setting's]",
         ),
     ] = None,
 ) -> None:

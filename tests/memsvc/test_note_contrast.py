@@ -48,11 +48,13 @@ def _turns(rt: ModelRuntime) -> list[tuple[list[int], list[int]]]:
     ]  # fmt: skip
 
 
-def _expected(rt: ModelRuntime, turn: tuple[list[int], list[int]], state) -> tuple[int, int]:
+def _expected(
+    rt: ModelRuntime, turn: tuple[list[int], list[int]], state, weight: float = WEIGHT
+) -> tuple[int, int]:
     """(greedy first token with the contrast, without it), computed directly."""
     noted = rt.prefill(turn[0], state, []).logits.clone()
     plain = rt.prefill(turn[1], state, []).logits.clone()
-    moved = contrast_context(noted, plain, WEIGHT)
+    moved = contrast_context(noted, plain, weight)
     for logits in (moved, noted):  # as the engine samples: padding is never chosen
         logits[rt.tokenizer.pad_id] = float("-inf")
     return int(moved.argmax()), int(noted.argmax())
@@ -227,12 +229,8 @@ def first_tokens(plain_model: Path):
 
     def first(asked: str) -> tuple[str, str]:
         user = tok.render_turn({"role": "user", "content": asked}) + tok.generation_prompt()
-        noted = rt.prefill(note + user, None, []).logits.clone()
-        plain = rt.prefill(user, None, []).logits
-        moved = contrast_context(noted, plain, SERVED_WEIGHT).clone()
-        for logits in (moved, noted):
-            logits[tok.pad_id] = float("-inf")
-        return tok.decode([int(moved.argmax())]).strip(), tok.decode([int(noted.argmax())]).strip()
+        tokens = _expected(rt, (note + user, user), None, SERVED_WEIGHT)
+        return tok.decode([tokens[0]]).strip(), tok.decode([tokens[1]]).strip()
 
     return first
 
