@@ -14,6 +14,7 @@ shared machine, or with several server processes on one host, set it lower.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -140,6 +141,18 @@ class Settings(BaseSettings):
         "a memory note: its first token is chosen against the same turn without the note "
         "(0: off)",
     )
+    memory_note_check: bool = Field(
+        default=True,
+        description="a question about the user whose note holds several lines: each line "
+        "but the best-scored one is run alone first, and a line the model answers with "
+        "'I don't know' leaves the note (memsvc.services.note_check); false: off",
+    )
+    memory_note_refusal: str | None = Field(
+        default=None,
+        description="regular expression (case-insensitive) of a reply that says it does not "
+        "know, for the note check; unset: the distilled model's ('I don't know ...', "
+        "memsvc.services.note_check.REFUSAL)",
+    )
     memory_query_adapter: str = Field(
         default="bundled",
         description="the note read's query adapter (memsvc.rag.query_adapter): 'bundled', "
@@ -155,12 +168,24 @@ class Settings(BaseSettings):
         "limit_requests_per_minute",
         "limit_concurrent_turns",
         "limit_memories_per_user",
+        "memory_note_refusal",
         mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         """``MEMSVC_REDIS_URL=`` in a ``.env`` means "not configured", not an empty URL."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("memory_note_refusal")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        """A broken pattern is refused at start, with the reason, never at a turn."""
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from exc
+        return value
 
     def resolved_database_url(self) -> str:
         """The database URL to use: the configured one or the embedded SQLite file."""

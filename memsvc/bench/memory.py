@@ -336,11 +336,13 @@ def run(
     chatter: bool = False,
     query_adapter: str = "bundled",
     note_contrast: float | None = None,
+    note_check: bool = True,
 ) -> dict[str, Any]:
     """Start a server, play every user, write memory.{json,md}; returns the summary.
     ``chatter``: every telling and update said between two chit-chat messages;
     ``query_adapter``: the server's ``MEMSVC_MEMORY_QUERY_ADAPTER`` (bundled, none, a path);
-    ``note_contrast``: its ``MEMSVC_MEMORY_NOTE_CONTRAST`` (None: the setting's default)."""
+    ``note_contrast``: its ``MEMSVC_MEMORY_NOTE_CONTRAST`` (None: the setting's default);
+    ``note_check``: its ``MEMSVC_MEMORY_NOTE_CHECK``."""
     from memsvc.config import DEFAULT_MODEL_DIR
 
     model = Path(model_dir or DEFAULT_MODEL_DIR).resolve()
@@ -356,6 +358,7 @@ def run(
     }
     if note_contrast is not None:
         env["MEMSVC_MEMORY_NOTE_CONTRAST"] = str(note_contrast)
+    env["MEMSVC_MEMORY_NOTE_CHECK"] = str(note_check).lower()
     rows = play_on_live_server(
         "memory", model, database_url, redis_url, env,
         lambda url, key: play_all(url, key, plans, max_tokens, concurrency, baseline),
@@ -375,6 +378,7 @@ def run(
             chatter,
             query_adapter,
             note_contrast,
+            note_check,
         ),
         "model_dir": shown(model),
         "backend": "Postgres + Redis" if database_url else "SQLite (embedded default)",
@@ -415,6 +419,9 @@ def cli(
             help="context-aware decoding weight for noted turns [default: the setting's]",
         ),
     ] = None,
+    note_check: Annotated[
+        bool, typer.Option(help="check a noted question's other lines alone first")
+    ] = True,
 ) -> None:
     """Cross-session memory through REST: recall, declines, update, forget, other users."""
     exit_on_sigterm()
@@ -432,5 +439,6 @@ def cli(
         chatter=chatter,
         query_adapter=query_adapter,
         note_contrast=note_contrast,
+        note_check=note_check,
     )
     typer.echo(json.dumps(summary, indent=2))

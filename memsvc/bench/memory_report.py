@@ -165,6 +165,7 @@ def command_line(
     chatter: bool = False,
     query_adapter: str = "bundled",
     note_contrast: float | None = None,
+    note_check: bool = True,
 ) -> str:
     """The command that reproduces a run (database URLs elided)."""
     cmd = f"memsvc bench memory --out {out} --users {users} --seed {seed}"
@@ -175,6 +176,7 @@ def command_line(
     cmd += " --chatter" if chatter else ""
     cmd += "" if query_adapter == "bundled" else f" --query-adapter {query_adapter}"
     cmd += "" if note_contrast is None else f" --note-contrast {note_contrast:g}"
+    cmd += "" if note_check else " --no-note-check"
     return cmd + (" --database-url URL --redis-url URL" if postgres else "")
 
 

@@ -73,6 +73,7 @@ from memsvc.services.forget import ForgetRequest, parse_forget
 from memsvc.services.forget_match import Candidate, candidates, chosen
 from memsvc.services.memory import MemoryManager
 from memsvc.services.memory_focus import focus, note_line
+from memsvc.services.note_check import NoteLine
 from memsvc.store import (
     TURN_USER_MESSAGE,
     MemoryRec,
@@ -315,6 +316,18 @@ class NoteTurn:
     forgotten: tuple[str, ...] = ()
     new: PendingMemory | None = None
     forgotten_lines: tuple[str, ...] = ()  # what the forget's reply quotes of each
+    lines: tuple[NoteLine, ...] = ()  # the note's lines, in its order (read, with scores)
+
+    def without(self, out: Sequence[NoteLine]) -> NoteTurn:
+        """The same turn with the lines ``out`` left out of its note (and of ``read``)."""
+        gone = {line.memory_id for line in out}
+        lines = tuple(line for line in self.lines if line.memory_id not in gone)
+        return replace(
+            self,
+            note=note_text([line.text for line in lines]),
+            read=tuple(line.memory_id for line in lines),
+            lines=lines,
+        )
 
     def changes(self, tenant_id: str) -> TextMemories | None:
         """The turn's commit of them (None: nothing to write)."""
@@ -422,7 +435,8 @@ class NoteMemory:
         note = note_text([s.note_line for s in read])
         if not matched and _opens(session) and asks_about_user(content):
             note = nothing_note()
-        return NoteTurn(note, tuple(s.memory.id for s in read), (), new)
+        lines = tuple(NoteLine(s.memory.id, s.note_line, s.similarity) for s in read)
+        return NoteTurn(note, tuple(s.memory.id for s in read), (), new, lines=lines)
 
     def write(self, tenant_id: str, user_id: str, text: str, fields: dict[str, Any]) -> tuple:
         """An explicit write (API) of ``text`` as a memory of ``user:<user_id>``:

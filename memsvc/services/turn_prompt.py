@@ -15,15 +15,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memsvc.config import Settings
-from memsvc.engine.requests import AsyncSink, GenerateRequest, PrefillRequest, Segment
+from memsvc.engine.requests import (
+    AsyncSink,
+    DoneEvent,
+    ErrorEvent,
+    GenerateRequest,
+    PrefillRequest,
+    Segment,
+)
 from memsvc.engine.runtime import ModelRuntime
 from memsvc.engine.scheduler import Scheduler
 from memsvc.rag.feed import PassageFeeder, RetrievedPassage
 from memsvc.records import MessageCreate, PassageRef
-from memsvc.services.memory_notes import asks_about_user
+from memsvc.services.memory_notes import NoteTurn, asks_about_user
+from memsvc.services.note_check import (
+    CHECK_TOKENS,
+    kept_after_check,
+    lines_to_check,
+    refusal_pattern,
+)
 from memsvc.services.system_prompts import SystemPromptCache
 from memsvc.store import SessionRec
 from memsvc.threads import run_in_threadpool
+from retnet_core.memory_note import note_text
 
 
 @dataclass
@@ -62,6 +76,7 @@ class TurnPrompt:
         self.settings, self.runtime, self.scheduler = settings, runtime, scheduler
         self.feeder, self.retriever, self.memory = feeder, retriever, memory
         self.system_prompts = system_prompts
+        self.refusal = refusal_pattern(settings.memory_note_refusal)
 
     async def retrieve(self, session: SessionRec, req: MessageCreate) -> list[RetrievedPassage]:
         """Top-k passages above the threshold for this message (empty when RAG is off)."""
@@ -104,6 +119,8 @@ class TurnPrompt:
             if self.memory is not None and self.memory.reads_passages:
                 texts = [p.text for p in passages]
                 reads = await self.memory.passage_reads(reads, texts)
+        if prep.notes and self.settings.memory_note_check:
+            prep.notes = await self._checked(prep.notes, state, req.content)
         note = (
             tok.render_turn({"role": "system", "content": prep.notes.note})
             if (prep.notes and prep.notes.note)
@@ -144,6 +161,44 @@ class TurnPrompt:
             contrast=user + tok.generation_prompt() if contrast else None,
             contrast_weight=self.settings.memory_note_contrast,
         )
+
+    async def _checked(self, notes: NoteTurn, state: Any, content: str) -> NoteTurn:
+        """The turn's note less the lines the model refuses to answer from alone
+        (:mod:`memsvc.services.note_check`); checks run from the turn's own ``state``."""
+        checked = lines_to_check(notes.lines, asks_about_user(content))
+        if not checked:
+            return notes
+
+        async def replies_of(texts: list[str]) -> list[str]:
+            return list(await asyncio.gather(*(self._quiet(state, t, content) for t in texts)))
+
+        _, out = await kept_after_check(notes.lines, checked, replies_of, self.refusal)
+        return notes.without(out) if out else notes
+
+    async def _quiet(self, state: Any, line: str, content: str) -> str:
+        """The greedy start (:data:`CHECK_TOKENS`) of the reply to ``content`` after
+        ``state`` and a note of ``line`` alone, contrasted as the turn is. Nothing of it
+        is kept: its events go to a local queue."""
+        tok, events = self.runtime.tokenizer, asyncio.Queue()
+        user = tok.render_turn({"role": "user", "content": content}) + tok.generation_prompt()
+        noted = tok.render_turn({"role": "system", "content": note_text([line])}) + user
+        weight = self.settings.memory_note_contrast
+        await self.scheduler.run(
+            GenerateRequest(
+                prefill=PrefillRequest([Segment(noted)], state),
+                params=self.runtime.sampling.with_overrides(temperature=0.0),
+                max_new=CHECK_TOKENS,
+                sink=AsyncSink(asyncio.get_running_loop(), events),
+                contrast=user if weight > 0 else None,
+                contrast_weight=weight,
+            )
+        )
+        while True:
+            event = await events.get()
+            if isinstance(event, DoneEvent):
+                return event.text
+            if isinstance(event, ErrorEvent):
+                raise event.error
 
     async def _feed(self, session, state, start_data, passages, prep: Prepared) -> Any:
         """Passages after ``state``: cached snapshots (thread pool), the rest fed by the

@@ -196,3 +196,7 @@ def test_the_command_line_names_a_query_adapter_and_contrast_only_when_not_the_d
         "--query-adapter none --note-contrast 0"
     )
     assert command_line(*args, note_contrast=1.5).endswith("--weights int8 --note-contrast 1.5")
+    assert "--no-note-check" not in command_line(*args)  # checked, as served
+    assert command_line(*args, note_contrast=0.0, note_check=False).endswith(
+        "--note-contrast 0 --no-note-check"
+    )
