@@ -62,6 +62,12 @@ class Metrics:
             "memsvc_active_decodes", "turns currently decoding", registry=r
         )
         self.turns = Counter("memsvc_turns_total", "turns by outcome", ["outcome"], registry=r)
+        self.note_checks = Counter(
+            "memsvc_note_lines_checked_total",
+            "memory-note lines run alone before their turn, by result (kept, left_out)",
+            ["result"],
+            registry=r,
+        )
         self._tenant_metrics(r)
 
     def _tenant_metrics(self, r: CollectorRegistry) -> None:

@@ -173,6 +173,9 @@ class TurnPrompt:
             return list(await asyncio.gather(*(self._quiet(state, t, content) for t in texts)))
 
         _, out = await kept_after_check(notes.lines, checked, replies_of, self.refusal)
+        counted = self.scheduler.metrics.note_checks
+        counted.labels("left_out").inc(len(out))
+        counted.labels("kept").inc(len(checked) - len(out))
         return notes.without(out) if out else notes
 
     async def _quiet(self, state: Any, line: str, content: str) -> str:

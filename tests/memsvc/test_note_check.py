@@ -210,5 +210,17 @@ def test_a_line_the_model_refuses_alone_leaves_the_note(served, questions) -> No
     ids = {m["text"]: m["id"] for m in listed.json()["memories"]}
     # the cat's check reply to ``other`` is not a refusal: the note keeps both lines
     assert sorted(_ask(http, key, "ann", other)["usage"]["noted_memories"]) == sorted(ids.values())
+    assert _checked(http) == {"kept": 1.0, "left_out": 0.0}
     # to ``first`` it is: the cat leaves the note, the dog (the best line) is never checked
     assert _ask(http, key, "ann", first)["usage"]["noted_memories"] == [ids[DOG]]
+    assert _checked(http) == {"kept": 1.0, "left_out": 1.0}
+
+
+def _checked(http: httpx.Client) -> dict[str, float]:
+    """memsvc_note_lines_checked_total by result, from /metrics."""
+    found = re.findall(
+        r'^memsvc_note_lines_checked_total\{result="(\w+)"\} (\S+)$',
+        http.get("/metrics").text,
+        re.M,
+    )
+    return {result: float(value) for result, value in found}
