@@ -182,20 +182,10 @@ class TurnPrompt:
         """The greedy start (:data:`CHECK_TOKENS`) of the reply to ``content`` after
         ``state`` and a note of ``line`` alone, contrasted as the turn is. Nothing of it
         is kept: its events go to a local queue."""
-        tok, events = self.runtime.tokenizer, asyncio.Queue()
-        user = tok.render_turn({"role": "user", "content": content}) + tok.generation_prompt()
-        noted = tok.render_turn({"role": "system", "content": note_text([line])}) + user
+        events: asyncio.Queue = asyncio.Queue()
+        sink = AsyncSink(asyncio.get_running_loop(), events)
         weight = self.settings.memory_note_contrast
-        await self.scheduler.run(
-            GenerateRequest(
-                prefill=PrefillRequest([Segment(noted)], state),
-                params=self.runtime.sampling.with_overrides(temperature=0.0),
-                max_new=CHECK_TOKENS,
-                sink=AsyncSink(asyncio.get_running_loop(), events),
-                contrast=user if weight > 0 else None,
-                contrast_weight=weight,
-            )
-        )
+        await self.scheduler.run(check_request(self.runtime, state, line, content, weight, sink))
         while True:
             event = await events.get()
             if isinstance(event, DoneEvent):
@@ -230,6 +220,25 @@ class TurnPrompt:
             for f in fed
         ]
         return state
+
+
+def check_request(
+    runtime: ModelRuntime, state: Any, line: str, content: str, weight: float, sink: Any
+) -> GenerateRequest:
+    """The note check's run of ``content`` after ``state`` with ``line`` alone as its
+    note: greedy whatever the turn samples with (a read, not the reply), at most
+    :data:`CHECK_TOKENS` tokens, the first contrasted against no note at ``weight``."""
+    tok = runtime.tokenizer
+    user = tok.render_turn({"role": "user", "content": content}) + tok.generation_prompt()
+    noted = tok.render_turn({"role": "system", "content": note_text([line])}) + user
+    return GenerateRequest(
+        prefill=PrefillRequest([Segment(noted)], state),
+        params=runtime.sampling.with_overrides(temperature=0.0),
+        max_new=CHECK_TOKENS,
+        sink=sink,
+        contrast=user if weight > 0 else None,
+        contrast_weight=weight,
+    )
 
 
 def _group(reads: Any) -> str:
