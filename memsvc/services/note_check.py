@@ -23,8 +23,10 @@ A line that corrects an earlier one (:func:`reads_as_correction`: "Actually, ...
 it corrects, and alone the student refuses "Actually, I go by Vaigo these days." for
 "What's my name?" (on seed 21 that broke 5 of the latest and kept questions it had right).
 
-Chosen on seed 21 and reported on seed 13 (``scripts/note_check.py``,
-``docs/bench/note-check``).
+The exemption was chosen on seed 21 (``scripts/note_check.py``,
+``docs/bench/note-check/seed21``); through REST on seed 13 trained recall went 92 → 96 of
+105 and kept 125 → 126 of 140 (``docs/bench/memory-hybrid``). A checked turn's first
+token comes about 2.5× later (``scripts/note_check_cost.py``).
 """
 
 from __future__ import annotations
