@@ -21,7 +21,7 @@ import httpx
 import pytest
 from conftest import make_backend
 from pydantic import ValidationError
-from server_util import Server
+from server_util import Server, ask_in_new_session
 from tiny_model import make_tiny_checkpoint
 
 from memsvc.config import Settings
@@ -38,6 +38,7 @@ from memsvc.services.note_check import (
 )
 from retnet_core.memory_note import note_text
 from retnet_core.sampling import contrast_context
+from scripts.note_chatter import greedy_from
 
 DOG, CAT = "My dog is called Rex.", "My cat is called Tom."
 LINES = [
@@ -155,18 +156,9 @@ def _check_reply(rt: ModelRuntime, line: str, asked: str, weight: float = 1.0) -
     noted = tok.render_turn({"role": "system", "content": note_text([line])}) + user
     first = rt.prefill(noted, None, [])
     plain = rt.prefill(user, None, []).logits
-    logits, state, out = contrast_context(first.logits, plain, weight), first.state, []
-    for _ in range(CHECK_TOKENS):
-        logits = logits.clone()
-        logits[tok.pad_id] = float("-inf")
-        t = int(logits.argmax())
-        if t == tok.end_id:
-            break
-        out.append(t)
-        step, state = rt.step([t], state)
-        logits = step[0]
+    text = greedy_from(rt, contrast_context(first.logits, plain, weight), first.state, CHECK_TOKENS)
     # as the engine sends it: NUL shown as U+FFFD, an unfinished character cut at the end
-    return tok.decode(out, skip_special=True).replace("\x00", "\ufffd").rstrip("\ufffd")
+    return text.replace("\x00", "\ufffd").rstrip("\ufffd")
 
 
 @pytest.fixture(scope="module")
@@ -189,30 +181,22 @@ def served(tmp_path_factory, plain_model: Path, questions) -> Iterator[tuple]:
             yield backend, http
 
 
-def _ask(http: httpx.Client, key: str, user: str, text: str) -> dict:
-    headers = {"Authorization": f"Bearer {key}"}
-    r = http.post("/v1/sessions", json={"user_id": user}, headers=headers)
-    assert r.status_code == 201, r.text
-    body = {"content": text, "max_tokens": 1, "temperature": 0.0}
-    r = http.post(f"/v1/sessions/{r.json()['id']}/messages", json=body, headers=headers)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 def test_a_line_the_model_refuses_alone_leaves_the_note(served, questions) -> None:
     backend, http = served
     first, other, _ = questions
     key = backend.new_tenant("check")
-    _ask(http, key, "ann", DOG)
-    _ask(http, key, "ann", CAT)
+    ask_in_new_session(http, key, "ann", DOG)
+    ask_in_new_session(http, key, "ann", CAT)
     listed = http.get("/v1/users/ann/memories", headers={"Authorization": f"Bearer {key}"})
     assert listed.status_code == 200, listed.text
     ids = {m["text"]: m["id"] for m in listed.json()["memories"]}
     # the cat's check reply to ``other`` is not a refusal: the note keeps both lines
-    assert sorted(_ask(http, key, "ann", other)["usage"]["noted_memories"]) == sorted(ids.values())
+    assert sorted(ask_in_new_session(http, key, "ann", other)["usage"]["noted_memories"]) == sorted(
+        ids.values()
+    )
     assert _checked(http) == {"kept": 1.0, "left_out": 0.0}
     # to ``first`` it is: the cat leaves the note, the dog (the best line) is never checked
-    assert _ask(http, key, "ann", first)["usage"]["noted_memories"] == [ids[DOG]]
+    assert ask_in_new_session(http, key, "ann", first)["usage"]["noted_memories"] == [ids[DOG]]
     assert _checked(http) == {"kept": 1.0, "left_out": 1.0}
 
 

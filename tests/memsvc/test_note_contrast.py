@@ -17,7 +17,7 @@ import httpx
 import pytest
 import torch
 from conftest import make_backend
-from server_util import Server
+from server_util import Server, ask_in_new_session
 from tiny_model import make_tiny_checkpoint
 
 from memsvc.engine.requests import DoneEvent, GenerateRequest, PrefillRequest, Segment
@@ -209,16 +209,6 @@ def served(tmp_path_factory, plain_model: Path) -> Iterator[tuple]:
             yield backend, http
 
 
-def _ask(http: httpx.Client, key: str, user: str, text: str) -> dict:
-    headers = {"Authorization": f"Bearer {key}"}
-    r = http.post("/v1/sessions", json={"user_id": user}, headers=headers)
-    assert r.status_code == 201, r.text
-    body = {"content": text, "max_tokens": 1, "temperature": 0.0}
-    r = http.post(f"/v1/sessions/{r.json()['id']}/messages", json=body, headers=headers)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 @pytest.fixture(scope="module")
 def first_tokens(plain_model: Path):
     """asked -> (first token's text with the contrast, without it), after the note of
@@ -240,8 +230,8 @@ def test_a_noted_question_starts_with_the_contrasted_token(served, first_tokens)
     # a question whose first token the contrast changes, or this test could not fail
     asked, (moved, plain) = next((a, t) for a in ASKS if (t := first_tokens(a))[0] != t[1] and t[0])
     key = backend.new_tenant("contrast")
-    _ask(http, key, "ann", TOLD)
-    reply = _ask(http, key, "ann", asked)
+    ask_in_new_session(http, key, "ann", TOLD)
+    reply = ask_in_new_session(http, key, "ann", asked)
     assert len(reply["usage"]["noted_memories"]) == 1  # the note held the dog
     assert reply["message"]["content"].strip() == moved != plain
 
@@ -261,14 +251,14 @@ def test_small_talk_beside_a_note_is_not_contrasted(served, first_tokens) -> Non
     about them starts with the model's own first token."""
     backend, http = served
     key = backend.new_tenant("contrast-chat")
-    _ask(http, key, "ann", TOLD)
+    ask_in_new_session(http, key, "ann", TOLD)
     checked = 0
     for text in SMALL_TALK:
         assert not asks_about_user(text)
         moved, plain = first_tokens(text)
         if moved == plain or not plain:
             continue  # the contrast would not show here
-        reply = _ask(http, key, "ann", text)
+        reply = ask_in_new_session(http, key, "ann", text)
         if reply["usage"]["noted_memories"]:
             assert reply["message"]["content"].strip() == plain
             checked += 1
